@@ -1,0 +1,58 @@
+"""qchan's exception hierarchy: everything qchan raises on purpose is a `QchanError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class QchanError(Exception):
+    """Base class of every error qchan raises on purpose."""
+
+
+class ChannelClosed(QchanError):
+    """The channel is closed: nothing more can be sent, or nothing is left to receive."""
+
+
+class EnqueueError(QchanError):
+    """Messages could not be handed to the broker.
+
+    `failed` holds the messages that were not delivered (each a `Msg` whose
+    `object` is what the application sent and whose `error` says why), so a
+    caller that catches this error still has every one of them.
+    """
+
+    def __init__(self, message: str, failed: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.failed: list[Any] = list(failed)
+
+
+class RejectedError(EnqueueError):
+    """The broker refused a message for good (too large, invalid): retrying cannot help."""
+
+
+class MessageTooLarge(RejectedError):
+    """The encoded message is larger than the broker accepts."""
+
+
+class MessageError(QchanError):
+    """A received message that could not be handed to the application.
+
+    `bag` is the raw message (body bytes and attributes) exactly as received.
+    """
+
+    def __init__(self, message: str, bag: Any) -> None:
+        super().__init__(message)
+        self.bag = bag
+
+
+class DecodeError(MessageError):
+    """A received payload does not decode into the channel's type."""
+
+
+class UnroutableError(MessageError):
+    """A received message names a category that no open channel receives."""
+
+
+class ConnectionLost(QchanError):
+    """A worker lost its connection to the broker; it reconnects and carries on."""

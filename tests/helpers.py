@@ -1,0 +1,65 @@
+"""Small test helpers: start threads, wait for an outcome with a deadline (never a bare sleep)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Return predicate()'s first truthy value, or fail after `timeout` seconds.
+
+    Waits on an Event with a short timeout between checks, for outcomes that
+    cannot signal (state in another process or a broker).
+    """
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        pause.wait(0.01)
+
+
+class Worker(threading.Thread):
+    """A thread that keeps its target's result or exception for the test to inspect."""
+
+    def __init__(self, target: Callable[..., Any], *args: Any, name: str | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = target
+        self._args = args
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = self._fn(*self._args)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.done.set()
+
+    def outcome(self, timeout: float = 10.0) -> Any:
+        """Join; re-raise the thread's exception, or return its result."""
+        self.join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"thread {self.name} still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def start(target: Callable[..., Any], *args: Any, name: str | None = None) -> Worker:
+    w = Worker(target, *args, name=name)
+    w.start()
+    return w
+
+
+def join_all(workers: Iterable[Worker], timeout: float = 60.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    return [w.outcome(max(0.0, deadline - time.monotonic())) for w in workers]
