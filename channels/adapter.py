@@ -1,0 +1,115 @@
+"""The adapter contract: the few methods a transport implements (bring your own broker).
+
+An adapter talks to one broker about one queue and nothing else. It starts no
+threads and owns no channels, batching policy, retries, routing or
+acknowledgement bookkeeping: the kernel (`qchan.Queue`) does all of that and
+calls the adapter from its worker threads:
+
+| method | called from | may run at the same time as |
+|---|---|---|
+| `send_batch` | the emitter thread | `receive`, `ack`, `nack`, `reject`, `release` |
+| `receive` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
+| `ack`, `nack`, `reject`, `release` | the acker thread | `send_batch`, `receive` |
+| `wakeup` | any thread | anything |
+| `close` | the thread closing the queue, after the workers stopped | nothing |
+
+So an adapter whose client is not thread-safe (pika) keeps one connection per
+calling thread, or hands work to the thread that owns the connection (for
+pika, `add_callback_threadsafe`).
+
+Errors: `send_batch` reports one outcome per bag (None for accepted). Raise
+`qchan.RejectedError` (or `MessageTooLarge`) for a bag the broker will never
+accept: the kernel dead-letters it without retrying. Any other exception is
+retried with the queue's backoff policy. An exception raised by the method
+itself (connection refused) counts as a failure of every bag in the call.
+`receive` may raise: the kernel reports the error, backs off and polls again.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable, Sequence
+
+from .errors import MessageError
+from .message import Bag
+
+__all__ = ["Adapter", "Hooks"]
+
+log = logging.getLogger("qchan.adapter")
+
+
+class Hooks:
+    """What an adapter may tell the kernel between calls (the kernel binds its own)."""
+
+    def report(self, error: BaseException) -> None:
+        """Report an error no single message owns (a lost connection, a failed commit)."""
+        log.error("%s", error, exc_info=error)
+
+    def revoke(self, predicate: Callable[[Bag], bool]) -> int:
+        """Forget received bags the adapter no longer owns (e.g. Kafka partitions revoked).
+
+        The kernel stops handing them to the application and ignores later
+        acks for them; returns how many it dropped. Only the adapter's own
+        threads call this (from within `receive`, say).
+        """
+        return 0
+
+
+class Adapter(abc.ABC):
+    """One transport. Subclasses set the class attributes and implement the abstract methods."""
+
+    #: URL scheme and default `System` attribute ("mem", "sqs", "kafka", "amqp").
+    scheme: str = ""
+    #: Most bags the kernel passes to one `send_batch` (the adapter may split further).
+    max_batch: int = 10
+    #: Most bags one `receive` is asked for.
+    max_receive: int = 10
+    #: Default seconds a `receive` may wait for messages (long polling).
+    poll_wait: float = 1.0
+
+    def __init__(self, name: str) -> None:
+        #: The logical queue name (the `Queue` attribute on the wire).
+        self.name = name
+        self.hooks = Hooks()
+
+    def bind(self, hooks: Hooks) -> None:
+        """Called once by the kernel before any other call."""
+        self.hooks = hooks
+
+    @abc.abstractmethod
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        """Send the bags; return one outcome per bag, in order (None: the broker accepted it)."""
+
+    @abc.abstractmethod
+    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+        """Up to `max_items` bags, waiting at most `wait` seconds for the first one."""
+
+    @abc.abstractmethod
+    def ack(self, bags: Sequence[Bag]) -> None:
+        """Remove these deliveries from the broker for good."""
+
+    @abc.abstractmethod
+    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+        """Make these deliveries available again after `delay` seconds (0: at once)."""
+
+    def release(self, bags: Sequence[Bag]) -> None:
+        """Give back deliveries the application never acknowledged (queue closing)."""
+        self.nack(bags, 0.0)
+
+    def reject(self, bag: Bag, error: MessageError) -> None:  # noqa: B027 - optional hook
+        """The poison policy for a bag that cannot be decoded or routed (`error` says which).
+
+        The kernel has reported it already. The default does nothing: the
+        broker redelivers it by its own rules (visibility timeout, redrive
+        policy to a dead-letter queue).
+        """
+
+    def wakeup(self) -> None:  # noqa: B027 - optional hook
+        """Make a `receive` blocked in another thread return soon (closing)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Called once, after the kernel's workers stopped."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.scheme}://{self.name}>"

@@ -1,0 +1,69 @@
+"""Messages: `Bag` (raw, what adapters move) and `Msg[T]` (typed, what applications receive)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+__all__ = ["ATTR_CATEGORY", "ATTR_QUEUE", "ATTR_SOURCE", "ATTR_SYSTEM", "Bag", "Msg"]
+
+T = TypeVar("T")
+
+# Wire attributes (DESIGN.md section 4), carried as native broker metadata.
+ATTR_CATEGORY = "Category"
+ATTR_SOURCE = "Source"
+ATTR_SYSTEM = "System"
+ATTR_QUEUE = "Queue"
+
+_EMPTY: Mapping[str, str] = {}
+
+
+@attrs.frozen(eq=False)
+class Bag:
+    """One raw message as the broker sees it: body bytes plus string attributes.
+
+    On send the kernel fills `category`, `body`, `attributes` (with the wire
+    attributes above), `id` (stable across retries, usable for
+    de-duplication) and `key` (ordering key, or None for the adapter's
+    default). On receive the adapter fills every field it knows, including
+    `digest`, the broker's receipt that `ack`/`nack` need, and `deliveries`,
+    how many times the broker has delivered this message (1 the first time).
+
+    Bags compare by identity: each received bag is one delivery.
+    """
+
+    category: str
+    body: bytes
+    attributes: Mapping[str, str] = _EMPTY
+    id: str | None = None
+    key: str | None = None
+    digest: Any = None
+    deliveries: int = 1
+
+
+@attrs.frozen
+class Msg(Generic[T]):
+    """A received message: the decoded `object` plus what the broker said about it.
+
+    Acknowledge it with `ack.send(msg)`; refuse it (redeliver) with
+    `ack.send(msg.fail(err))`. `digest` is the broker's receipt for this
+    delivery; `attributes` are the message's string attributes (`Category`,
+    `Source`, ...). On a dead-letter channel, `object` is what the application
+    sent and `error` says why it was not delivered.
+    """
+
+    object: T
+    category: str
+    digest: Any = None
+    attributes: Mapping[str, str] = _EMPTY
+    error: BaseException | None = None
+    delay: float | None = None
+    bag: Bag | None = attrs.field(default=None, eq=False, repr=False)
+
+    def fail(self, err: BaseException, delay: float | None = None) -> Msg[T]:
+        """A negative acknowledgement: redeliver this message, at once or after `delay` s."""
+        if delay is not None and delay < 0:
+            raise ValueError(f"nack delay must be >= 0 s, not {delay}")
+        return attrs.evolve(self, error=err, delay=delay)

@@ -1,0 +1,79 @@
+"""Transport URLs: which adapter a scheme opens, and passwords kept out of sight."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from .adapter import Adapter
+from .errors import QchanError
+
+__all__ = ["open_adapter", "redact", "register_scheme"]
+
+# scheme -> (module, extra to install). Each module defines
+# `from_url(url: str, **options) -> Adapter` and raises TypeError on an
+# option it does not know.
+_BUILTIN: dict[str, tuple[str, str]] = {
+    "mem": ("qchan.adapters.embedded", ""),
+    "sqs": ("qchan.adapters.sqs", "sqs"),
+    "kafka": ("qchan.adapters.kafka", "kafka"),
+    "amqp": ("qchan.adapters.rabbitmq", "rabbitmq"),
+    "amqps": ("qchan.adapters.rabbitmq", "rabbitmq"),
+}
+_REGISTERED: dict[str, Callable[..., Adapter]] = {}
+
+
+class URLError(QchanError, ValueError):
+    """A queue URL that qchan cannot open (unknown scheme, malformed)."""
+
+
+def register_scheme(scheme: str, factory: Callable[..., Adapter]) -> None:
+    """Let `connect("scheme://...")` open your own adapter: `factory(url, **options)`."""
+    _REGISTERED[scheme.lower()] = factory
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by `***` (for repr, logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<malformed URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(SplitResult(parts.scheme, f"{user}:***@{netloc}", *parts[2:]))
+
+
+def open_adapter(url: str, **options: Any) -> Adapter:
+    """The adapter for `url`, given the options that are the adapter's own."""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as e:
+        raise URLError(f"malformed queue URL {redact(url)!r}: {e}") from None
+    if not scheme:
+        raise URLError(
+            f"queue URL {redact(url)!r} has no scheme; use one of "
+            f"{', '.join(sorted({*_BUILTIN, *_REGISTERED}))}, e.g. mem://orders"
+        )
+    if scheme in _REGISTERED:
+        return _REGISTERED[scheme](url, **options)
+    if scheme not in _BUILTIN:
+        raise URLError(
+            f"unknown queue URL scheme {scheme!r} in {redact(url)!r}; known: "
+            f"{', '.join(sorted({*_BUILTIN, *_REGISTERED}))} "
+            f"(or register your adapter with qchan.register_scheme)"
+        )
+    module, extra = _BUILTIN[scheme]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if not extra:
+            raise
+        raise URLError(
+            f"{scheme}:// needs the {extra} extra: pip install 'qchan[{extra}]' ({e})"
+        ) from None
+    factory: Callable[..., Adapter] = mod.from_url
+    return factory(url, **options)
