@@ -9,7 +9,7 @@ calls the adapter from its worker threads:
 |---|---|---|
 | `send_batch` | the emitter thread | `receive`, `ack`, `nack`, `reject`, `release` |
 | `receive` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
-| `ack`, `nack`, `reject`, `release` | the acker thread | `send_batch`, `receive` |
+| `ack`, `nack`, `reject`, `release`, `extend` | the acker thread | `send_batch`, `receive` |
 | `wakeup` | any thread | anything |
 | `close` | the thread closing the queue, after the workers stopped | nothing |
 
@@ -103,6 +103,14 @@ class Adapter(abc.ABC):
         The kernel has reported it already. The default does nothing: the
         broker redelivers it by its own rules (visibility timeout, redrive
         policy to a dead-letter queue).
+        """
+
+    def extend(self, bags: Sequence[Bag]) -> None:  # noqa: B027 - optional hook
+        """Keep these deliveries invisible to other consumers a while longer (a heartbeat).
+
+        Called every `heartbeat` seconds (a queue option, off by default) for
+        messages still in flight; the adapter decides by how much (its
+        visibility timeout). Brokers without visibility timeouts ignore it.
         """
 
     def wakeup(self) -> None:  # noqa: B027 - optional hook
