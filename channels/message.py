@@ -26,8 +26,9 @@ class Bag:
 
     On send the kernel fills `category`, `body`, `attributes` (with the wire
     attributes above), `id` (stable across retries, usable for
-    de-duplication) and `key` (ordering key, or None for the adapter's
-    default). On receive the adapter fills every field it knows, including
+    de-duplication), `key` (ordering key, or None for the adapter's default)
+    and `content_type` (the codec's MIME type, for brokers with a native
+    field for it, such as AMQP). On receive the adapter fills every field it knows, including
     `digest`, the broker's receipt that `ack`/`nack` need, and `deliveries`,
     how many times the broker has delivered this message (1 the first time).
 
@@ -39,6 +40,7 @@ class Bag:
     attributes: Mapping[str, str] = _EMPTY
     id: str | None = None
     key: str | None = None
+    content_type: str | None = None
     digest: Any = None
     deliveries: int = 1
 
