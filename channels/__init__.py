@@ -1,8 +1,33 @@
-"""qchan: message queues as Go channels, in plain synchronous Python."""
+"""qchan: message queues as Go channels, in plain synchronous Python.
 
+    from qchan import connect, enqueue, dequeue
+
+    with connect("mem://orders") as q:
+        with enqueue(Order, q) as (out, dlq):
+            out.send(Order(id="1", amount=9.5))
+        with dequeue(Order, q) as (rcv, ack):
+            for msg in rcv:
+                handle(msg.object)
+                ack.send(msg)            # or ack.send(msg.fail(err)) to redeliver
+"""
+
+from .adapter import Adapter, Hooks
 from .chan import Chan, RecvChan, SendChan
+from .codec import BytesCodec, Codec, EncodeError, JSONCodec, StrCodec
+from .endpoints import (
+    AT_LEAST_ONCE,
+    AT_MOST_ONCE,
+    Dequeued,
+    Enqueued,
+    Policy,
+    SyncEnqueuer,
+    dequeue,
+    enqueue,
+    enqueue_sync,
+)
 from .errors import (
     ChannelClosed,
+    ConnectionLost,
     DecodeError,
     EnqueueError,
     MessageError,
@@ -11,21 +36,60 @@ from .errors import (
     RejectedError,
     UnroutableError,
 )
+from .event import Event, Meta
+from .listener import ANY
+from .message import Bag, Msg
+from .queue import Queue, connect
+from .retry import Backoff, Constant, Exponential, Linear
 from .select import Selected, select
+from .stats import Stats
+from .urls import URLError, redact, register_scheme
 
 __all__ = [
+    "ANY",
+    "AT_LEAST_ONCE",
+    "AT_MOST_ONCE",
+    "Adapter",
+    "Backoff",
+    "Bag",
+    "BytesCodec",
     "Chan",
     "ChannelClosed",
+    "Codec",
+    "ConnectionLost",
+    "Constant",
     "DecodeError",
+    "Dequeued",
+    "EncodeError",
     "EnqueueError",
+    "Enqueued",
+    "Event",
+    "Exponential",
+    "Hooks",
+    "JSONCodec",
+    "Linear",
     "MessageError",
     "MessageTooLarge",
+    "Meta",
+    "Msg",
+    "Policy",
     "QchanError",
+    "Queue",
     "RecvChan",
     "RejectedError",
     "Selected",
     "SendChan",
+    "Stats",
+    "StrCodec",
+    "SyncEnqueuer",
+    "URLError",
     "UnroutableError",
+    "connect",
+    "dequeue",
+    "enqueue",
+    "enqueue_sync",
+    "redact",
+    "register_scheme",
     "select",
 ]
 __version__ = "0.1.0"

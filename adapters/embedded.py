@@ -1,0 +1,303 @@
+"""The embedded broker: in-process queues with SQS-like semantics (`mem://name`).
+
+A queue named `orders` is the same queue for every connection in the process
+and lives until the process exits. Delivery works like SQS: a received
+message is invisible for `visibility_timeout` seconds (default 30) and comes
+back if it is not deleted (acked) by then; a nack makes it visible again at
+once or after a delay. With `max_receives`, a message received that many
+times without an ack moves to the queue's dead letters (like an SQS redrive
+policy). Fault injection (`fail_sends`, `fail_receives`) lets tests exercise
+retries and dead letters without a network.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from qchan.adapter import Adapter
+from qchan.errors import ConnectionLost, MessageTooLarge
+from qchan.message import Bag
+
+__all__ = ["Broker", "EmbeddedAdapter", "broker", "from_url"]
+
+DEFAULT_VISIBILITY = 30.0
+DEFAULT_MAX_SIZE = 256 * 1024
+
+
+class _Stored:
+    __slots__ = ("bag", "receives", "seq")
+
+    def __init__(self, bag: Bag, seq: int) -> None:
+        self.bag = bag
+        self.seq = seq
+        self.receives = 0
+
+
+class Broker:
+    """One named in-process queue. Get it with `qchan.adapters.embedded.broker(name)`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.visibility_timeout = DEFAULT_VISIBILITY
+        self.max_receives: int | None = None
+        self.max_message_size = DEFAULT_MAX_SIZE
+        self._cond = threading.Condition()
+        self._ready: deque[_Stored] = deque()
+        # receipt -> (message, visible-again time); heap of (time, receipt) for expiry
+        self._invisible: dict[int, tuple[_Stored, float]] = {}
+        self._expiry: list[tuple[float, int]] = []
+        self._delayed: list[tuple[float, int, _Stored]] = []  # nacked with a delay
+        self._receipts = itertools.count(1)
+        self._seq = itertools.count()
+        self._wakeups = 0
+        self.dead_letters: list[Bag] = []
+        self._fail_sends: list[BaseException] = []
+        self._fail_receives: list[BaseException] = []
+
+    # -- inspection and fault injection (for tests) -----------------------------
+
+    @property
+    def depth(self) -> int:
+        """Messages visible now (ready to be received)."""
+        with self._cond:
+            self._expire(time.monotonic())
+            return len(self._ready)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages received and neither deleted nor visible again yet."""
+        with self._cond:
+            self._expire(time.monotonic())
+            return len(self._invisible) + len(self._delayed)
+
+    def fail_sends(self, n: int, error: BaseException | None = None) -> None:
+        """Make the next `n` messages sent fail with `error` (default: ConnectionLost)."""
+        err = error or ConnectionLost(f"mem://{self.name}: injected send failure")
+        with self._cond:
+            self._fail_sends.extend([err] * n)
+
+    def fail_receives(self, n: int, error: BaseException | None = None) -> None:
+        """Make the next `n` receive calls raise `error` (default: ConnectionLost)."""
+        err = error or ConnectionLost(f"mem://{self.name}: injected receive failure")
+        with self._cond:
+            self._fail_receives.extend([err] * n)
+
+    def purge(self) -> None:
+        """Drop every message, visible or not."""
+        with self._cond:
+            self._ready.clear()
+            self._invisible.clear()
+            self._expiry.clear()
+            self._delayed.clear()
+            self.dead_letters.clear()
+
+    # -- operations -------------------------------------------------------------
+
+    def send(self, bags: Sequence[Bag]) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        with self._cond:
+            for bag in bags:
+                if self._fail_sends:
+                    outcomes.append(self._fail_sends.pop(0))
+                    continue
+                size = len(bag.body) + sum(len(k) + len(v) for k, v in bag.attributes.items())
+                if size > self.max_message_size:
+                    outcomes.append(MessageTooLarge(
+                        f"mem://{self.name}: message of {size} bytes is over the "
+                        f"{self.max_message_size}-byte limit"
+                    ))
+                    continue
+                stored = Bag(
+                    category=bag.category, body=bytes(bag.body), attributes=dict(bag.attributes),
+                    id=bag.id, key=bag.key, content_type=bag.content_type,
+                )
+                self._ready.append(_Stored(stored, next(self._seq)))
+                outcomes.append(None)
+            self._cond.notify_all()
+        return outcomes
+
+    def receive(self, max_items: int, wait: float) -> list[Bag]:
+        deadline = time.monotonic() + wait
+        with self._cond:
+            if self._fail_receives:
+                raise self._fail_receives.pop(0)
+            wakeups = self._wakeups
+            while True:
+                now = time.monotonic()
+                self._expire(now)
+                if self._ready:
+                    break
+                if now >= deadline or self._wakeups != wakeups:
+                    return []
+                due = [deadline]
+                if self._expiry:
+                    due.append(self._expiry[0][0])
+                if self._delayed:
+                    due.append(self._delayed[0][0])
+                self._cond.wait(max(0.0, min(due) - now))
+            out: list[Bag] = []
+            visible_again = time.monotonic() + self.visibility_timeout
+            while self._ready and len(out) < max_items:
+                s = self._ready.popleft()
+                s.receives += 1
+                if self.max_receives is not None and s.receives > self.max_receives:
+                    self.dead_letters.append(s.bag)
+                    continue
+                receipt = next(self._receipts)
+                self._invisible[receipt] = (s, visible_again)
+                heapq.heappush(self._expiry, (visible_again, receipt))
+                b = s.bag
+                out.append(Bag(
+                    category=b.category, body=b.body, attributes=b.attributes, id=b.id,
+                    key=b.key, content_type=b.content_type, digest=receipt, deliveries=s.receives,
+                ))
+            return out
+
+    def delete(self, receipts: Sequence[int]) -> None:
+        with self._cond:
+            for r in receipts:
+                self._invisible.pop(r, None)  # a stale receipt deletes nothing, as in SQS
+
+    def change_visibility(self, receipts: Sequence[int], delay: float) -> None:
+        """Visible again after `delay` seconds (0: now), as SQS ChangeMessageVisibility."""
+        with self._cond:
+            now = time.monotonic()
+            for r in receipts:
+                entry = self._invisible.pop(r, None)
+                if entry is None:
+                    continue
+                if delay <= 0:
+                    self._requeue(entry[0])
+                else:
+                    heapq.heappush(self._delayed, (now + delay, entry[0].seq, entry[0]))
+            self._cond.notify_all()
+
+    def extend(self, receipts: Sequence[int]) -> None:
+        with self._cond:
+            until = time.monotonic() + self.visibility_timeout
+            for r in receipts:
+                entry = self._invisible.get(r)
+                if entry is not None:
+                    self._invisible[r] = (entry[0], until)
+                    heapq.heappush(self._expiry, (until, r))
+
+    def wakeup(self) -> None:
+        with self._cond:
+            self._wakeups += 1
+            self._cond.notify_all()
+
+    # -- internals (the caller holds the condition) -----------------------------
+
+    def _requeue(self, s: _Stored) -> None:
+        # Back in sequence order among the ready messages, so a redelivered message
+        # is not overtaken by the ones sent after it.
+        if not self._ready or self._ready[0].seq > s.seq:
+            self._ready.appendleft(s)
+            return
+        for i, other in enumerate(self._ready):
+            if other.seq > s.seq:
+                self._ready.insert(i, s)
+                return
+        self._ready.append(s)
+
+    def _expire(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            at, receipt = heapq.heappop(self._expiry)
+            entry = self._invisible.get(receipt)
+            if entry is not None and entry[1] == at:
+                del self._invisible[receipt]
+                self._requeue(entry[0])
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, s = heapq.heappop(self._delayed)
+            self._requeue(s)
+
+
+_BROKERS: dict[str, Broker] = {}
+_BROKERS_LOCK = threading.Lock()
+
+
+def broker(name: str) -> Broker:
+    """The in-process queue called `name`, created on first use."""
+    with _BROKERS_LOCK:
+        b = _BROKERS.get(name)
+        if b is None:
+            b = _BROKERS[name] = Broker(name)
+        return b
+
+
+class EmbeddedAdapter(Adapter):
+    """The adapter for `mem://name` queues (nothing to install, nothing leaves the process).
+
+    Options: visibility_timeout (s, default 30, at most 30 unless you say
+    so), max_receives (redrive to `broker(name).dead_letters` after that many
+    receives without an ack; default: never), max_message_size (bytes,
+    default 256 KiB). Options given here reconfigure the named queue.
+    """
+
+    scheme = "mem"
+    max_batch = 256
+    max_receive = 256
+    poll_wait = 1.0
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        visibility_timeout: float | None = None,
+        max_receives: int | None = None,
+        max_message_size: int | None = None,
+    ) -> None:
+        if not name:
+            raise ValueError("an embedded queue needs a name: mem://orders")
+        super().__init__(name)
+        self.broker = broker(name)
+        if visibility_timeout is not None:
+            if visibility_timeout <= 0:
+                raise ValueError(f"visibility_timeout must be > 0 s, not {visibility_timeout}")
+            self.broker.visibility_timeout = visibility_timeout
+        if max_receives is not None:
+            if max_receives < 1:
+                raise ValueError(f"max_receives must be >= 1, not {max_receives}")
+            self.broker.max_receives = max_receives
+        if max_message_size is not None:
+            self.broker.max_message_size = max_message_size
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        return self.broker.send(bags)
+
+    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+        return self.broker.receive(max_items, wait)
+
+    def ack(self, bags: Sequence[Bag]) -> None:
+        self.broker.delete([b.digest for b in bags])
+
+    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+        self.broker.change_visibility([b.digest for b in bags], delay)
+
+    def extend(self, bags: Sequence[Bag]) -> None:
+        self.broker.extend([b.digest for b in bags])
+
+    def wakeup(self) -> None:
+        self.broker.wakeup()
+
+
+def from_url(url: str, **options: Any) -> EmbeddedAdapter:
+    """`mem://name[?visibility_timeout=5&max_receives=3&max_message_size=1024]`."""
+    parts = urlsplit(url)
+    name = (parts.netloc + parts.path).strip("/")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    conv: dict[str, Any] = {
+        "visibility_timeout": float, "max_receives": int, "max_message_size": int,
+    }
+    for k, v in query.items():
+        if k not in conv:
+            raise TypeError(f"mem:// does not take the option {k!r}; known: {sorted(conv)}")
+        options.setdefault(k, conv[k](v))
+    return EmbeddedAdapter(name, **options)

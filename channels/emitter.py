@@ -1,0 +1,358 @@
+"""The emitter: one thread per queue that batches, encodes, sends, retries and dead-letters.
+
+It selects over every `out` channel of the queue (plus the synchronous puts),
+gathers up to `batch_size` messages or waits at most `linger` seconds, and
+hands the batch to the adapter. Failed messages are retried with the queue's
+backoff policy, in their original order; when the policy gives up (or the
+broker refuses a message for good) the original object goes to its channel's
+`dlq`, with the error. Nothing is dropped: what cannot reach a `dlq` at close
+is returned by `stop()` and raised by `Queue.close()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .chan import Chan
+from .codec import Codec, EncodeError
+from .errors import ChannelClosed, QchanError, RejectedError
+from .event import Event, stamp
+from .message import Bag, Msg
+from .select import select
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["Emitter", "Put", "Sender"]
+
+log = logging.getLogger("qchan.emitter")
+
+
+class Sender:
+    """One `enqueue`d category: its channels and how to encode for it."""
+
+    __slots__ = ("attributes", "category", "codec", "dlq", "finished", "is_event", "key", "out")
+
+    def __init__(
+        self,
+        *,
+        category: str,
+        codec: Codec[Any],
+        attributes: Mapping[str, str],
+        out: Chan[Any] | None,
+        dlq: Chan[Msg[Any]] | None,
+        key: Callable[[Any], str | None] | None,
+        is_event: bool,
+    ) -> None:
+        self.category = category
+        self.codec = codec
+        self.attributes = attributes
+        self.out = out
+        self.dlq = dlq
+        self.key = key
+        self.is_event = is_event
+        # Closed once the emitter has sent, or dead-lettered, everything of this sender.
+        self.finished: Chan[None] = Chan(0, name=f"{category}.finished")
+
+    def encode(self, obj: Any, agent: str) -> Bag:
+        """The bag for `obj` (EncodeError if the codec refuses it)."""
+        if self.is_event and isinstance(obj, Event):
+            obj = stamp(obj, self.category, agent)
+        body = self.codec.encode(obj)
+        return Bag(
+            category=self.category,
+            body=body,
+            attributes=self.attributes,
+            id=os.urandom(16).hex(),  # stable across retries: brokers de-duplicate on it
+            key=self.key(obj) if self.key is not None else None,
+            content_type=self.codec.content_type,
+        )
+
+
+class Put:
+    """A synchronous put waiting for the broker's answer."""
+
+    __slots__ = ("bag", "cancelled", "done", "error")
+
+    def __init__(self, bag: Bag) -> None:
+        self.bag = bag
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+    def resolve(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done.set()
+
+
+class _Item:
+    """One message of a batch: a sender's object, or a synchronous put."""
+
+    __slots__ = ("bag", "obj", "put", "sender")
+
+    def __init__(self, sender: Sender | None, obj: Any, bag: Bag, put: Put | None) -> None:
+        self.sender = sender
+        self.obj = obj
+        self.bag = bag
+        self.put = put
+
+
+class Emitter:
+    """The emitter thread of one queue. `Queue` creates it on the first `enqueue`."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.q = queue
+        self.adapter = queue.adapter
+        self.batch_size = queue.batch_size
+        self.linger = queue.linger
+        self.retry = queue.retry
+        self.ctl: Chan[None] = Chan(1, name=f"{queue.name}.emitter.ctl")  # a doorbell
+        self.puts: Chan[Put] = Chan(4 * self.batch_size, name=f"{queue.name}.puts")
+        self._lock = threading.Lock()
+        self._added: list[Sender] = []
+        self._senders: list[Sender] = []  # the emitter thread's own
+        self._puts_open = True
+        self._stopping = False
+        self.abort = threading.Event()
+        self._abort_chan: Chan[None] = Chan(0)
+        self.undelivered: list[Msg[Any]] = []
+        self._warned_full: set[str] = set()
+        self.thread = threading.Thread(
+            target=self._run, name=f"qchan-emitter-{queue.adapter.scheme}-{queue.name}"
+        )
+        self.thread.start()
+
+    # -- called from application threads ------------------------------------
+
+    def add(self, sender: Sender) -> None:
+        with self._lock:
+            if self._stopping:
+                raise ChannelClosed(f"queue {self.q.name!r} is closed")
+            self._added.append(sender)
+        self._ring()
+
+    def stop(self, timeout: float) -> list[Msg[Any]]:
+        """Close every out channel, flush, and return what could not be delivered or dead-lettered.
+
+        After `timeout` seconds the emitter stops retrying and stops waiting for
+        full dlqs; whatever is left then is returned too.
+        """
+        with self._lock:
+            self._stopping = True
+            senders = [*self._added, *self._senders]
+        for s in senders:
+            if s.out is not None:
+                s.out.close()
+        self.puts.close()
+        self._ring()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.warning(
+                "queue %s: emitter still flushing after %.1f s; giving up on retries",
+                self.q.name, timeout,
+            )
+            self.abort.set()
+            self._abort_chan.close()
+            self.thread.join()
+        return self.undelivered
+
+    def _ring(self) -> None:
+        try:
+            self.ctl.send(None, timeout=0)
+        except TimeoutError:
+            pass  # already rung
+
+    # -- the thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                closed: list[Sender] = []
+                batch = self._gather(closed)
+                if batch:
+                    self._flush(batch)
+                for s in closed:  # everything of theirs is flushed now
+                    self._senders.remove(s)
+                    if s.dlq is not None:
+                        s.dlq.close()
+                    s.finished.close()
+                if self._drained():
+                    return
+        except BaseException as e:  # a bug in qchan: say so loudly, fail what is pending
+            log.critical("queue %s: emitter crashed", self.q.name, exc_info=True)
+            self.q._report(QchanError(f"emitter of queue {self.q.name!r} crashed: {e!r}"))
+            raise
+
+    def _drained(self) -> bool:
+        """Stopping, and every channel this emitter reads is closed and flushed."""
+        with self._lock:
+            return self._stopping and not self._added and not self._senders and (
+                not self._puts_open
+            )
+
+    def _cases(self) -> list[Any]:
+        cases: list[Any] = [self.ctl]
+        if self._puts_open:
+            cases.append(self.puts)
+        cases.extend(s.out for s in self._senders if s.out is not None)
+        return cases
+
+    def _gather(self, closed: list[Sender]) -> list[_Item]:
+        """Collect up to batch_size items, waiting at most `linger` after the first one."""
+        batch: list[_Item] = []
+        deadline: float | None = None
+        cases = self._cases()
+        senders = [s for s in self._senders if s.out is not None]
+        first_out = len(cases) - len(senders)
+        while len(batch) < self.batch_size:
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+            sel = select(*cases, timeout=timeout)
+            if sel is None:
+                break
+            index = sel.index
+            if index == 0:  # the doorbell: new senders or stopping
+                with self._lock:
+                    self._senders.extend(self._added)
+                    self._added.clear()
+                if self._drained():
+                    break
+                cases = self._cases()
+                senders = [s for s in self._senders if s.out is not None]
+                first_out = len(cases) - len(senders)
+                continue
+            if index < first_out:  # synchronous puts
+                if not sel.ok:
+                    self._puts_open = False
+                    if self._drained():  # nothing left to read: the doorbell won't ring again
+                        break
+                    cases = self._cases()
+                    first_out -= 1
+                    continue
+                put: Put = sel.value
+                if not put.cancelled:
+                    batch.append(_Item(None, None, put.bag, put))
+            else:
+                sender = senders[index - first_out]
+                if not sel.ok:  # closed and drained: flush now, then finish it
+                    closed.append(sender)
+                    break
+                self._take(sender, sel.value, batch)
+                # Buffered channels: take what is already waiting without another select.
+                out = sender.out
+                assert out is not None
+                while len(batch) < self.batch_size and len(out):
+                    try:
+                        self._take(sender, out.recv(timeout=0), batch)
+                    except (TimeoutError, ChannelClosed):
+                        break
+            if batch and deadline is None:
+                deadline = time.monotonic() + self.linger
+        return batch
+
+    def _take(self, sender: Sender, obj: Any, batch: list[_Item]) -> None:
+        try:
+            bag = sender.encode(obj, self.q.agent)
+        except Exception as e:
+            err = e if isinstance(e, EncodeError) else EncodeError(f"cannot encode: {e!r}")
+            self._dead_letter(sender, obj, None, err)
+            return
+        batch.append(_Item(sender, obj, bag, None))
+
+    def _flush(self, batch: list[_Item]) -> None:
+        """Send the batch; retry the failures in order; dead-letter what the policy gives up on."""
+        stats = self.q._counters
+        started = time.monotonic()
+        attempt = 0
+        pending = batch
+        while pending:
+            attempt += 1
+            outcomes: list[BaseException | None]
+            bags = [item.bag for item in pending]
+            try:
+                outcomes = list(self.adapter.send_batch(bags))
+                if len(outcomes) != len(bags):
+                    raise QchanError(
+                        f"{self.adapter!r}.send_batch returned {len(outcomes)} outcomes "
+                        f"for {len(bags)} messages"
+                    )
+            except Exception as e:
+                outcomes = [e] * len(bags)
+            failed: list[tuple[_Item, BaseException]] = []
+            for item, err in zip(pending, outcomes, strict=True):
+                if err is None:
+                    stats.sent += 1
+                    if item.put is not None:
+                        item.put.resolve(None)
+                elif isinstance(err, RejectedError):
+                    self._fail(item, err)
+                else:
+                    failed.append((item, err))
+            if not failed:
+                return
+            wait = None if self.abort.is_set() else self.retry.next(
+                attempt, time.monotonic() - started
+            )
+            if wait is None:
+                log.warning(
+                    "queue %s: %d message(s) not accepted after %d attempt(s): %s",
+                    self.q.name, len(failed), attempt, failed[0][1],
+                )
+                for item, err in failed:
+                    self._fail(item, err)
+                return
+            stats.retried += len(failed)
+            log.info(
+                "queue %s: %d message(s) failed (%s); retry %d in %.2f s",
+                self.q.name, len(failed), failed[0][1], attempt, wait,
+            )
+            self.abort.wait(wait)
+            pending = [item for item, _ in failed]
+
+    def _fail(self, item: _Item, err: BaseException) -> None:
+        if item.put is not None:
+            self.q._counters.dead_lettered += 1
+            item.put.resolve(err)
+        else:
+            assert item.sender is not None
+            self._dead_letter(item.sender, item.obj, item.bag, err)
+
+    def _dead_letter(self, sender: Sender, obj: Any, bag: Bag | None, err: BaseException) -> None:
+        """Hand the original object back on the sender's dlq, waiting while it is full."""
+        self.q._counters.dead_lettered += 1
+        msg: Msg[Any] = Msg(
+            object=obj, category=sender.category, attributes=sender.attributes, error=err, bag=bag
+        )
+        dlq = sender.dlq
+        if dlq is None:
+            self.undelivered.append(msg)
+            return
+        try:
+            dlq.send(msg, timeout=0)
+            return
+        except TimeoutError:
+            pass
+        except ChannelClosed:
+            self.undelivered.append(msg)
+            return
+        if sender.category not in self._warned_full and not self.abort.is_set():
+            self._warned_full.add(sender.category)
+            log.warning(
+                "queue %s: dlq of %r is full; sends of that channel wait until the application "
+                "receives from its dlq", self.q.name, sender.category,
+            )
+        try:
+            sel = select((dlq, msg), self._abort_chan)
+            if sel is not None and sel.index == 0:
+                return
+        except ChannelClosed:
+            pass
+        self.undelivered.append(msg)

@@ -1,0 +1,286 @@
+"""Typed logical channels on a queue: `enqueue`, `enqueue_sync` and `dequeue`."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, NamedTuple, TypeVar, get_origin
+
+import cattrs
+
+from .chan import Chan, RecvChan, SendChan
+from .codec import Codec, category_for, codec_for
+from .emitter import Sender
+from .errors import EnqueueError
+from .event import Event
+from .listener import Receiver
+from .message import Msg
+from .queue import Queue
+from .select import select
+
+__all__ = [
+    "AT_LEAST_ONCE",
+    "AT_MOST_ONCE",
+    "Dequeued",
+    "Enqueued",
+    "Policy",
+    "SyncEnqueuer",
+    "dequeue",
+    "enqueue",
+    "enqueue_sync",
+]
+
+T = TypeVar("T")
+log = logging.getLogger("qchan.endpoints")
+
+
+class Policy(enum.Enum):
+    """Delivery policy of an `enqueue`d channel.
+
+    AT_LEAST_ONCE: `out` is unbuffered, so the emitter takes each message as it
+    is sent and a broker failure holds further sends back until the failed
+    messages are on `dlq` (the delayed guarantee). AT_MOST_ONCE: `out` is
+    buffered (`capacity`); messages still in the buffer when the process dies
+    are lost.
+    """
+
+    AT_LEAST_ONCE = "at-least-once"
+    AT_MOST_ONCE = "at-most-once"
+
+
+AT_LEAST_ONCE = Policy.AT_LEAST_ONCE
+AT_MOST_ONCE = Policy.AT_MOST_ONCE
+
+# out channel -> its sender, so that leaving `with enqueue(...)` finds it.
+_SENDERS: weakref.WeakKeyDictionary[Chan[Any], tuple[Queue, Sender]] = (
+    weakref.WeakKeyDictionary()
+)
+_RECEIVERS: weakref.WeakKeyDictionary[Chan[Any], tuple[Queue, Receiver]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class Enqueued(NamedTuple, Generic[T]):
+    """`(out, dlq)` of an `enqueue`d channel; as a context manager, leaving it closes `out`
+    and waits until everything sent is delivered or on `dlq`.
+
+    Leaving the block raises `EnqueueError` for messages that ended on `dlq`
+    and were not received from it (its `failed` lists them), so none is lost
+    silently; receive from `dlq` inside the block (or in a thread) to handle
+    them yourself.
+    """
+
+    out: SendChan[T]
+    dlq: RecvChan[Msg[T]]
+
+    def __enter__(self) -> Enqueued[T]:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        failed = self.close()
+        if not failed:
+            return
+        summary = (
+            f"{len(failed)} {failed[0].category!r} message(s) were not delivered and not "
+            f"received from dlq (first error: {failed[0].error!r})"
+        )
+        if exc_type is None:
+            raise EnqueueError(summary + "; see .failed", failed)
+        log.error("%s; the block raised %s first", summary, exc_type.__name__)
+
+    def close(self) -> list[Msg[T]]:
+        """Close `out`, wait for its flush, and return what ended on `dlq` unreceived."""
+        entry = _SENDERS.pop(self.out._chan, None)
+        self.out.close()
+        if entry is None:  # closed before
+            return list(self.dlq)
+        queue, sender = entry
+        failed: list[Msg[T]] = []
+        # Drain the dlq while waiting: the emitter may be waiting for room on it.
+        dlq_open = True
+        while True:
+            cases: list[Any] = [sender.finished]
+            if dlq_open:
+                cases.append(self.dlq)
+            sel = select(*cases)
+            assert sel is not None
+            if sel.index == 0:
+                failed.extend(self.dlq)
+                break
+            if sel.ok:
+                failed.append(sel.value)
+            else:
+                dlq_open = False
+        queue._drop_sender(sender)
+        return failed
+
+
+class Dequeued(NamedTuple, Generic[T]):
+    """`(rcv, ack)` of a `dequeue`d channel; as a context manager, leaving it stops receiving
+    this category, applies the acks already sent and releases un-acked messages."""
+
+    rcv: RecvChan[Msg[T]]
+    ack: SendChan[Msg[T]]
+
+    def __enter__(self) -> Dequeued[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        entry = _RECEIVERS.pop(self.rcv._chan, None)
+        if entry is not None:
+            queue, receiver = entry
+            queue._drop_receiver(receiver)
+
+
+def _is_event(type_: Any) -> bool:
+    return type_ is Event or get_origin(type_) is Event
+
+
+def _resolve(
+    type_: Any, category: str | None, codec: Codec[Any] | None,
+    converter: cattrs.Converter | None,
+) -> tuple[str, Codec[Any]]:
+    cat = category_for(type_) if category is None else category
+    return cat, codec or codec_for(type_, converter)
+
+
+def enqueue(
+    type_: type[T],
+    q: Queue,
+    *,
+    category: str | None = None,
+    policy: Policy = AT_LEAST_ONCE,
+    capacity: int | None = None,
+    dlq_capacity: int | None = None,
+    key: Callable[[T], str | None] | None = None,
+    codec: Codec[T] | None = None,
+    converter: cattrs.Converter | None = None,
+) -> Enqueued[T]:
+    """Open a channel that sends `type_` objects to `q`: returns `(out, dlq)`.
+
+    `category` defaults to the type's name. `policy` picks the capacity of
+    `out` (AT_LEAST_ONCE: 0; AT_MOST_ONCE: `capacity`, default 1024). `dlq`
+    buffers `dlq_capacity` failures (default: two batches). `key(obj)` gives
+    the ordering key (SQS FIFO message group, Kafka key).
+    """
+    cat, cod = _resolve(type_, category, codec, converter)
+    if policy is AT_LEAST_ONCE:
+        if capacity:
+            raise ValueError("AT_LEAST_ONCE uses an unbuffered out channel; use AT_MOST_ONCE "
+                             "for a buffered one")
+        out_cap = 0
+    else:
+        out_cap = 1024 if capacity is None else capacity
+    dlq_cap = 2 * q.batch_size if dlq_capacity is None else dlq_capacity
+    out: Chan[T] = Chan(out_cap, name=f"{q.name}/{cat}.out")
+    dlq: Chan[Msg[T]] = Chan(dlq_cap, name=f"{q.name}/{cat}.dlq")
+    sender = Sender(
+        category=cat, codec=cod, attributes=q.attributes(cat), out=out, dlq=dlq, key=key,
+        is_event=_is_event(type_),
+    )
+    q._add_sender(sender)
+    _SENDERS[out] = (q, sender)
+    return Enqueued(out.send_only(), dlq.recv_only())
+
+
+def dequeue(
+    type_: type[T],
+    q: Queue,
+    *,
+    category: str | None = None,
+    capacity: int = 32,
+    ack_capacity: int = 256,
+    codec: Codec[T] | None = None,
+    converter: cattrs.Converter | None = None,
+) -> Dequeued[T]:
+    """Open a channel that receives `type_` objects from `q`: returns `(rcv, ack)`.
+
+    Polling of `q` starts with its first dequeue. `category` defaults to the
+    type's name; `"*"` receives every message no other channel of this queue
+    takes, and `""` the messages that carry no `Category` attribute. Messages
+    in `rcv`'s buffer (`capacity`) count toward the queue's in-flight limit.
+    Acknowledge each message with `ack.send(msg)`, or refuse it with
+    `ack.send(msg.fail(err))` for redelivery.
+    """
+    cat, cod = _resolve(type_, category, codec, converter)
+    rcv: Chan[Msg[T]] = Chan(capacity, name=f"{q.name}/{cat}.rcv")
+    ack: Chan[Msg[T]] = Chan(ack_capacity, name=f"{q.name}/{cat}.ack")
+    receiver = Receiver(cat, cod, rcv, ack)
+    q._add_receiver(receiver)
+    _RECEIVERS[rcv] = (q, receiver)
+    return Dequeued(rcv.recv_only(), ack.send_only())
+
+
+class SyncEnqueuer(Generic[T]):
+    """Sends one object at a time and returns only once the broker accepted it.
+
+    Thread-safe: many threads (say, a web server's) may share one; the emitter
+    batches their concurrent puts.
+    """
+
+    def __init__(self, q: Queue, sender: Sender) -> None:
+        self._q = q
+        self._sender = sender
+        self.category = sender.category
+
+    def put(self, obj: T, timeout: float | None = None) -> None:
+        """Send `obj`; return once the broker accepted it.
+
+        Raises `EncodeError` if `obj` cannot be encoded (nothing was sent),
+        `EnqueueError` (with `__cause__`) if the broker did not accept it within
+        the queue's retry policy, and `TimeoutError` after `timeout` seconds, in
+        which case the outcome is unknown: the message may still be delivered.
+        """
+        started = time.monotonic()
+        bag = self._sender.encode(obj, self._q.agent)
+        put = self._q._put(self._sender, bag, timeout)
+        remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        if not put.done.wait(remaining):
+            put.cancelled = True
+            raise TimeoutError(
+                f"no answer from {self._q!r} within {timeout} s; the message may still be "
+                f"delivered"
+            )
+        if put.error is not None:
+            raise EnqueueError(
+                f"{self._q!r} did not accept a {self.category!r} message: {put.error}",
+                [Msg(obj, self.category, attributes=bag.attributes, error=put.error, bag=bag)],
+            ) from put.error
+
+    def close(self) -> None:
+        self._q._drop_sender(self._sender)
+
+    def __enter__(self) -> SyncEnqueuer[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def enqueue_sync(
+    type_: type[T],
+    q: Queue,
+    *,
+    category: str | None = None,
+    key: Callable[[T], str | None] | None = None,
+    codec: Codec[T] | None = None,
+    converter: cattrs.Converter | None = None,
+) -> SyncEnqueuer[T]:
+    """Open a synchronous sender of `type_` objects: `put(obj)` returns once the broker has it."""
+    cat, cod = _resolve(type_, category, codec, converter)
+    sender = Sender(
+        category=cat, codec=cod, attributes=q.attributes(cat), out=None, dlq=None, key=key,
+        is_event=_is_event(type_),
+    )
+    q._add_sender(sender)
+    return SyncEnqueuer(q, sender)

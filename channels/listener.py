@@ -1,0 +1,519 @@
+"""The listener: a poller thread and a dispatcher thread per queue.
+
+The poller calls `adapter.receive` while some category is open and fewer than
+`in_flight` messages are outstanding, decodes each bag with its category's
+codec and passes the batch to the dispatcher. Bags it cannot decode or route
+are reported (errors channel or log) and handed to the adapter's poison policy.
+
+The dispatcher owns every received message until it is acknowledged. It
+selects, in one call, over new batches, every category's `ack` channel, and a
+send case per category with a waiting message, so a category nobody reads
+never holds up the others (no head-of-line blocking). It batches acks (at
+most `ack_linger` seconds), nacks a message not acked within
+`time_to_flight` seconds of its hand-off, extends visibility every `heartbeat`
+seconds when asked to, and at close releases everything not acked.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+from .chan import Chan
+from .codec import Codec, JSONCodec
+from .errors import ChannelClosed, ConnectionLost, DecodeError, MessageError, UnroutableError
+from .message import Bag, Msg
+from .select import select
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["ANY", "Listener", "Receiver"]
+
+log = logging.getLogger("qchan.listener")
+
+#: The category of a channel that receives every message no other channel takes.
+ANY = "*"
+
+
+class Receiver:
+    """One `dequeue`d category: its channels, codec and undelivered messages."""
+
+    __slots__ = ("ack", "category", "codec", "finished", "pending", "rcv")
+
+    def __init__(self, category: str, codec: Codec[Any], rcv: Chan[Msg[Any]], ack: Chan[Msg[Any]]):
+        self.category = category
+        self.codec = codec
+        self.rcv = rcv
+        self.ack = ack
+        self.pending: deque[Msg[Any]] = deque()
+        self.finished = threading.Event()
+
+
+class _Poison:
+    """A bag the poller could not route: poison (with its error), or, without one, a bag
+    received when no channel was open any more (released at once)."""
+
+    __slots__ = ("bag", "error")
+
+    def __init__(self, bag: Bag, error: MessageError | None) -> None:
+        self.bag = bag
+        self.error = error
+
+
+# What the poller hands the dispatcher: routed messages and poison.
+_Batch = list[tuple[Receiver, Msg[Any]] | _Poison]
+
+
+class Listener:
+    """Poller and dispatcher threads of one queue. `Queue` creates it on the first `dequeue`."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.q = queue
+        self.adapter = queue.adapter
+        self.limit = queue.in_flight
+        self.ttf = queue.time_to_flight
+        self.ack_linger = queue.ack_linger
+        self.heartbeat = queue.heartbeat
+        self.poll_wait = queue.poll_wait
+        # Routing table, replaced (never mutated) so the poller reads it without a lock.
+        self.routes: dict[str, Receiver] = {}
+        self._cond = threading.Condition()
+        self._count = 0  # in flight: received and not yet acked, nacked, released or rejected
+        self._stopping = False
+        self._reported: OrderedDict[str, None] = OrderedDict()  # unroutable ids said once
+        self.ctl: Chan[tuple[str, Any]] = Chan(16, name=f"{queue.name}.listener.ctl")
+        self.inbox: Chan[_Batch] = Chan(2, name=f"{queue.name}.inbox")
+        scheme, name = queue.adapter.scheme, queue.name
+        self._poller = threading.Thread(
+            target=self._poll, name=f"qchan-poller-{scheme}-{name}", daemon=True
+        )
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name=f"qchan-dispatcher-{scheme}-{name}", daemon=True
+        )
+        # Daemons: losing them loses nothing, the broker redelivers what was not acked.
+        self._dispatcher.start()
+        self._poller.start()
+
+    @property
+    def in_flight(self) -> int:
+        return self._count
+
+    # -- called from application threads ------------------------------------
+
+    def add(self, r: Receiver) -> None:
+        with self._cond:
+            if self._stopping:
+                raise ChannelClosed(f"queue {self.q.name!r} is closed")
+            self.routes = {**self.routes, r.category: r}
+            self._cond.notify_all()
+        self.ctl.send(("add", r))
+
+    def remove(self, r: Receiver, timeout: float | None = None) -> None:
+        """Stop routing to `r`, apply its pending acks, release what it still holds."""
+        with self._cond:
+            if self.routes.get(r.category) is r:
+                self.routes = {k: v for k, v in self.routes.items() if v is not r}
+            idle = not self.routes
+        if idle:  # nobody receives now: cut a waiting receive short
+            self.adapter.wakeup()
+        try:
+            self.ctl.send(("remove", r))
+        except ChannelClosed:
+            return  # the listener stopped, and finished every receiver
+        r.finished.wait(timeout)
+
+    def stop(self, timeout: float) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self.adapter.wakeup()
+        self._poller.join(timeout)
+        if self._poller.is_alive():
+            log.warning("queue %s: poller still in receive after %.1f s", self.q.name, timeout)
+        self.ctl.send(("stop", None))
+        self._dispatcher.join(timeout)
+        if self._dispatcher.is_alive():
+            log.warning("queue %s: dispatcher did not stop within %.1f s", self.q.name, timeout)
+
+    def revoke(self, predicate: Any, timeout: float = 10.0) -> int:
+        """Drop held messages the adapter no longer owns (see `Hooks.revoke`); how many."""
+        box: list[int] = []
+        done = threading.Event()
+        try:
+            self.ctl.send(("revoke", (predicate, box, done)))
+        except ChannelClosed:
+            return 0
+        done.wait(timeout)
+        return box[0] if box else 0
+
+    def _resolved(self, n: int) -> None:
+        if n:
+            with self._cond:
+                self._count -= n
+                self._cond.notify_all()
+
+    # -- the poller thread ----------------------------------------------------
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
+    def _poll(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._stopping and (not self.routes or self._count >= self.limit):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                room = self.limit - self._count
+            try:
+                bags = self.adapter.receive(min(self.adapter.max_receive, room), self.poll_wait)
+                failures = 0
+            except Exception as e:
+                failures += 1
+                self.q._report(
+                    e if isinstance(e, ConnectionLost) else ConnectionLost(
+                        f"queue {self.q.name!r}: receive failed ({e!r}); retrying"
+                    )
+                )
+                backoff = min(5.0, 0.05 * 2 ** min(failures, 7))
+                with self._cond:  # back off, but wake at once when the queue closes
+                    if self._cond.wait_for(self._is_stopping, backoff):
+                        return
+                continue
+            if bags:
+                with self._cond:
+                    self._count += len(bags)
+                self._route(bags)
+
+    def _route(self, bags: Any) -> None:
+        stats = self.q._counters
+        routes = self.routes
+        batch: _Batch = []
+        if not routes:
+            # The last channel closed while this receive ran: give the bags back at
+            # once rather than leave them to the broker's visibility timeout.
+            batch.extend(_Poison(bag, None) for bag in bags)
+            self._hand_over(batch)
+            return
+        for bag in bags:
+            stats.received += 1
+            if bag.deliveries > 1:
+                stats.redelivered += 1
+            r = routes.get(bag.category) or routes.get(ANY)
+            if r is None:
+                batch.append(_Poison(bag, UnroutableError(
+                    f"queue {self.q.name!r}: no channel receives category {bag.category!r} "
+                    f"(message {bag.id}); it goes back to the broker", bag
+                )))
+                continue
+            try:
+                obj = r.codec.decode(bag.body)
+            except Exception as e:
+                why = JSONCodec.explain(e)
+                err = DecodeError(
+                    f"queue {self.q.name!r}: cannot decode a {bag.category!r} message "
+                    f"({bag.id}, {len(bag.body)} bytes) as {_type_name(r.codec)}: {why}", bag
+                )
+                err.__cause__ = e
+                batch.append(_Poison(bag, err))
+                continue
+            batch.append((r, Msg(obj, bag.category, bag.digest, bag.attributes, bag=bag)))
+        self._hand_over(batch)
+
+    def _hand_over(self, batch: _Batch) -> None:
+        try:
+            self.inbox.send(batch)
+        except ChannelClosed:
+            # The queue closed while this receive was still running (a long poll
+            # that outlived close's timeout). Nothing acks these bags: the broker
+            # makes them visible again by its own redelivery.
+            log.info(
+                "queue %s: %d message(s) received after close; left to broker redelivery",
+                self.q.name, len(batch),
+            )
+
+    # -- the dispatcher thread -------------------------------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            _Dispatcher(self).run()
+        except BaseException as e:
+            log.critical("queue %s: dispatcher crashed", self.q.name, exc_info=True)
+            self.q._report(ConnectionLost(f"dispatcher of queue {self.q.name!r} crashed: {e!r}"))
+            raise
+
+    def report_unroutable(self, p: _Poison) -> None:
+        """Say once per message id that it is unroutable (the broker will bring it back)."""
+        assert p.error is not None
+        key = p.bag.id or str(id(p.bag))
+        if key in self._reported:
+            return
+        self._reported[key] = None
+        if len(self._reported) > 10_000:
+            self._reported.popitem(last=False)
+        self.q._report(p.error)
+
+
+def _type_name(codec: Codec[Any]) -> str:
+    t = getattr(codec, "type", None)
+    return getattr(t, "__name__", None) or repr(t) if t is not None else type(codec).__name__
+
+
+class _Dispatcher:
+    """The dispatcher thread's state (only that thread touches it)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.l = listener
+        self.q = listener.q
+        self.adapter = listener.adapter
+        self.receivers: list[Receiver] = []
+        self.acks_open: list[Receiver] = []
+        # bag -> (receiver, deadline) for messages handed to the application
+        self.flight: dict[Bag, tuple[Receiver, float]] = {}
+        self.deadlines: list[tuple[float, int, Bag]] = []
+        self.seq = itertools.count()
+        self.to_ack: list[Bag] = []
+        self.to_nack: dict[float, list[Bag]] = {}
+        self.ack_due: float | None = None
+        self.next_beat = time.monotonic() + (listener.heartbeat or 0.0)
+
+    def run(self) -> None:
+        ctl, inbox = self.l.ctl, self.l.inbox
+        while True:
+            cases: list[Any] = [ctl, inbox]
+            cases.extend(r.ack for r in self.acks_open)
+            first_send = len(cases)
+            sending = [r for r in self.receivers if r.pending]
+            cases.extend((r.rcv, r.pending[0]) for r in sending)
+            sel = select(*cases, timeout=self._timeout())
+            now = time.monotonic()
+            if sel is not None:
+                i = sel.index
+                if i == 0:
+                    op, arg = sel.value
+                    if op == "add":
+                        self.receivers.append(arg)
+                        self.acks_open.append(arg)
+                    elif op == "remove":
+                        self._finish(arg)
+                    elif op == "revoke":
+                        self._revoke(*arg)
+                    else:  # stop
+                        self._stop()
+                        return
+                elif i == 1:
+                    self._take(sel.value)
+                elif i < first_send:
+                    r = self.acks_open[i - 2]
+                    if sel.ok:
+                        self._on_ack(sel.value, now)
+                        while len(r.ack):  # take the buffered acks without another select
+                            try:
+                                self._on_ack(r.ack.recv(timeout=0), now)
+                            except (TimeoutError, ChannelClosed):
+                                break
+                    else:  # the application closed its ack channel
+                        self.acks_open.remove(r)
+                else:
+                    r = sending[i - first_send]
+                    self._handed(r, r.pending.popleft(), now)
+                    while r.pending:  # room in a buffered rcv: fill it without a select
+                        try:
+                            r.rcv.send(r.pending[0], timeout=0)
+                        except (TimeoutError, ChannelClosed):
+                            break
+                        self._handed(r, r.pending.popleft(), now)
+            self._timers(time.monotonic())
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def _timeout(self) -> float | None:
+        due = []
+        if self.ack_due is not None:
+            due.append(self.ack_due)
+        if self.deadlines:
+            due.append(self.deadlines[0][0])
+        if self.l.heartbeat and (self.flight or any(r.pending for r in self.receivers)):
+            due.append(self.next_beat)
+        if not due:
+            return None
+        return max(0.0, min(due) - time.monotonic())
+
+    def _take(self, batch: _Batch) -> None:
+        for item in batch:
+            if isinstance(item, _Poison):
+                self._poison(item)
+                continue
+            r, msg = item
+            if r in self.receivers:
+                r.pending.append(msg)
+            else:  # its channel closed while the message was on its way
+                self._release([msg.bag] if msg.bag else [])
+
+    def _poison(self, p: _Poison) -> None:
+        if p.error is None:
+            self._release([p.bag])
+            return
+        self.q._counters.poison += 1
+        if isinstance(p.error, UnroutableError):
+            self.l.report_unroutable(p)
+        else:
+            self.q._report(p.error)
+        try:
+            self.adapter.reject(p.bag, p.error)
+        except Exception as e:
+            self.q._report(e)
+        self.l._resolved(1)
+
+    def _handed(self, r: Receiver, msg: Msg[Any], now: float) -> None:
+        assert msg.bag is not None
+        deadline = now + self.l.ttf
+        self.flight[msg.bag] = (r, deadline)
+        heapq.heappush(self.deadlines, (deadline, next(self.seq), msg.bag))
+
+    def _on_ack(self, msg: Msg[Any], now: float) -> None:
+        bag = msg.bag
+        entry = self.flight.pop(bag, None) if bag is not None else None
+        if entry is None:
+            log.warning(
+                "queue %s: ack for a %r message that is not in flight (acked twice, expired "
+                "after time_to_flight=%ss, revoked by a rebalance, or from another queue); "
+                "ignored",
+                self.q.name, msg.category, self.l.ttf,
+            )
+            return
+        assert bag is not None
+        if msg.error is None:
+            self.to_ack.append(bag)
+        else:
+            self.to_nack.setdefault(msg.delay or 0.0, []).append(bag)
+        if self.ack_due is None:
+            self.ack_due = now + self.l.ack_linger
+        if len(self.to_ack) >= self.adapter.max_batch:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        stats = self.q._counters
+        acks, self.to_ack = self.to_ack, []
+        nacks, self.to_nack = self.to_nack, {}
+        self.ack_due = None
+        if acks:
+            try:
+                self.adapter.ack(acks)
+                stats.acked += len(acks)
+            except Exception as e:
+                self.q._report(e)
+            self.l._resolved(len(acks))
+        for delay, bags in nacks.items():
+            try:
+                self.adapter.nack(bags, delay)
+                stats.nacked += len(bags)
+            except Exception as e:
+                self.q._report(e)
+            self.l._resolved(len(bags))
+
+    def _timers(self, now: float) -> None:
+        if self.ack_due is not None and now >= self.ack_due:
+            self._flush_acks()
+        expired = []
+        while self.deadlines and self.deadlines[0][0] <= now:
+            deadline, _, bag = heapq.heappop(self.deadlines)
+            entry = self.flight.get(bag)
+            if entry is not None and entry[1] == deadline:
+                del self.flight[bag]
+                expired.append(bag)
+        if expired:
+            log.warning(
+                "queue %s: %d message(s) not acked within time_to_flight=%ss; released for "
+                "redelivery", self.q.name, len(expired), self.l.ttf,
+            )
+            self.q._counters.expired += len(expired)
+            try:
+                self.adapter.nack(expired, 0.0)
+            except Exception as e:
+                self.q._report(e)
+            self.l._resolved(len(expired))
+        if self.l.heartbeat and now >= self.next_beat:
+            self.next_beat = now + self.l.heartbeat
+            held = [*self.flight, *(m.bag for r in self.receivers for m in r.pending if m.bag)]
+            if held:
+                try:
+                    self.adapter.extend(held)
+                except Exception as e:
+                    self.q._report(e)
+
+    def _revoke(self, predicate: Any, box: list[int], done: threading.Event) -> None:
+        """Forget messages the adapter lost (a rebalance): no release, no ack; a new owner
+        redelivers them. Messages already in a buffered rcv still reach the application;
+        their acks are then ignored."""
+        dropped = 0
+        for r in self.receivers:
+            keep = deque(m for m in r.pending if not (m.bag and predicate(m.bag)))
+            dropped += len(r.pending) - len(keep)
+            r.pending = keep
+        for bag in [b for b in self.flight if predicate(b)]:
+            del self.flight[bag]
+            dropped += 1
+        self.l._resolved(dropped)
+        box.append(dropped)
+        done.set()
+
+    def _release(self, bags: list[Bag]) -> None:
+        if not bags:
+            return
+        try:
+            self.adapter.release(bags)
+        except Exception as e:
+            self.q._report(e)
+        self.l._resolved(len(bags))
+
+    def _finish(self, r: Receiver) -> None:
+        """Close one receiver: apply its acks, release everything it still holds."""
+        if r not in self.receivers:
+            r.finished.set()
+            return
+        self.receivers.remove(r)
+        if r in self.acks_open:
+            self.acks_open.remove(r)
+        r.rcv.close()
+        held: list[Bag] = [m.bag for m in r.pending if m.bag is not None]
+        r.pending.clear()
+        for m in r.rcv:  # buffered, never received by the application
+            assert m.bag is not None
+            self.flight.pop(m.bag, None)
+            held.append(m.bag)
+        r.ack.close()
+        now = time.monotonic()
+        for m in r.ack:  # acks the application sent before closing
+            self._on_ack(m, now)
+        self._flush_acks()
+        for bag, (owner, _) in list(self.flight.items()):
+            if owner is r:  # delivered, not acked
+                del self.flight[bag]
+                held.append(bag)
+        self._release(held)
+        r.finished.set()
+
+    def _stop(self) -> None:
+        for r in list(self.receivers):
+            self._finish(r)
+        # Batches the poller passed on before it stopped: nobody will receive them now.
+        while True:
+            try:
+                batch = self.l.inbox.recv(timeout=0)
+            except (TimeoutError, ChannelClosed):
+                break
+            for item in batch:
+                if isinstance(item, _Poison):
+                    self._poison(item)
+                elif item[1].bag is not None:
+                    self._release([item[1].bag])
+        self.l.ctl.close()
+        self.l.inbox.close()

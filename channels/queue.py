@@ -1,0 +1,308 @@
+"""`Queue`: one queue on one broker, and its lifecycle. Channels open on it with
+`enqueue`, `enqueue_sync` and `dequeue` (see endpoints.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import types
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from .adapter import Adapter, Hooks
+from .chan import Chan, SendChan
+from .emitter import Emitter, Put, Sender
+from .errors import ChannelClosed, EnqueueError, QchanError
+from .listener import Listener, Receiver
+from .message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
+from .retry import Backoff, Exponential
+from .stats import Counters, Stats
+from .urls import open_adapter, redact
+
+__all__ = ["Queue", "connect"]
+
+log = logging.getLogger("qchan.queue")
+
+
+def _program() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+
+
+class _KernelHooks(Hooks):
+    def __init__(self, queue: Queue) -> None:
+        self._queue = weakref.ref(queue)
+
+    def report(self, error: BaseException) -> None:
+        q = self._queue()
+        if q is not None:
+            q._report(error)
+
+    def revoke(self, predicate: Any) -> int:
+        q = self._queue()
+        return q._revoke(predicate) if q is not None else 0
+
+
+class Queue:
+    """A queue on a broker. Open channels on it with `enqueue`/`dequeue`; close it when done.
+
+    Options (all keyword-only):
+
+    - agent, system: the `Source` and `System` attributes of what this queue
+      sends (default: the program's name, and the transport's scheme).
+    - batch_size, linger: the emitter sends up to `batch_size` messages at once
+      (default: the adapter's limit) and waits at most `linger` seconds to fill
+      a batch (default 5 ms).
+    - retry: the emitter's `Backoff` policy (default: exponential with full
+      jitter, 8 attempts, at most 60 s); when it gives up, the object goes to
+      its channel's dlq.
+    - poll_wait: seconds one receive may wait for messages (default: the
+      adapter's). in_flight: most messages received and not yet acked (500).
+    - time_to_flight: seconds the application may hold a message before it
+      counts as nacked (30). ack_linger: acks are batched for at most this
+      long (10 ms). heartbeat: seconds between visibility extensions of held
+      messages (off by default; brokers without visibility ignore it).
+    - errors: a channel for everything the workers cannot hand to a specific
+      channel (poison messages, connection loss); when absent they are logged.
+      Give it a buffer: a full errors channel falls back to logging.
+    - close_timeout: how long `close()` waits for the emitter to flush (10 s).
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        *,
+        agent: str | None = None,
+        system: str | None = None,
+        batch_size: int | None = None,
+        linger: float = 0.005,
+        retry: Backoff | None = None,
+        poll_wait: float | None = None,
+        in_flight: int = 500,
+        time_to_flight: float = 30.0,
+        ack_linger: float = 0.01,
+        heartbeat: float | None = None,
+        errors: Chan[Exception] | SendChan[Exception] | None = None,
+        close_timeout: float = 10.0,
+        url: str | None = None,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, not {in_flight}")
+        for label, value in (("linger", linger), ("time_to_flight", time_to_flight),
+                             ("ack_linger", ack_linger), ("close_timeout", close_timeout)):
+            if value < 0:
+                raise ValueError(f"{label} must be >= 0 s, not {value}")
+        self.adapter = adapter
+        self.name = adapter.name
+        self.url = redact(url) if url else f"{adapter.scheme}://{adapter.name}"
+        self.agent = agent or _program()
+        self.system = system or adapter.scheme
+        self.batch_size = batch_size or adapter.max_batch
+        self.linger = linger
+        self.retry = retry or Exponential()
+        self.poll_wait = adapter.poll_wait if poll_wait is None else poll_wait
+        self.in_flight = in_flight
+        self.time_to_flight = time_to_flight
+        self.ack_linger = ack_linger
+        self.heartbeat = heartbeat
+        self.errors = errors
+        self.close_timeout = close_timeout
+        self._counters = Counters()
+        self._lock = threading.Lock()
+        self._senders: dict[str, Sender] = {}
+        self._receivers: dict[str, Receiver] = {}
+        self._emitter: Emitter | None = None
+        self._listener: Listener | None = None
+        self._closing = False
+        self._closed = threading.Event()
+        adapter.bind(_KernelHooks(self))
+        _OPEN.add(self)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed.is_set() else ""
+        return f"<Queue {self.url}{state}>"
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def stats(self) -> Stats:
+        """Counters since the queue opened, and how many messages are in flight now."""
+        listener = self._listener
+        return self._counters.snapshot(listener.in_flight if listener else 0)
+
+    def attributes(self, category: str) -> Mapping[str, str]:
+        """The wire attributes this queue sends with a message of `category`."""
+        return types.MappingProxyType({
+            ATTR_CATEGORY: category, ATTR_SOURCE: self.agent,
+            ATTR_SYSTEM: self.system, ATTR_QUEUE: self.name,
+        })
+
+    # -- registration (used by endpoints.py) -----------------------------------
+
+    def _add_sender(self, sender: Sender) -> None:
+        with self._lock:
+            self._check_open()
+            if sender.category in self._senders:
+                raise QchanError(
+                    f"category {sender.category!r} already has an open enqueue on {self!r}; "
+                    f"close it first, or give this one another category="
+                )
+            if self._emitter is None:
+                self._emitter = Emitter(self)
+            self._senders[sender.category] = sender
+            emitter = self._emitter
+        if sender.out is not None:
+            emitter.add(sender)
+
+    def _drop_sender(self, sender: Sender) -> None:
+        with self._lock:
+            if self._senders.get(sender.category) is sender:
+                del self._senders[sender.category]
+
+    def _put(self, sender: Sender, bag: Bag, timeout: float | None) -> Any:
+        with self._lock:
+            self._check_open()
+            emitter = self._emitter
+        assert emitter is not None
+        put = Put(bag)
+        try:
+            emitter.puts.send(put, timeout=timeout)
+        except ChannelClosed:
+            raise EnqueueError(f"{self!r} is closed; nothing was sent") from None
+        return put
+
+    def _add_receiver(self, receiver: Receiver) -> None:
+        with self._lock:
+            self._check_open()
+            if receiver.category in self._receivers:
+                raise QchanError(
+                    f"category {receiver.category!r} already has an open dequeue on {self!r}; "
+                    f"one channel per category and queue receives it"
+                )
+            if self._listener is None:
+                self._listener = Listener(self)
+            self._receivers[receiver.category] = receiver
+            listener = self._listener
+        listener.add(receiver)
+
+    def _drop_receiver(self, receiver: Receiver) -> None:
+        with self._lock:
+            listener = self._listener
+            if self._receivers.get(receiver.category) is receiver:
+                del self._receivers[receiver.category]
+        if listener is not None:
+            listener.remove(receiver, self.close_timeout)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ChannelClosed(f"{self!r} is closed")
+
+    # -- errors ---------------------------------------------------------------
+
+    def _report(self, error: BaseException) -> None:
+        """Hand an error no channel owns to the errors channel, or log it."""
+        errors = self.errors
+        if errors is not None and isinstance(error, Exception):
+            try:
+                errors.send(error, timeout=0)
+                return
+            except (TimeoutError, ChannelClosed):
+                pass
+        if isinstance(error, QchanError):  # an expected failure, its message says it all
+            log.error("queue %s: %s", self.name, error)
+        else:
+            log.error("queue %s: %s", self.name, error, exc_info=error)
+
+    def _revoke(self, predicate: Any) -> int:
+        listener = self._listener
+        return listener.revoke(predicate) if listener is not None else 0
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop receiving, release un-acked messages, flush what was sent, join every thread.
+
+        Raises `EnqueueError` listing the messages that were neither delivered
+        nor handed back on a dlq (its `failed` attribute holds them).
+        """
+        with self._lock:
+            if self._closing:
+                closing_elsewhere = True
+            else:
+                closing_elsewhere = False
+                self._closing = True
+            listener, emitter = self._listener, self._emitter
+        if closing_elsewhere:
+            self._closed.wait()
+            return
+        timeout = self.close_timeout if timeout is None else timeout
+        undelivered: list[Any] = []
+        try:
+            if listener is not None:
+                listener.stop(timeout)
+            if emitter is not None:
+                undelivered = emitter.stop(timeout)
+        finally:
+            try:
+                self.adapter.close()
+            except Exception as e:
+                log.warning("queue %s: closing the adapter failed: %s", self.name, e)
+            _OPEN.discard(self)
+            self._closed.set()
+        if undelivered:
+            raise EnqueueError(
+                f"{self!r} closed with {len(undelivered)} message(s) neither delivered nor "
+                f"handed back on a dlq (first: {undelivered[0].error!r}); see .failed",
+                undelivered,
+            )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the queue is closed (by another thread or a signal handler)."""
+        return self._closed.wait(timeout)
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Queues still open at interpreter exit are closed then, so that the emitter
+# (not a daemon: it may hold messages) flushes instead of hanging the exit.
+_OPEN: weakref.WeakSet[Queue] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for q in list(_OPEN):
+        try:
+            q.close()
+        except Exception as e:
+            log.error("queue %s: %s", q.name, e)
+
+
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_close_all_at_exit)
+
+_QUEUE_OPTIONS = frozenset({
+    "agent", "system", "batch_size", "linger", "retry", "poll_wait", "in_flight",
+    "time_to_flight", "ack_linger", "heartbeat", "errors", "close_timeout",
+})
+
+
+def connect(url: str, **options: Any) -> Queue:
+    """Open the queue a URL names: `mem://orders`, `sqs://orders?region=...`, `amqp://...`.
+
+    Options the queue knows (see `Queue`) configure it; the rest go to the
+    transport's adapter, which rejects what it does not know.
+    """
+    kernel = {k: options.pop(k) for k in list(options) if k in _QUEUE_OPTIONS}
+    adapter = open_adapter(url, **options)
+    return Queue(adapter, url=url, **kernel)

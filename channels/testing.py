@@ -1,0 +1,449 @@
+"""The adapter conformance suite: the same behaviour tests against every transport.
+
+Use it from a test module (needs pytest)::
+
+    import pytest
+    from qchan.testing import Conformance
+
+    class TestMyBroker(Conformance):
+        @pytest.fixture
+        def adapter_factory(self):
+            def make(name: str) -> Adapter:
+                return MyAdapter(name, ...)   # the queue or topic `name`, created if need be
+            return make
+
+`make(name)` must open a new adapter on the queue called `name`; two calls with
+the same name reach the same queue (and, for consumer-group brokers, the same
+group), so that a message left un-acked by one queue is redelivered to the
+next. Class attributes tune the suite: `ordered` (False for brokers without
+per-channel order, such as SQS standard queues), `queue_options` (extra
+`Queue` options every test uses), `patience` (how long to wait for a message
+that must arrive), `quiet` (how long to listen to be sure nothing arrives)
+and `redelivery_after` (how soon the broker redelivers a message received
+and never acked: the visibility timeout the fixture configures, or 0 where
+closing the consumer redelivers at once). Keep the fixture's visibility
+timeout short (a second or two) so the suite stays fast.
+
+A new adapter is done when this suite passes against the real broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import pytest
+
+from .adapter import Adapter, Hooks
+from .chan import Chan
+from .endpoints import AT_MOST_ONCE, dequeue, enqueue, enqueue_sync
+from .errors import ConnectionLost, DecodeError, EnqueueError, MessageError, UnroutableError
+from .message import Bag, Msg
+from .queue import Queue
+from .retry import Constant
+
+__all__ = ["Conformance", "Faulty", "Order", "Refund", "Spy", "Wrapped"]
+
+AdapterFactory = Callable[[str], Adapter]
+
+
+@attrs.frozen
+class Order:
+    """A small typed message the suite sends."""
+
+    id: str
+    amount: float
+    tags: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class Refund:
+    """A second type, to share a queue with `Order`."""
+
+    order: str
+    reason: str
+
+
+class Wrapped(Adapter):
+    """An adapter that delegates everything to another: subclass it to spy or inject faults."""
+
+    def __init__(self, inner: Adapter) -> None:
+        super().__init__(inner.name)
+        self.inner = inner
+        self.scheme = inner.scheme
+        self.max_batch = inner.max_batch
+        self.max_receive = inner.max_receive
+        self.poll_wait = inner.poll_wait
+
+    def bind(self, hooks: Hooks) -> None:
+        super().bind(hooks)
+        self.inner.bind(hooks)
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        return self.inner.send_batch(bags)
+
+    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+        return self.inner.receive(max_items, wait)
+
+    def ack(self, bags: Sequence[Bag]) -> None:
+        self.inner.ack(bags)
+
+    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+        self.inner.nack(bags, delay)
+
+    def release(self, bags: Sequence[Bag]) -> None:
+        self.inner.release(bags)
+
+    def reject(self, bag: Bag, error: MessageError) -> None:
+        self.inner.reject(bag, error)
+
+    def extend(self, bags: Sequence[Bag]) -> None:
+        self.inner.extend(bags)
+
+    def wakeup(self) -> None:
+        self.inner.wakeup()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Spy(Wrapped):
+    """Records the size of every `send_batch` and how often each message id was sent."""
+
+    def __init__(self, inner: Adapter) -> None:
+        super().__init__(inner)
+        self.batches: list[int] = []
+        self.attempts: dict[str | None, int] = {}
+        self._lock = threading.Lock()
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        with self._lock:
+            self.batches.append(len(bags))
+            for b in bags:
+                self.attempts[b.id] = self.attempts.get(b.id, 0) + 1
+        return super().send_batch(bags)
+
+
+class Faulty(Spy):
+    """Fails the first `fail` messages it is asked to send (or every one, with `fail=-1`)."""
+
+    def __init__(self, inner: Adapter, fail: int = -1) -> None:
+        super().__init__(inner)
+        self.fail = fail
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        with self._lock:
+            self.batches.append(len(bags))
+            for b in bags:
+                self.attempts[b.id] = self.attempts.get(b.id, 0) + 1
+        outcomes: list[BaseException | None] = []
+        passing: list[int] = []
+        for i in range(len(bags)):
+            if self.fail != 0:
+                if self.fail > 0:
+                    self.fail -= 1
+                outcomes.append(ConnectionLost(f"{self.name}: injected send failure"))
+            else:
+                outcomes.append(None)
+                passing.append(i)
+        if passing:
+            results = self.inner.send_batch([bags[i] for i in passing])
+            for i, r in zip(passing, results, strict=True):
+                outcomes[i] = r
+        return outcomes
+
+
+def _recv_all(rcv: Any, n: int, timeout: float) -> list[Msg[Any]]:
+    """Receive n messages, each within `timeout` seconds (a deadline per message)."""
+    got = []
+    for i in range(n):
+        try:
+            got.append(rcv.recv(timeout=timeout))
+        except TimeoutError:
+            raise AssertionError(
+                f"received {i} of {n} messages; none more in {timeout} s"
+            ) from None
+    return got
+
+
+class Conformance:
+    """The tests every adapter passes. See the module docstring for how to use it."""
+
+    ordered: ClassVar[bool] = True
+    queue_options: ClassVar[dict[str, Any]] = {}
+    patience: ClassVar[float] = 30.0
+    quiet: ClassVar[float] = 2.0
+    redelivery_after: ClassVar[float] = 0.0
+
+    @pytest.fixture
+    def queue_name(self) -> str:
+        return f"qchan-{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def open_queue(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> Iterator[Callable[..., Queue]]:
+        opened: list[Queue] = []
+
+        def make(
+            *, name: str | None = None, wrap: Callable[[Adapter], Adapter] | None = None,
+            **options: Any,
+        ) -> Queue:
+            adapter = adapter_factory(name or queue_name)
+            if wrap is not None:
+                adapter = wrap(adapter)
+            q = Queue(adapter, **{**self.queue_options, **options})
+            opened.append(q)
+            return q
+
+        yield make
+        for q in opened:
+            try:
+                q.close()
+            except EnqueueError:
+                pass
+
+    @pytest.fixture
+    def inject(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> Callable[[list[Bag]], None]:
+        """Send raw bags through an adapter of its own (as a foreign producer would)."""
+
+        def send(bags: list[Bag]) -> None:
+            raw = adapter_factory(queue_name)
+            try:
+                outcomes = raw.send_batch(bags)
+                assert all(o is None for o in outcomes), outcomes
+            finally:
+                raw.close()
+
+        return send
+
+    # -- round trips ------------------------------------------------------------
+
+    def test_round_trip_of_typed_objects(self, open_queue: Callable[..., Queue]) -> None:
+        q = open_queue(agent="conformance", system="qchan-tests")
+        sent = [Order(str(i), i * 1.25, ["a", "b"][: i % 3]) for i in range(10)]
+        with enqueue(Order, q) as (out, _):
+            for o in sent:
+                out.send(o)
+        with dequeue(Order, q) as (rcv, ack):
+            got = _recv_all(rcv, 10, self.patience)
+            for m in got:
+                ack.send(m)
+        assert sorted(m.object.id for m in got) == sorted(o.id for o in sent)
+        by_id = {m.object.id: m.object for m in got}
+        assert all(by_id[o.id] == o for o in sent)
+        attrs_ = got[0].attributes
+        assert attrs_["Category"] == "Order"
+        assert attrs_["Source"] == "conformance"
+        assert attrs_["System"] == "qchan-tests"
+        assert attrs_["Queue"] == q.name
+        assert all(m.category == "Order" for m in got)
+
+    def test_order_is_kept_per_channel(self, open_queue: Callable[..., Queue]) -> None:
+        if not self.ordered:
+            pytest.skip("this broker does not keep order")
+        q = open_queue()
+        with enqueue(Order, q) as (out, _):
+            for i in range(100):
+                out.send(Order(str(i), float(i)))
+        with dequeue(Order, q) as (rcv, ack):
+            got = _recv_all(rcv, 100, self.patience)
+            for m in got:
+                ack.send(m)
+        assert [m.object.id for m in got] == [str(i) for i in range(100)]
+
+    def test_many_categories_share_one_queue(self, open_queue: Callable[..., Queue]) -> None:
+        q = open_queue()
+        with enqueue(Order, q) as (orders, _), enqueue(Refund, q) as (refunds, _), \
+                enqueue(str, q, category="note") as (notes, _):
+            for i in range(6):
+                orders.send(Order(str(i), 1.0))
+                refunds.send(Refund(str(i), "damaged"))
+                notes.send(f"note {i}")
+        with dequeue(Order, q) as (r1, a1), dequeue(Refund, q) as (r2, a2), \
+                dequeue(str, q, category="note") as (r3, a3):
+            got_orders = _recv_all(r1, 6, self.patience)
+            got_refunds = _recv_all(r2, 6, self.patience)
+            got_notes = _recv_all(r3, 6, self.patience)
+            for ms, a in ((got_orders, a1), (got_refunds, a2), (got_notes, a3)):
+                for m in ms:
+                    a.send(m)
+        assert all(isinstance(m.object, Order) for m in got_orders)
+        assert all(isinstance(m.object, Refund) for m in got_refunds)
+        assert sorted(m.object for m in got_notes) == [f"note {i}" for i in range(6)]
+
+    def test_bytes_and_str_channels(self, open_queue: Callable[..., Queue]) -> None:
+        q = open_queue()
+        raw = bytes(range(256))  # not UTF-8
+        with enqueue(bytes, q, category="blob") as (blobs, _), \
+                enqueue(str, q, category="text") as (texts, _):
+            blobs.send(raw)
+            texts.send("héllo, wörld ✓")
+        with dequeue(bytes, q, category="blob") as (r1, a1), \
+                dequeue(str, q, category="text") as (r2, a2):
+            b = r1.recv(timeout=self.patience)
+            t = r2.recv(timeout=self.patience)
+            a1.send(b)
+            a2.send(t)
+        assert b.object == raw
+        assert t.object == "héllo, wörld ✓"
+
+    def test_sync_put_returns_once_the_broker_has_it(
+        self, open_queue: Callable[..., Queue]
+    ) -> None:
+        q = open_queue()
+        with enqueue_sync(Order, q) as orders:
+            orders.put(Order("sync-1", 3.0), timeout=self.patience)
+        with dequeue(Order, q) as (rcv, ack):
+            m = rcv.recv(timeout=self.patience)
+            ack.send(m)
+        assert m.object == Order("sync-1", 3.0)
+
+    # -- acknowledgements ---------------------------------------------------------
+
+    def test_ack_removes_the_message(self, open_queue: Callable[..., Queue]) -> None:
+        q = open_queue()
+        with enqueue(Order, q) as (out, _):
+            for i in range(3):
+                out.send(Order(str(i), 1.0))
+        with dequeue(Order, q) as (rcv, ack):
+            for m in _recv_all(rcv, 3, self.patience):
+                ack.send(m)
+        q.close()
+        q2 = open_queue()
+        # Long enough for an un-acked message to have come back by now.
+        with dequeue(Order, q2) as (rcv2, _), pytest.raises(TimeoutError):
+            rcv2.recv(timeout=self.redelivery_after + self.quiet)
+
+    def test_nack_redelivers(self, open_queue: Callable[..., Queue]) -> None:
+        q = open_queue()
+        with enqueue(Order, q) as (out, _):
+            out.send(Order("n", 1.0))
+        with dequeue(Order, q) as (rcv, ack):
+            first = rcv.recv(timeout=self.patience)
+            ack.send(first.fail(ValueError("try again")))
+            again = rcv.recv(timeout=self.patience)
+            ack.send(again)
+        assert again.object == first.object
+
+    def test_crash_before_ack_redelivers(self, open_queue: Callable[..., Queue]) -> None:
+        q = open_queue()
+        with enqueue(Order, q) as (out, _):
+            out.send(Order("c", 2.0))
+        with dequeue(Order, q) as (rcv, _):
+            held = rcv.recv(timeout=self.patience)  # never acked
+        q.close()  # releases what was not acked
+        q2 = open_queue()
+        with dequeue(Order, q2) as (rcv2, ack2):
+            again = rcv2.recv(timeout=self.patience)
+            ack2.send(again)
+        assert again.object == held.object
+
+    # -- bad input ------------------------------------------------------------------
+
+    def test_poison_payload_goes_to_errors_and_the_worker_keeps_going(
+        self, open_queue: Callable[..., Queue], inject: Callable[[list[Bag]], None]
+    ) -> None:
+        errors: Chan[Exception] = Chan(16)
+        q = open_queue(errors=errors)
+        poison = b"\xff{not json"
+        inject([Bag("Order", poison, q.attributes("Order"), id=uuid.uuid4().hex)])
+        with enqueue(Order, q) as (out, _):
+            out.send(Order("good", 1.0))
+        with dequeue(Order, q) as (rcv, ack):
+            m = rcv.recv(timeout=self.patience)
+            ack.send(m)
+            err = errors.recv(timeout=self.patience)
+        assert m.object == Order("good", 1.0)
+        assert isinstance(err, DecodeError)
+        assert err.bag.body == poison
+        assert "Order" in str(err)
+
+    def test_unknown_category_is_reported_and_others_still_flow(
+        self, open_queue: Callable[..., Queue], inject: Callable[[list[Bag]], None]
+    ) -> None:
+        errors: Chan[Exception] = Chan(16)
+        q = open_queue(errors=errors)
+        inject([Bag("Nobody", b'{"x": 1}', q.attributes("Nobody"), id=uuid.uuid4().hex)])
+        with enqueue(Order, q) as (out, _):
+            out.send(Order("after", 1.0))
+        with dequeue(Order, q) as (rcv, ack):
+            m = rcv.recv(timeout=self.patience)
+            ack.send(m)
+            err = errors.recv(timeout=self.patience)
+        assert m.object.id == "after"
+        assert isinstance(err, UnroutableError)
+        assert "Nobody" in str(err)
+
+    # -- the emitter --------------------------------------------------------------
+
+    def test_sends_are_batched(self, open_queue: Callable[..., Queue]) -> None:
+        spy: list[Spy] = []
+
+        def wrap(a: Adapter) -> Adapter:
+            spy.append(Spy(a))
+            return spy[0]
+
+        q = open_queue(wrap=wrap, linger=0.05)
+        with enqueue(Order, q, policy=AT_MOST_ONCE, capacity=100) as (out, _):
+            for i in range(50):
+                out.send(Order(str(i), 1.0))
+        assert sum(spy[0].batches) == 50
+        assert max(spy[0].batches) > 1, spy[0].batches
+        with dequeue(Order, q) as (rcv, ack):
+            for m in _recv_all(rcv, 50, self.patience):
+                ack.send(m)
+
+    def test_close_flushes_everything_sent(self, open_queue: Callable[..., Queue]) -> None:
+        q = open_queue(linger=0.2)
+        out, _ = enqueue(Order, q, policy=AT_MOST_ONCE, capacity=500)
+        for i in range(200):
+            out.send(Order(str(i), 1.0))
+        q.close()  # everything buffered is sent before close returns
+        q2 = open_queue()
+        with dequeue(Order, q2) as (rcv, ack):
+            got = _recv_all(rcv, 200, self.patience)
+            for m in got:
+                ack.send(m)
+        assert {m.object.id for m in got} == {str(i) for i in range(200)}
+
+    def test_transient_send_failures_are_retried(self, open_queue: Callable[..., Queue]) -> None:
+        faulty: list[Faulty] = []
+
+        def wrap(a: Adapter) -> Adapter:
+            faulty.append(Faulty(a, fail=2))
+            return faulty[0]
+
+        q = open_queue(wrap=wrap, retry=Constant(0.01, max_attempts=5))
+        with enqueue(Order, q) as (out, dlq):
+            out.send(Order("r", 1.0))
+        assert len(dlq) == 0
+        assert q.stats().retried >= 1
+        with dequeue(Order, q) as (rcv, ack):
+            m = rcv.recv(timeout=self.patience)
+            ack.send(m)
+        assert m.object.id == "r"
+
+    def test_message_that_keeps_failing_ends_on_dlq_after_the_configured_attempts(
+        self, open_queue: Callable[..., Queue]
+    ) -> None:
+        faulty: list[Faulty] = []
+
+        def wrap(a: Adapter) -> Adapter:
+            faulty.append(Faulty(a, fail=-1))
+            return faulty[0]
+
+        q = open_queue(wrap=wrap, retry=Constant(0.01, max_attempts=3))
+        out, dlq = enqueue(Order, q)
+        sent = Order("doomed", 9.0)
+        out.send(sent)
+        dead = dlq.recv(timeout=self.patience)
+        assert dead.object is sent  # the original object, handed back
+        assert isinstance(dead.error, ConnectionLost)
+        assert list(faulty[0].attempts.values()) == [3]
+        assert q.stats().dead_lettered == 1
