@@ -22,13 +22,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from qchan.adapter import Adapter
-from qchan.errors import ConnectionLost, MessageTooLarge
+from qchan.errors import ConnectionLost, MessageTooLarge, QchanError
 from qchan.message import Bag
 
-__all__ = ["Broker", "EmbeddedAdapter", "broker", "from_url"]
+__all__ = ["Broker", "EmbeddedAdapter", "QueueFull", "broker", "from_url"]
 
 DEFAULT_VISIBILITY = 30.0
 DEFAULT_MAX_SIZE = 256 * 1024
+
+
+class QueueFull(QchanError):
+    """The queue holds `max_depth` messages: the send is refused for now (retryable)."""
 
 
 class _Stored:
@@ -48,11 +52,15 @@ class Broker:
         self.visibility_timeout = DEFAULT_VISIBILITY
         self.max_receives: int | None = None
         self.max_message_size = DEFAULT_MAX_SIZE
+        self.max_depth: int | None = None
         self._cond = threading.Condition()
         self._ready: deque[_Stored] = deque()
-        # receipt -> (message, visible-again time); heap of (time, receipt) for expiry
+        # receipt -> (message, visible-again time), and the same times in a FIFO: the
+        # visibility timeout is one value, so later receipts expire later (an extend
+        # also lands at the back). Stale entries are skipped, and compacted away.
         self._invisible: dict[int, tuple[_Stored, float]] = {}
-        self._expiry: list[tuple[float, int]] = []
+        self._expiry: deque[tuple[float, int]] = deque()
+        self._attr_size: tuple[Any, int] = (None, 0)  # (attributes, their size), last seen
         self._delayed: list[tuple[float, int, _Stored]] = []  # nacked with a delay
         self._receipts = itertools.count(1)
         self._seq = itertools.count()
@@ -107,18 +115,24 @@ class Broker:
                 if self._fail_sends:
                     outcomes.append(self._fail_sends.pop(0))
                     continue
-                size = len(bag.body) + sum(len(k) + len(v) for k, v in bag.attributes.items())
+                a = bag.attributes
+                if a is not self._attr_size[0]:  # a sender's bags share one mapping
+                    self._attr_size = (a, sum(map(len, a.keys())) + sum(map(len, a.values())))
+                size = len(bag.body) + self._attr_size[1]
                 if size > self.max_message_size:
                     outcomes.append(MessageTooLarge(
                         f"mem://{self.name}: message of {size} bytes is over the "
                         f"{self.max_message_size}-byte limit"
                     ))
                     continue
-                stored = Bag(
-                    category=bag.category, body=bytes(bag.body), attributes=dict(bag.attributes),
-                    id=bag.id, key=bag.key, content_type=bag.content_type,
-                )
-                self._ready.append(_Stored(stored, next(self._seq)))
+                if self.max_depth is not None and len(self._ready) >= self.max_depth:
+                    outcomes.append(QueueFull(
+                        f"mem://{self.name}: {len(self._ready)} messages waiting, the "
+                        f"max_depth; retry later"
+                    ))
+                    continue
+                # Bags are immutable (frozen, bytes body, read-only attributes): store as is.
+                self._ready.append(_Stored(bag, next(self._seq)))
                 outcomes.append(None)
             self._cond.notify_all()
         return outcomes
@@ -152,7 +166,9 @@ class Broker:
                     continue
                 receipt = next(self._receipts)
                 self._invisible[receipt] = (s, visible_again)
-                heapq.heappush(self._expiry, (visible_again, receipt))
+                self._expiry.append((visible_again, receipt))
+                if len(self._expiry) > 4 * len(self._invisible) + 8192:
+                    self._compact()
                 b = s.bag
                 out.append(Bag(
                     category=b.category, body=b.body, attributes=b.attributes, id=b.id,
@@ -186,7 +202,7 @@ class Broker:
                 entry = self._invisible.get(r)
                 if entry is not None:
                     self._invisible[r] = (entry[0], until)
-                    heapq.heappush(self._expiry, (until, r))
+                    self._expiry.append((until, r))
 
     def wakeup(self) -> None:
         with self._cond:
@@ -207,9 +223,13 @@ class Broker:
                 return
         self._ready.append(s)
 
+    def _compact(self) -> None:
+        """Drop expiry entries of deleted or re-timed receipts (they pile up at high rates)."""
+        self._expiry = deque(sorted((at, r) for r, (_, at) in self._invisible.items()))
+
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
-            at, receipt = heapq.heappop(self._expiry)
+            at, receipt = self._expiry.popleft()
             entry = self._invisible.get(receipt)
             if entry is not None and entry[1] == at:
                 del self._invisible[receipt]
@@ -235,10 +255,12 @@ def broker(name: str) -> Broker:
 class EmbeddedAdapter(Adapter):
     """The adapter for `mem://name` queues (nothing to install, nothing leaves the process).
 
-    Options: visibility_timeout (s, default 30, at most 30 unless you say
-    so), max_receives (redrive to `broker(name).dead_letters` after that many
-    receives without an ack; default: never), max_message_size (bytes,
-    default 256 KiB). Options given here reconfigure the named queue.
+    Options: visibility_timeout (s, default 30), max_receives (redrive to
+    `broker(name).dead_letters` after that many receives without an ack;
+    default: never), max_message_size (bytes, default 256 KiB), max_depth
+    (refuse sends, retryably, while that many messages wait: backpressure
+    all the way to the producer; default: unbounded, like SQS). Options
+    given here reconfigure the named queue.
     """
 
     scheme = "mem"
@@ -253,6 +275,7 @@ class EmbeddedAdapter(Adapter):
         visibility_timeout: float | None = None,
         max_receives: int | None = None,
         max_message_size: int | None = None,
+        max_depth: int | None = None,
     ) -> None:
         if not name:
             raise ValueError("an embedded queue needs a name: mem://orders")
@@ -268,6 +291,10 @@ class EmbeddedAdapter(Adapter):
             self.broker.max_receives = max_receives
         if max_message_size is not None:
             self.broker.max_message_size = max_message_size
+        if max_depth is not None:
+            if max_depth < 1:
+                raise ValueError(f"max_depth must be >= 1, not {max_depth}")
+            self.broker.max_depth = max_depth
 
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
         return self.broker.send(bags)
@@ -295,6 +322,7 @@ def from_url(url: str, **options: Any) -> EmbeddedAdapter:
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     conv: dict[str, Any] = {
         "visibility_timeout": float, "max_receives": int, "max_message_size": int,
+        "max_depth": int,
     }
     for k, v in query.items():
         if k not in conv:

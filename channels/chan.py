@@ -20,14 +20,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import ChannelClosed
 
 __all__ = ["Chan", "RecvChan", "SendChan"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+T_contra = TypeVar("T_contra", contravariant=True)
 
 _allocate_lock = threading.Lock
 _yield = time.sleep
@@ -350,6 +352,54 @@ class Chan(Generic[T]):
                     w.ok = False
                     w.park.release()
 
+    # -- batch operations for the kernel's workers -----------------------------
+
+    def _recv_many(self, n: int) -> list[T]:
+        """Up to `n` items available now, without blocking (one lock for the batch)."""
+        lock = self._lock
+        if not lock.acquire(False):
+            _acquire_contended(lock)
+        try:
+            buf = self._buf
+            if not self._sendq:
+                if len(buf) <= n:
+                    out = list(buf)
+                    buf.clear()
+                    return out
+                return [buf.popleft() for _ in range(n)]
+            got: list[T] = []
+            while len(got) < n:
+                done, value, ok = self._take()
+                if not done or not ok:
+                    break
+                got.append(value)
+            return got
+        finally:
+            lock.release()
+
+    def _send_many(self, items: deque[T]) -> list[T]:
+        """Send items from the left of `items` while that needs no waiting; return those sent."""
+        lock = self._lock
+        if not lock.acquire(False):
+            _acquire_contended(lock)
+        try:
+            if self._closed:
+                raise self._closed_error()
+            sent: list[T] = []
+            buf = self._buf
+            while items:
+                if self._recvq:
+                    if not self._offer(items[0]):
+                        break
+                elif len(buf) < self._cap:
+                    buf.append(items[0])
+                else:
+                    break
+                sent.append(items.popleft())
+            return sent
+        finally:
+            lock.release()
+
     def __iter__(self) -> Iterator[T]:
         """Receive until the channel is closed and drained."""
         while True:
@@ -369,17 +419,24 @@ class Chan(Generic[T]):
         return SendChan(self)
 
 
-class RecvChan(Generic[T]):
-    """The receiving half of a `Chan`: `recv`, iteration and `select` receive cases."""
+class _RecvFn(Protocol[T_co]):
+    def __call__(self, timeout: float | None = None) -> T_co: ...
 
-    __slots__ = ("_chan",)
+
+class _SendFn(Protocol[T_contra]):
+    def __call__(self, value: T_contra, timeout: float | None = None) -> None: ...
+
+
+class RecvChan(Generic[T]):
+    """The receiving half of a `Chan`: `recv(timeout=None)` (as `Chan.recv`), iteration,
+    `len`, `capacity`, `closed`, and use as a `select` receive case."""
+
+    __slots__ = ("_chan", "recv")
+    recv: _RecvFn[T]  # the channel's own bound method: no wrapper call per item
 
     def __init__(self, chan: Chan[T]) -> None:
         self._chan = chan
-
-    def recv(self, timeout: float | None = None) -> T:
-        """See `Chan.recv`."""
-        return self._chan.recv(timeout)
+        self.recv = chan.recv
 
     def __iter__(self) -> Iterator[T]:
         return iter(self._chan)
@@ -404,20 +461,17 @@ class RecvChan(Generic[T]):
 
 
 class SendChan(Generic[T]):
-    """The sending half of a `Chan`: `send`, `close` and `select` send cases."""
+    """The sending half of a `Chan`: `send(value, timeout=None)` (as `Chan.send`), `close()`,
+    `len`, `capacity`, `closed`, and use in a `select` send case."""
 
-    __slots__ = ("_chan",)
+    __slots__ = ("_chan", "close", "send")
+    send: _SendFn[T]
+    close: Callable[[], None]
 
     def __init__(self, chan: Chan[T]) -> None:
         self._chan = chan
-
-    def send(self, value: T, timeout: float | None = None) -> None:
-        """See `Chan.send`."""
-        self._chan.send(value, timeout)
-
-    def close(self) -> None:
-        """See `Chan.close`."""
-        self._chan.close()
+        self.send = chan.send
+        self.close = chan.close
 
     def __len__(self) -> int:
         return len(self._chan)

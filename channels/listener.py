@@ -16,8 +16,6 @@ seconds when asked to, and at close releases everything not acked.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
@@ -277,8 +275,9 @@ class _Dispatcher:
         self.acks_open: list[Receiver] = []
         # bag -> (receiver, deadline) for messages handed to the application
         self.flight: dict[Bag, tuple[Receiver, float]] = {}
-        self.deadlines: list[tuple[float, int, Bag]] = []
-        self.seq = itertools.count()
+        # time_to_flight is constant, so deadlines come in increasing order: a FIFO
+        # does what a heap would. Acked messages leave stale entries, skipped on expiry.
+        self.deadlines: deque[tuple[float, Bag]] = deque()
         self.to_ack: list[Bag] = []
         self.to_nack: dict[float, list[Bag]] = {}
         self.ack_due: float | None = None
@@ -314,22 +313,16 @@ class _Dispatcher:
                     r = self.acks_open[i - 2]
                     if sel.ok:
                         self._on_ack(sel.value, now)
-                        while len(r.ack):  # take the buffered acks without another select
-                            try:
-                                self._on_ack(r.ack.recv(timeout=0), now)
-                            except (TimeoutError, ChannelClosed):
-                                break
+                        for m in r.ack._recv_many(1024):  # the rest, without more selects
+                            self._on_ack(m, now)
                     else:  # the application closed its ack channel
                         self.acks_open.remove(r)
                 else:
                     r = sending[i - first_send]
                     self._handed(r, r.pending.popleft(), now)
-                    while r.pending:  # room in a buffered rcv: fill it without a select
-                        try:
-                            r.rcv.send(r.pending[0], timeout=0)
-                        except (TimeoutError, ChannelClosed):
-                            break
-                        self._handed(r, r.pending.popleft(), now)
+                    if r.pending:  # room in a buffered rcv: fill it without more selects
+                        for m in r.rcv._send_many(r.pending):
+                            self._handed(r, m, now)
             self._timers(time.monotonic())
 
     # -- bookkeeping ----------------------------------------------------------
@@ -339,7 +332,7 @@ class _Dispatcher:
         if self.ack_due is not None:
             due.append(self.ack_due)
         if self.deadlines:
-            due.append(self.deadlines[0][0])
+            due.append(self.deadlines[0][0])  # maybe stale: then we just wake early
         if self.l.heartbeat and (self.flight or any(r.pending for r in self.receivers)):
             due.append(self.next_beat)
         if not due:
@@ -376,7 +369,12 @@ class _Dispatcher:
         assert msg.bag is not None
         deadline = now + self.l.ttf
         self.flight[msg.bag] = (r, deadline)
-        heapq.heappush(self.deadlines, (deadline, next(self.seq), msg.bag))
+        self.deadlines.append((deadline, msg.bag))
+        if len(self.deadlines) > 4 * len(self.flight) + 8192:
+            # Stale entries would keep every message of the last time_to_flight
+            # seconds alive at high rates: rebuild from what is in flight (in
+            # hand-off order, so still sorted). Amortized: O(1) per message.
+            self.deadlines = deque((d, b) for b, (_, d) in self.flight.items())
 
     def _on_ack(self, msg: Msg[Any], now: float) -> None:
         bag = msg.bag
@@ -424,7 +422,7 @@ class _Dispatcher:
             self._flush_acks()
         expired = []
         while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, _, bag = heapq.heappop(self.deadlines)
+            deadline, bag = self.deadlines.popleft()
             entry = self.flight.get(bag)
             if entry is not None and entry[1] == deadline:
                 del self.flight[bag]

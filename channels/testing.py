@@ -111,13 +111,18 @@ class Wrapped(Adapter):
 
 
 class Spy(Wrapped):
-    """Records the size of every `send_batch` and how often each message id was sent."""
+    """Records every `send_batch` size, how often each message id was sent, and receive calls."""
 
     def __init__(self, inner: Adapter) -> None:
         super().__init__(inner)
         self.batches: list[int] = []
         self.attempts: dict[str | None, int] = {}
+        self.receives = 0
         self._lock = threading.Lock()
+
+    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+        self.receives += 1
+        return super().receive(max_items, wait)
 
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
         with self._lock:

@@ -1,0 +1,458 @@
+"""The kernel's own rules (DESIGN.md section 5), on the embedded broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+import pytest
+from helpers import join_all, start, wait_for
+
+from qchan import (
+    AT_MOST_ONCE,
+    Bag,
+    Chan,
+    ChannelClosed,
+    Constant,
+    EncodeError,
+    EnqueueError,
+    Event,
+    Meta,
+    QchanError,
+    Queue,
+    UnroutableError,
+    URLError,
+    connect,
+    dequeue,
+    enqueue,
+    enqueue_sync,
+    register_scheme,
+)
+from qchan.adapters.embedded import EmbeddedAdapter, broker
+from qchan.testing import Faulty, Order, Refund, Spy, Wrapped
+
+
+@attrs.frozen
+class User:
+    name: str
+
+
+@pytest.fixture
+def name() -> str:
+    return f"k-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def queues() -> Iterator[list[Queue]]:
+    opened: list[Queue] = []
+    yield opened
+    for q in opened:
+        try:
+            q.close(timeout=2)
+        except EnqueueError:
+            pass
+
+
+def open_q(queues: list[Queue], name: str, adapter: Any = None, **options: Any) -> Queue:
+    q = Queue(adapter or EmbeddedAdapter(name), poll_wait=0.2, **options)
+    queues.append(q)
+    return q
+
+
+def put_raw(name: str, *bags: Bag) -> None:
+    assert broker(name).send(list(bags)) == [None] * len(bags)
+
+
+# -- listener rules ------------------------------------------------------------
+
+
+def test_polling_starts_with_the_first_dequeue(queues: list[Queue], name: str) -> None:
+    spy = Spy(EmbeddedAdapter(name))
+    q = open_q(queues, name, spy)
+    with enqueue(Order, q) as (out, _):
+        for i in range(3):
+            out.send(Order(str(i), 1.0))
+    assert spy.receives == 0 and broker(name).depth == 3, "polled before anyone could receive"
+    with dequeue(Order, q) as (rcv, ack):
+        ack.send(rcv.recv(timeout=5))
+        assert spy.receives >= 1
+
+
+def test_in_flight_limit_counts_buffered_messages(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name, in_flight=5)
+    with enqueue(Order, q, policy=AT_MOST_ONCE) as (out, _):
+        for i in range(20):
+            out.send(Order(str(i), 1.0))
+    rcv, ack = dequeue(Order, q, capacity=32)
+    wait_for(lambda: q.stats().in_flight == 5, what="5 messages in flight")
+    assert broker(name).depth == 15, "took more than the in-flight limit from the broker"
+    m = rcv.recv(timeout=5)
+    ack.send(m)  # one slot frees: exactly one more comes in
+    wait_for(lambda: broker(name).depth == 14, what="one more message taken")
+    assert q.stats().in_flight == 5
+
+
+def test_an_unread_category_does_not_stall_the_others(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name)
+    with enqueue(Order, q) as (orders, _), enqueue(Refund, q) as (refunds, _):
+        for i in range(10):
+            orders.send(Order(str(i), 1.0))
+        for i in range(10):
+            refunds.send(Refund(str(i), "x"))
+    # Orders fill their rcv (capacity 1) and are never read.
+    unread, _ = dequeue(Order, q, capacity=1)
+    with dequeue(Refund, q) as (rcv, ack):
+        for _ in range(10):
+            ack.send(rcv.recv(timeout=5))
+    assert len(unread) == 1
+
+
+def test_unroutable_message_is_reported_once_and_left_to_the_broker(
+    queues: list[Queue], name: str
+) -> None:
+    EmbeddedAdapter(name, visibility_timeout=0.1)
+    errors: Chan[Exception] = Chan(16)
+    q = open_q(queues, name, errors=errors)
+    put_raw(name, Bag("Ghost", b"{}", {"Category": "Ghost"}, id="ghost-1"))
+    with dequeue(Order, q):
+        err = errors.recv(timeout=5)
+        # The broker brings it back after each visibility timeout; the kernel
+        # must not ack it, and must not report it again.
+        wait_for(lambda: q.stats().received >= 3, what="two redeliveries")
+    assert isinstance(err, UnroutableError) and "Ghost" in str(err)
+    assert len(errors) == 0, "reported more than once"
+    assert q.stats().acked == 0 and broker(name).depth + broker(name).in_flight == 1
+
+
+def test_catch_all_and_no_category_channels(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name)
+    put_raw(
+        name,
+        Bag("", b"plain", {}, id="no-category"),
+        Bag("Whatever", b'{"k": 1}', {"Category": "Whatever"}, id="other"),
+    )
+    with dequeue(bytes, q, category="") as (bare, a1), dequeue(bytes, q, category="*") as (
+        anything, a2,
+    ):
+        m1 = bare.recv(timeout=5)
+        m2 = anything.recv(timeout=5)
+        a1.send(m1)
+        a2.send(m2)
+    assert (m1.object, m2.object, m2.category) == (b"plain", b'{"k": 1}', "Whatever")
+
+
+def test_message_not_acked_within_time_to_flight_is_redelivered(
+    queues: list[Queue], name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = open_q(queues, name, time_to_flight=0.2)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("slow", 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        first = rcv.recv(timeout=5)  # held past time_to_flight
+        again = rcv.recv(timeout=5)
+        assert again.object == first.object and again.bag is not None
+        assert again.bag.deliveries == 2
+        with caplog.at_level(logging.WARNING, logger="qchan.listener"):
+            ack.send(first)  # too late: ignored, with a warning
+            ack.send(again)
+            wait_for(lambda: q.stats().acked == 1, what="the second delivery acked")
+    assert q.stats().expired == 1
+    assert "not in flight" in caplog.text
+
+
+def test_heartbeat_keeps_a_held_message_invisible(queues: list[Queue], name: str) -> None:
+    EmbeddedAdapter(name, visibility_timeout=0.3)
+    q = open_q(queues, name, heartbeat=0.1)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("long", 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        m = rcv.recv(timeout=5)
+        # Held three visibility timeouts: without the heartbeat it would come back.
+        with pytest.raises(TimeoutError):
+            rcv.recv(timeout=1.0)
+        ack.send(m)
+    assert q.stats().received == 1
+
+
+def test_nack_with_delay_redelivers_after_the_delay(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("later", 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        m = rcv.recv(timeout=5)
+        t0 = time.monotonic()
+        ack.send(m.fail(RuntimeError("busy"), delay=0.4))
+        again = rcv.recv(timeout=5)
+        assert time.monotonic() - t0 >= 0.35
+        ack.send(again)
+    assert q.stats().nacked == 1
+
+
+def test_close_releases_delivered_and_buffered_messages_at_once(
+    queues: list[Queue], name: str
+) -> None:
+    q = open_q(queues, name)
+    with enqueue(Order, q) as (out, _):
+        for i in range(5):
+            out.send(Order(str(i), 1.0))
+    rcv, _ = dequeue(Order, q, capacity=8)
+    rcv.recv(timeout=5)  # one delivered, the rest buffered in rcv
+    wait_for(lambda: q.stats().in_flight == 5, what="all 5 in flight")
+    q.close()
+    assert broker(name).depth == 5 and broker(name).in_flight == 0
+
+
+def test_leaving_dequeue_applies_acks_and_releases_the_rest(
+    queues: list[Queue], name: str
+) -> None:
+    q = open_q(queues, name)
+    with enqueue(Order, q) as (out, _):
+        for i in range(5):
+            out.send(Order(str(i), 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        for _ in range(2):
+            ack.send(rcv.recv(timeout=5))
+        wait_for(lambda: q.stats().in_flight == 3, what="2 acked")
+    assert q.stats().acked == 2
+    assert broker(name).depth == 3 and broker(name).in_flight == 0
+    with pytest.raises(ChannelClosed):
+        ack.send(rcv.recv(timeout=0))  # rcv is closed and drained: nothing after leaving
+
+
+def test_one_open_channel_per_category_and_side(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name)
+    with enqueue(Order, q):
+        with pytest.raises(QchanError, match="already has an open enqueue"):
+            enqueue(Order, q)
+        enqueue(Order, q, category="other").out.close()
+    with dequeue(Order, q), pytest.raises(QchanError, match="already has an open dequeue"):
+        dequeue(Order, q)
+    with enqueue(Order, q), dequeue(Order, q):  # reopening after close is fine
+        pass
+
+
+def test_many_consumer_threads_share_one_rcv(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name)
+    n = 1_000
+    with enqueue(Order, q, policy=AT_MOST_ONCE) as (out, _):
+        for i in range(n):
+            out.send(Order(str(i), 1.0))
+    rcv, ack = dequeue(Order, q)
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        while True:
+            try:
+                m = rcv.recv(timeout=2)
+            except TimeoutError:
+                return
+            with lock:
+                seen.append(m.object.id)
+            ack.send(m)
+
+    join_all([start(consume) for _ in range(4)], 60)
+    assert sorted(seen, key=int) == [str(i) for i in range(n)]
+    wait_for(lambda: q.stats().acked == n, what="every ack applied")
+
+
+# -- emitter: failures, dead letters, the delayed guarantee -------------------
+
+
+def test_leaving_enqueue_raises_for_undrained_dead_letters(
+    queues: list[Queue], name: str
+) -> None:
+    q = open_q(queues, name, Faulty(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=2))
+    sent = Order("x", 1.0)
+    with pytest.raises(EnqueueError) as info, enqueue(Order, q) as (out, _):
+        out.send(sent)
+    assert [m.object for m in info.value.failed] == [sent]
+    assert "not delivered" in str(info.value)
+
+
+def test_a_failure_holds_sends_back_until_dlq_is_drained(queues: list[Queue], name: str) -> None:
+    """At-least-once: the delayed guarantee of an unbuffered out channel.
+
+    linger=0 sends each message in a batch of its own, so the test sees the
+    hold-back message by message (with a linger, it applies per batch)."""
+    q = open_q(
+        queues, name, Faulty(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=1), linger=0
+    )
+    out, dlq = enqueue(Order, q, dlq_capacity=1)
+    out.send(Order("a", 1.0))  # fails, lands on dlq (room for one)
+    out.send(Order("b", 1.0))  # taken; fails; the emitter waits for room on dlq
+    with pytest.raises(TimeoutError):
+        out.send(Order("c", 1.0), timeout=0.3)  # held back
+    assert dlq.recv(timeout=5).object.id == "a"
+    assert dlq.recv(timeout=5).object.id == "b"
+    out.send(Order("c", 1.0), timeout=5)  # flows again
+    assert dlq.recv(timeout=5).object.id == "c"
+
+
+def test_close_raises_for_messages_nobody_took_from_dlq(queues: list[Queue], name: str) -> None:
+    q = Queue(Faulty(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=1))
+    out, _ = enqueue(Order, q, dlq_capacity=0)  # unbuffered dlq, never read
+    out.send(Order("lost?", 1.0))
+    with pytest.raises(EnqueueError) as info:
+        q.close(timeout=0.3)
+    assert [m.object.id for m in info.value.failed] == ["lost?"]
+    assert not any(t.name.endswith(name) for t in threading.enumerate()), "threads left behind"
+
+
+def test_unencodable_object_goes_to_dlq_without_retries(queues: list[Queue], name: str) -> None:
+    spy = Spy(EmbeddedAdapter(name))
+    q = open_q(queues, name, spy)
+    out, dlq = enqueue(Order, q)
+    out.send("not an Order")  # type: ignore[arg-type]
+    dead = dlq.recv(timeout=5)
+    assert isinstance(dead.error, EncodeError) and dead.object == "not an Order"
+    assert spy.batches == []
+
+
+def test_oversized_message_goes_to_dlq_without_retries(queues: list[Queue], name: str) -> None:
+    spy = Spy(EmbeddedAdapter(name, max_message_size=64))
+    q = open_q(queues, name, spy)
+    out, dlq = enqueue(str, q, category="text")
+    out.send("x" * 100)
+    dead = dlq.recv(timeout=5)
+    assert "over the 64-byte limit" in str(dead.error)
+    assert spy.batches == [1]
+
+
+# -- synchronous puts ----------------------------------------------------------
+
+
+def test_sync_put_raises_enqueue_error_with_the_cause(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name, Faulty(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=2))
+    orders = enqueue_sync(Order, q)
+    with pytest.raises(EnqueueError, match="did not accept") as info:
+        orders.put(Order("p", 1.0))
+    assert info.value.__cause__ is not None and "injected" in str(info.value.__cause__)
+    with pytest.raises(EncodeError):
+        orders.put("not an Order")  # type: ignore[arg-type]
+
+
+class _Slow(Wrapped):
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        self.gate.wait(10)
+        return super().send_batch(bags)
+
+
+def test_sync_put_timeout_says_the_outcome_is_unknown(queues: list[Queue], name: str) -> None:
+    slow = _Slow(EmbeddedAdapter(name))
+    q = open_q(queues, name, slow)
+    orders = enqueue_sync(Order, q)
+    with pytest.raises(TimeoutError, match="may still be delivered"):
+        orders.put(Order("t", 1.0), timeout=0.2)
+    slow.gate.set()
+    wait_for(lambda: broker(name).depth == 1, what="the timed-out put delivered after all")
+
+
+def test_sync_puts_from_many_threads_are_batched(queues: list[Queue], name: str) -> None:
+    spy = Spy(EmbeddedAdapter(name))
+    q = open_q(queues, name, spy, linger=0.02)
+    orders = enqueue_sync(Order, q)
+    join_all([start(orders.put, Order(str(i), 1.0)) for i in range(40)], 30)
+    assert sum(spy.batches) == 40 and max(spy.batches) > 1
+
+
+# -- events, attributes, URLs, lifecycle ----------------------------------------
+
+
+def test_event_meta_is_stamped_and_encoded_beside_data(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name, agent="billing")
+    with enqueue(Event[Meta, User], q) as (out, _):
+        out.send(Event(Meta(realm="eu"), User("ann")))
+    raw = broker(name).receive(1, 5)[0]
+    body = json.loads(raw.body)
+    assert raw.category == "User"
+    assert set(body) == {"meta", "data"} and body["data"] == {"name": "ann"}
+    meta = body["meta"]
+    assert meta["type"] == "User" and meta["agent"] == "billing" and meta["realm"] == "eu"
+    assert len(meta["id"]) == 32 and meta["created"].startswith("20")
+    assert "target" not in meta and "participant" not in meta  # unset fields left out
+    broker(name).change_visibility([raw.digest], 0)
+    with dequeue(Event[Meta, User], q) as (rcv, ack):
+        m = rcv.recv(timeout=5)
+        ack.send(m)
+    assert m.object.data == User("ann") and m.object.meta.realm == "eu"
+
+
+def test_errors_channel_full_falls_back_to_logging(
+    queues: list[Queue], name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: Chan[Exception] = Chan(1)
+    q = open_q(queues, name, errors=errors)
+    put_raw(name, *[Bag("Order", b"bad", {"Category": "Order"}, id=f"p{i}") for i in range(3)])
+    with caplog.at_level(logging.ERROR, logger="qchan.queue"), dequeue(Order, q):
+        wait_for(lambda: q.stats().poison == 3, what="three poison messages")
+    assert len(errors) == 1
+    assert caplog.text.count("cannot decode") == 2
+
+
+def test_wait_returns_when_another_thread_closes(name: str) -> None:
+    q = Queue(EmbeddedAdapter(name))
+    threading.Timer(0.1, q.close).start()
+    assert q.wait(5) and q.closed
+
+
+def test_threads_are_named_and_joined(name: str) -> None:
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("t", 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        ack.send(rcv.recv(timeout=5))
+        names = {t.name for t in threading.enumerate() if t.name.endswith(name)}
+    assert names == {f"qchan-{k}-mem-{name}" for k in ("emitter", "poller", "dispatcher")}
+    q.close()
+    assert not any(t.name.endswith(name) for t in threading.enumerate())
+
+
+def test_stats_count_a_round_trip(queues: list[Queue], name: str) -> None:
+    q = open_q(queues, name)
+    with enqueue(Order, q) as (out, _):
+        for i in range(4):
+            out.send(Order(str(i), 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        for _ in range(4):
+            ack.send(rcv.recv(timeout=5))
+    s = q.stats()
+    assert (s.sent, s.received, s.acked, s.in_flight, s.dead_lettered) == (4, 4, 4, 0, 0)
+
+
+def test_urls_unknown_scheme_and_password_redaction(name: str) -> None:
+    with pytest.raises(URLError, match="unknown queue URL scheme 'nope'"):
+        connect("nope://x")
+    with pytest.raises(URLError, match="has no scheme"):
+        connect("orders")
+    register_scheme("fake", lambda url, **o: EmbeddedAdapter(name))
+    q = connect("fake://user:s3cret@host/q")
+    try:
+        assert "s3cret" not in repr(q) and "user:***@host" in repr(q)
+    finally:
+        q.close()
+    with pytest.raises(TypeError, match="does not take the option"):
+        connect(f"mem://{name}?colour=blue")
+
+
+def test_operations_on_a_closed_queue_fail_clearly(name: str) -> None:
+    q = Queue(EmbeddedAdapter(name))
+    out, _ = enqueue(Order, q)
+    q.close()
+    with pytest.raises(ChannelClosed):
+        out.send(Order("late", 1.0))
+    with pytest.raises(ChannelClosed, match="closed"):
+        enqueue(Refund, q)
+    with pytest.raises(ChannelClosed, match="closed"):
+        dequeue(Refund, q)
+    q.close()  # idempotent
