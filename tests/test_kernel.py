@@ -279,14 +279,13 @@ def test_leaving_enqueue_raises_for_undrained_dead_letters(
 def test_a_failure_holds_sends_back_until_dlq_is_drained(queues: list[Queue], name: str) -> None:
     """At-least-once: the delayed guarantee of an unbuffered out channel.
 
-    linger=0 sends each message in a batch of its own, so the test sees the
-    hold-back message by message (with a linger, it applies per batch)."""
-    q = open_q(
-        queues, name, Faulty(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=1), linger=0
-    )
+    Once a failed message waits for room on dlq, no further send is taken."""
+    q = open_q(queues, name, Faulty(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=1))
     out, dlq = enqueue(Order, q, dlq_capacity=1)
     out.send(Order("a", 1.0))  # fails, lands on dlq (room for one)
+    wait_for(lambda: len(dlq) == 1, what="a on dlq")
     out.send(Order("b", 1.0))  # taken; fails; the emitter waits for room on dlq
+    wait_for(lambda: dlq._chan._sendq, what="the emitter waiting on the full dlq")
     with pytest.raises(TimeoutError):
         out.send(Order("c", 1.0), timeout=0.3)  # held back
     assert dlq.recv(timeout=5).object.id == "a"
