@@ -44,6 +44,7 @@ from .retry import Backoff, Constant, Exponential, Linear
 from .select import Selected, select
 from .stats import Stats
 from .urls import URLError, redact, register_scheme
+from .worker import Served, serve
 
 __all__ = [
     "ANY",
@@ -79,6 +80,7 @@ __all__ = [
     "RejectedError",
     "Selected",
     "SendChan",
+    "Served",
     "Stats",
     "StrCodec",
     "SyncEnqueuer",
@@ -91,5 +93,6 @@ __all__ = [
     "redact",
     "register_scheme",
     "select",
+    "serve",
 ]
 __version__ = "0.1.0"

@@ -28,17 +28,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 class Worker(threading.Thread):
     """A thread that keeps its target's result or exception for the test to inspect."""
 
-    def __init__(self, target: Callable[..., Any], *args: Any, name: str | None = None) -> None:
+    def __init__(
+        self, target: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self._fn = target
         self._args = args
+        self._kwargs = kwargs
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = threading.Event()
 
     def run(self) -> None:
         try:
-            self.result = self._fn(*self._args)
+            self.result = self._fn(*self._args, **self._kwargs)
         except BaseException as e:
             self.error = e
         finally:
@@ -54,8 +57,8 @@ class Worker(threading.Thread):
         return self.result
 
 
-def start(target: Callable[..., Any], *args: Any, name: str | None = None) -> Worker:
-    w = Worker(target, *args, name=name)
+def start(target: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any) -> Worker:
+    w = Worker(target, *args, name=name, **kwargs)
     w.start()
     return w
 

@@ -1,0 +1,129 @@
+"""serve(): worker threads, ack on return, nack on exception, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+
+import pytest
+from helpers import start, wait_for
+
+from qchan import AT_MOST_ONCE, Queue, enqueue, serve
+from qchan.adapters.embedded import EmbeddedAdapter, broker
+from qchan.testing import Order
+
+
+def test_handles_acks_and_stops_on_the_event() -> None:
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
+    with enqueue(Order, q, policy=AT_MOST_ONCE) as (out, _):
+        for i in range(50):
+            out.send(Order(str(i), 1.0))
+    seen: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def handle(o: Order) -> None:
+        with lock:
+            seen.append(o.id)
+            if len(seen) == 50:
+                stop.set()
+
+    served = start(serve, handle, Order, q, workers=4, stop=stop).outcome(30)
+    assert sorted(seen, key=int) == [str(i) for i in range(50)]
+    assert (served.handled, served.failed) == (50, 0)
+    assert q.closed and broker(name).depth == 0 and broker(name).in_flight == 0
+    assert not [t for t in threading.enumerate() if t.name.startswith(f"qchan-worker-{name}")]
+
+
+def test_a_raising_handler_nacks_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("flaky", 1.0))
+    attempts: list[int] = []
+    stop = threading.Event()
+
+    def handle(o: Order) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first time fails")
+        stop.set()
+
+    with caplog.at_level(logging.ERROR, logger="qchan.worker"):
+        served = start(serve, handle, Order, q, workers=2, stop=stop).outcome(30)
+    assert (served.handled, served.failed, len(attempts)) == (1, 1, 2)
+    assert "first time fails" in caplog.text and "redelivered" in caplog.text
+
+
+def test_stop_finishes_the_message_in_hand_and_releases_the_rest() -> None:
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
+    with enqueue(Order, q, policy=AT_MOST_ONCE) as (out, _):
+        for i in range(20):
+            out.send(Order(str(i), 1.0))
+    stop = threading.Event()
+    in_hand = threading.Event()
+    release = threading.Event()
+
+    def handle(o: Order) -> None:
+        in_hand.set()
+        release.wait(10)  # slow handler: stopping happens while it holds a message
+
+    w = start(serve, handle, Order, q, workers=1, stop=stop)
+    in_hand.wait(10)
+    stop.set()
+    release.set()
+    served = w.outcome(30)
+    assert served.handled >= 1
+    # What the worker finished is acked; everything else is back on the broker.
+    assert broker(name).depth == 20 - served.handled and broker(name).in_flight == 0
+
+
+def test_sigterm_stops_a_worker_process_gracefully(tmp_path: object) -> None:
+    """A real process: serve() in the main thread, SIGTERM, clean exit with a summary."""
+    script = textwrap.dedent(
+        """
+        import sys, threading
+        from qchan import Queue, enqueue, serve
+        from qchan.adapters.embedded import EmbeddedAdapter, broker
+        from qchan.testing import Order
+        q = Queue(EmbeddedAdapter("sig"), poll_wait=0.1)
+        with enqueue(Order, q) as (out, _):
+            for i in range(5):
+                out.send(Order(str(i), 1.0))
+        done = []
+        def handle(o):
+            done.append(o.id)
+            if len(done) == 5:
+                print("READY", flush=True)
+        served = serve(handle, Order, q, workers=2)
+        print("SERVED", served.handled, broker("sig").depth, broker("sig").in_flight, flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "READY"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out.split() == ["SERVED", "5", "0", "0"]
+
+
+def test_queue_closed_elsewhere_ends_serve() -> None:
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
+    w = start(serve, lambda o: None, Order, q, workers=2)
+    wait_for(lambda: [t for t in threading.enumerate() if t.name.startswith("qchan-worker")],
+             what="workers up")
+    q.close()
+    assert w.outcome(30).handled == 0
