@@ -32,8 +32,8 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from .chan import Chan
-from .errors import ChannelClosed
 from .endpoints import Dequeued, dequeue
+from .errors import ChannelClosed
 from .message import Msg
 from .queue import Queue
 from .select import select
