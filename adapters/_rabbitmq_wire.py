@@ -1,0 +1,89 @@
+"""AMQP wire format: a `Bag` to message properties and back (DESIGN.md section 4).
+
+Body = the encoded object, untouched. Every bag attribute (`Category`,
+`Source`, `System`, `Queue`, and any other) is an AMQP header with a string
+value; `content_type` and `message_id` are the native properties; messages are
+persistent. On receive, headers whose names start with `x-` are the broker's
+(`x-delivery-count`, `x-death`, ...) and stay out of `Bag.attributes`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import logging
+from typing import Any
+
+import attrs
+
+from qchan.message import ATTR_CATEGORY, Bag
+
+from . import _rabbitmq_pika as pk
+
+__all__ = ["Receipt", "bag_from_delivery", "properties_for"]
+
+log = logging.getLogger("qchan.adapters.rabbitmq")
+
+DELIVERY_COUNT = "x-delivery-count"
+
+
+@attrs.frozen
+class Receipt:
+    """`Bag.digest` for RabbitMQ: a delivery tag, meaningful only on the channel that received it.
+
+    `generation` names that channel's connection: after a reconnect the broker
+    has already requeued every delivery of the old one, so acks carrying an
+    old generation are dropped instead of being sent with a stale tag (which
+    would make the broker close the new channel).
+    """
+
+    generation: int
+    tag: int
+
+
+def properties_for(bag: Bag, message_id: str) -> pk.BasicProperties:
+    return pk.properties(
+        content_type=bag.content_type, message_id=message_id, headers=dict(bag.attributes)
+    )
+
+
+def _text(value: Any) -> str | None:
+    """A header value as a string attribute, or None for tables and arrays (foreign producers)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return None
+
+
+def bag_from_delivery(
+    generation: int, method: pk.Deliver, props: pk.BasicProperties, body: bytes, queue: str
+) -> Bag:
+    """One delivery as a Bag; `deliveries` from x-delivery-count (quorum) or `redelivered`."""
+    headers = props.headers or {}
+    attributes: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.startswith("x-"):
+            continue
+        text = _text(value)
+        if text is None:
+            log.debug("queue %s: header %r is not a string attribute; skipped", queue, name)
+            continue
+        attributes[name] = text
+    count = headers.get(DELIVERY_COUNT)
+    deliveries = count + 1 if isinstance(count, int) else 2 if method.redelivered else 1
+    return Bag(
+        category=attributes.get(ATTR_CATEGORY, ""),
+        body=body,
+        attributes=attributes,
+        id=props.message_id,
+        content_type=props.content_type,
+        digest=Receipt(generation, method.delivery_tag),
+        deliveries=deliveries,
+    )

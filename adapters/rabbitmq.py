@@ -1,0 +1,144 @@
+"""RabbitMQ transport (pika): `amqp://user:pass@host:5672/%2F?queue=orders`, and `amqps://`.
+
+Two connections, each confined to the kernel thread that uses it (pika
+connections are not thread-safe):
+
+- the publisher's `SelectConnection` belongs to the emitter thread and is
+  opened lazily in `send_batch`, which publishes the whole batch and then
+  waits for its publisher confirms together (pipelined, not one round trip
+  per message);
+- the consumer's `BlockingConnection` belongs to the poller thread and is
+  opened lazily in `receive`; `ack`, `nack`, `reject` and `release` (the acker
+  thread) reach it only through `add_callback_threadsafe`, without waiting.
+
+Poison policy: deliveries are counted by the broker (`x-delivery-count` on
+quorum queues, the default queue type); a delivery that has used up
+`max_attempts` is dead-lettered (`basic_nack(requeue=False)`) to the queue's
+dead-letter queue, `<queue>.dlq` unless configured otherwise. Everything is
+documented in docs/rabbitmq.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from qchan.adapter import Adapter
+from qchan.errors import MessageError
+from qchan.message import Bag
+
+from ._rabbitmq_config import Settings, settings_from_url
+from ._rabbitmq_consumer import Consumer, DeadLettered, Settle
+from ._rabbitmq_publisher import BrokerNack, Publisher
+from ._rabbitmq_topology import MissingQueue, TopologyError
+from ._rabbitmq_wire import Receipt
+
+__all__ = [
+    "BrokerNack",
+    "DeadLettered",
+    "MissingQueue",
+    "RabbitMQAdapter",
+    "Settings",
+    "TopologyError",
+    "from_url",
+]
+
+log = logging.getLogger("qchan.adapters.rabbitmq")
+
+
+class RabbitMQAdapter(Adapter):
+    """One RabbitMQ queue. Build it with `from_url` (or `qchan.connect`)."""
+
+    scheme = "amqp"
+    max_batch = 500
+    max_receive = 250
+    poll_wait = 1.0
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.queue)
+        self.settings = settings
+        self.max_batch = settings.max_batch
+        self.max_receive = min(settings.prefetch, type(self).max_receive)
+        self._publisher = Publisher(settings, self._report)
+        self._consumer = Consumer(settings, self._report)
+
+    def _report(self, error: BaseException) -> None:
+        self.hooks.report(error)
+
+    # emitter thread
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        return self._publisher.send(bags)
+
+    # poller thread
+    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+        return self._consumer.receive(max_items, wait)
+
+    # acker thread: hand-offs to the poller thread's connection, none of them waits
+    def ack(self, bags: Sequence[Bag]) -> None:
+        self._consumer.settle([Settle("ack", _receipt(b)) for b in bags])
+
+    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+        """Requeue now, or after `delay` s (held un-acked meanwhile); dead-letter when exhausted."""
+        self._retry(bags, delay, "failed")
+
+    def release(self, bags: Sequence[Bag]) -> None:
+        """Requeue at once; never dead-letters (the application did not refuse them)."""
+        self._consumer.settle([Settle("requeue", _receipt(b)) for b in bags])
+
+    def reject(self, bag: Bag, error: MessageError) -> None:
+        """Undecodable or unroutable: requeue after `reject_delay` s, counting toward max_attempts.
+
+        The delay keeps a message that no consumer here can handle (a category
+        nobody listens to) from looping hot between the broker and us, while
+        another consumer of the same queue may still take it meanwhile.
+        """
+        self._retry([bag], self.settings.reject_delay, type(error).__name__)
+
+    def _retry(self, bags: Sequence[Bag], delay: float, why: str) -> None:
+        limit = self.settings.max_attempts
+        due = time.monotonic() + delay if delay > 0 else 0.0
+        ops = []
+        for bag in bags:
+            receipt = _receipt(bag)
+            if limit is not None and bag.deliveries >= limit:
+                ops.append(Settle("dead", receipt))
+                self._consumer.dead_lettered(bag, f"{why} on delivery {bag.deliveries}")
+            else:
+                ops.append(Settle("requeue", receipt, due))
+        self._consumer.settle(ops)
+
+    def wakeup(self) -> None:
+        self._consumer.wakeup()
+
+    def close(self) -> None:
+        try:
+            self._publisher.close()
+        finally:
+            self._consumer.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.settings.display_url}>"
+
+
+def _receipt(bag: Bag) -> Receipt:
+    digest = bag.digest
+    if not isinstance(digest, Receipt):
+        raise TypeError(f"not a RabbitMQ delivery (digest {digest!r}); was it received here?")
+    return digest
+
+
+def from_url(url: str, **options: Any) -> RabbitMQAdapter:
+    """The adapter for `amqp[s]://user:pass@host:port/vhost?queue=NAME[&option=value...]`.
+
+    Options (keyword or query string; keywords win): queue, queue_type
+    ("quorum" | "classic"), declare ("declare" | "passive" | "none"), exchange,
+    exchange_type, routing_key, bindings, dead_letter, max_attempts, prefetch,
+    reject_delay, confirm_timeout, max_batch, max_message_size,
+    connection_name, cafile, certfile, keyfile, server_hostname; keyword only:
+    queue_arguments (extra x-arguments), ssl_context. pika's own query keys
+    (heartbeat, socket_timeout, ssl_options, ...) pass through to pika. An
+    unknown keyword raises TypeError.
+    """
+    return RabbitMQAdapter(settings_from_url(url, options))
