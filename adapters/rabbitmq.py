@@ -75,6 +75,13 @@ class RabbitMQAdapter(Adapter):
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         return self._consumer.receive(max_items, wait)
 
+    def idle(self, wait: float) -> bool:
+        """No channel open (or in-flight full): keep the consumer connection's I/O going,
+        so acks and releases handed over by the dispatcher reach the broker and
+        heartbeats are answered, without taking deliveries."""
+        self._consumer.receive(0, wait)
+        return True
+
     # acker thread: hand-offs to the poller thread's connection, none of them waits
     def ack(self, bags: Sequence[Bag]) -> None:
         self._consumer.settle([Settle("ack", _receipt(b)) for b in bags])

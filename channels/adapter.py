@@ -8,7 +8,7 @@ calls the adapter from its worker threads:
 | method | called from | may run at the same time as |
 |---|---|---|
 | `send_batch` | the emitter thread | `receive`, `ack`, `nack`, `reject`, `release` |
-| `receive` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
+| `receive`, `idle` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
 | `ack`, `nack`, `reject`, `release`, `extend` | the acker thread | `send_batch`, `receive` |
 | `wakeup` | any thread | anything |
 | `close` | the thread closing the queue, after the workers stopped | nothing |
@@ -113,8 +113,20 @@ class Adapter(abc.ABC):
         visibility timeout). Brokers without visibility timeouts ignore it.
         """
 
+    def idle(self, wait: float) -> bool:
+        """Called on the poller thread instead of `receive` while nothing may be taken
+        (no channel open, or the in-flight limit reached).
+
+        An adapter whose connection only does I/O inside calls on its own
+        thread (pika's BlockingConnection) services it here for up to `wait`
+        seconds: acks and releases handed over by other threads, heartbeats.
+        Return False when there is nothing to service (the default): the
+        kernel then waits without calling it until something changes.
+        """
+        return False
+
     def wakeup(self) -> None:  # noqa: B027 - optional hook
-        """Make a `receive` blocked in another thread return soon (closing)."""
+        """Make a `receive` or `idle` blocked in another thread return soon."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once, after the kernel's workers stopped."""

@@ -83,6 +83,7 @@ class Listener:
         self.routes: dict[str, Receiver] = {}
         self._cond = threading.Condition()
         self._count = 0  # in flight: received and not yet acked, nacked, released or rejected
+        self._idling = False  # the poller is in adapter.idle rather than receive
         self._stopping = False
         self._reported: OrderedDict[str, None] = OrderedDict()  # unroutable ids said once
         self.ctl: Chan[tuple[str, Any]] = Chan(16, name=f"{queue.name}.listener.ctl")
@@ -110,7 +111,10 @@ class Listener:
                 raise ChannelClosed(f"queue {self.q.name!r} is closed")
             self.routes = {**self.routes, r.category: r}
             self._cond.notify_all()
+            idling = self._idling
         self.ctl.send(("add", r))
+        if idling:  # the poller sits in adapter.idle: start receiving now
+            self.adapter.wakeup()
 
     def remove(self, r: Receiver, timeout: float | None = None) -> None:
         """Stop routing to `r`, apply its pending acks, release what it still holds."""
@@ -153,23 +157,42 @@ class Listener:
     def _resolved(self, n: int) -> None:
         if n:
             with self._cond:
+                was_full = self._count >= self.limit
                 self._count -= n
                 self._cond.notify_all()
+                wake = was_full and self._idling and self.routes
+            if wake:  # the poller sits in adapter.idle: room again, let it receive now
+                self.adapter.wakeup()
 
     # -- the poller thread ----------------------------------------------------
 
     def _is_stopping(self) -> bool:
         return self._stopping
 
+    def _held(self) -> bool:
+        """No channel to receive for, or the in-flight limit reached (the caller holds _cond)."""
+        return not self.routes or self._count >= self.limit
+
     def _poll(self) -> None:
         failures = 0
+        serviceable = True  # does the adapter want `idle` calls? (it says so by returning True)
         while True:
             with self._cond:
-                while not self._stopping and (not self.routes or self._count >= self.limit):
+                while not self._stopping and self._held() and not serviceable:
                     self._cond.wait()
                 if self._stopping:
                     return
+                held = self._held()
                 room = self.limit - self._count
+                self._idling = held
+            if held:  # nothing may be taken now: let the adapter tend its connection
+                try:
+                    serviceable = bool(self.adapter.idle(self.poll_wait))
+                except Exception as e:
+                    self.q._report(e)
+                    serviceable = False
+                continue
+            serviceable = True
             try:
                 bags = self.adapter.receive(min(self.adapter.max_receive, room), self.poll_wait)
                 failures = 0

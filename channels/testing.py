@@ -103,6 +103,9 @@ class Wrapped(Adapter):
     def extend(self, bags: Sequence[Bag]) -> None:
         self.inner.extend(bags)
 
+    def idle(self, wait: float) -> bool:
+        return self.inner.idle(wait)
+
     def wakeup(self) -> None:
         self.inner.wakeup()
 

@@ -84,6 +84,42 @@ def test_polling_starts_with_the_first_dequeue(queues: list[Queue], name: str) -
         assert spy.receives >= 1
 
 
+class _Idle(Wrapped):
+    """Counts idle calls; says it has something to service when `serviceable`."""
+
+    def __init__(self, inner: Any, serviceable: bool) -> None:
+        super().__init__(inner)
+        self.serviceable = serviceable
+        self.calls = 0
+
+    def idle(self, wait: float) -> bool:
+        self.calls += 1
+        if self.serviceable:
+            threading.Event().wait(min(wait, 0.05))  # as a real connection would block
+        return self.serviceable
+
+
+@pytest.mark.parametrize("serviceable", [True, False])
+def test_the_poller_idles_while_nothing_may_be_taken(
+    queues: list[Queue], name: str, serviceable: bool
+) -> None:
+    idle = _Idle(EmbeddedAdapter(name), serviceable)
+    q = open_q(queues, name, idle)
+    with dequeue(Order, q):
+        pass  # the last channel closes: nothing may be taken now
+    if serviceable:  # an adapter with a connection to tend is called again and again
+        wait_for(lambda: idle.calls >= 5, what="repeated idle calls")
+    else:  # one call, then the poller waits without spinning
+        wait_for(lambda: idle.calls >= 1, what="one idle call")
+        calls = idle.calls
+        threading.Event().wait(0.3)
+        assert idle.calls == calls
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("x", 1.0))
+    with dequeue(Order, q) as (rcv, ack):  # receiving resumes at once
+        ack.send(rcv.recv(timeout=5))
+
+
 def test_in_flight_limit_counts_buffered_messages(queues: list[Queue], name: str) -> None:
     q = open_q(queues, name, in_flight=5)
     with enqueue(Order, q, policy=AT_MOST_ONCE) as (out, _):

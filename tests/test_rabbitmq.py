@@ -25,6 +25,7 @@ from fixtures_rabbitmq import (  # noqa: F401 - the *_fixture names are pytest f
     bag,
     broker_ready,
     close_connection,
+    connection_pids,
     declare,
     delete_queues,
     ensure_broker_running,
@@ -715,6 +716,26 @@ def test_closing_and_reopening_dequeue_pauses_and_resumes(queue_name: str, admin
                     ack.send(m)
     assert sorted(seen, key=int) == [str(i) for i in range(50)]
     assert stays(lambda: queue_depth(admin, queue_name) == 0)  # nothing comes back
+
+
+@integration
+def test_an_idle_consumer_connection_keeps_answering_heartbeats(
+    queue_name: str, admin: Any
+) -> None:
+    """With no dequeue open, the poller keeps the consumer connection's I/O going
+    (Adapter.idle): releases reach the broker and heartbeats are answered, so the broker
+    does not drop the connection (without it: dropped after two missed 1 s heartbeats)."""
+    with connect(url_for(queue_name, heartbeat="1")) as q:
+        with enqueue(Order, q) as (out, _):
+            for i in range(3):
+                out.send(Order(str(i), 1.0))
+        with dequeue(Order, q) as (rcv, _):
+            rcv.recv(timeout=20.0)  # held, never acked: released when the dequeue closes
+        wait_for(lambda: queue_depth(admin, queue_name) == 3, 10.0, "the release applied")
+        consumer = f"qchan consumer {queue_name}"
+        pids = connection_pids(consumer)
+        assert pids
+        assert stays(lambda: connection_pids(consumer) == pids, seconds=5.0)
 
 
 @integration
