@@ -1,8 +1,29 @@
-"""The `qchan` command (`python -m qchan` too)."""
+"""The `qchan` command (`python -m qchan` too): demo, send, listen, bench."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+
+from .errors import QchanError
+from .urls import redact
+
+EPILOG = """\
+URLs:
+  mem://orders                                         in-process (this process only)
+  sqs://orders?endpoint=http://127.0.0.1:4566&region=us-east-1
+  kafka://127.0.0.1:9092/orders?group=billing
+  amqp://guest:guest@127.0.0.1:5672/%2F?queue=orders
+
+examples:
+  qchan demo
+  printf '{"id": 1}\\n{"id": 2}\\n' | qchan send amqp://guest:guest@127.0.0.1/%2F?queue=orders
+  qchan listen amqp://guest:guest@127.0.0.1/%2F?queue=orders --count 2
+
+exit codes: 0 done; 1 messages not delivered (or none received in time);
+2 bad usage, URL or input; 130 interrupted.
+"""
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -11,13 +32,52 @@ def _demo(args: argparse.Namespace) -> int:
     return run(count=args.count, quiet=args.quiet)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="qchan",
-        description="Message queues as Go channels, in plain Python. "
-        "Start with `qchan demo`.",
+def _send(args: argparse.Namespace) -> int:
+    from .commands import factory, send  # noqa: PLC0415
+
+    make = factory(args.url, args.retry_seconds, agent="qchan-cli")
+    if args.file == "-":
+        return send(make, args.category, sys.stdin, stream=args.stream, quiet=args.quiet)
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            return send(make, args.category, f, stream=args.stream, quiet=args.quiet)
+    except OSError as e:
+        raise _UsageError(f"cannot read {args.file}: {e.strerror}") from None
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from .commands import factory, listen  # noqa: PLC0415
+
+    make = factory(args.url, 10.0, agent="qchan-cli")
+    return listen(
+        make, args.category, count=args.count, ack=not args.no_ack, timeout=args.timeout,
+        out=sys.stdout,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .commands import bench, factory  # noqa: PLC0415
+
+    make = factory(args.url, 30.0, agent="qchan-bench")
+    return bench(make, count=args.count, size=args.size, category=args.category, quiet=False)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qchan",
+        description="Message queues as Go channels, in plain Python. New here? Run "
+        "`qchan demo`, then send and listen on a queue URL.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log more, including the client libraries' own messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
     demo = sub.add_parser(
         "demo",
         help="run a producer and a consumer over the in-process broker and show what happened",
@@ -28,9 +88,85 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--count", type=int, default=20_000, help="messages to send (20000)")
     demo.add_argument("--quiet", action="store_true", help="no progress line")
     demo.set_defaults(run=_demo)
-    args = parser.parse_args(argv)
-    return int(args.run(args))
+
+    send = sub.add_parser(
+        "send",
+        help="send JSON lines (stdin or a file) to a queue",
+        description="Read one JSON document per line and send each as a message. Every line "
+        "is checked before anything is sent: a bad line stops the command with its number "
+        "and the reason, and nothing is sent. Prints how many were sent and which were not "
+        "delivered.",
+    )
+    send.add_argument("url", help="the queue URL, e.g. mem://orders or sqs://orders?region=...")
+    send.add_argument("--category", default="message",
+                      help="the Category attribute of every message (default: message)")
+    send.add_argument("--file", default="-", help="read this file instead of stdin")
+    send.add_argument("--stream", action="store_true",
+                      help="send while reading (for endless input); a bad line stops there")
+    send.add_argument("--retry-seconds", type=float, default=30.0,
+                      help="how long to keep retrying an unreachable broker (30)")
+    send.add_argument("--quiet", action="store_true", help="print nothing unless it failed")
+    send.set_defaults(run=_send)
+
+    listen = sub.add_parser(
+        "listen",
+        help="print received messages as JSON lines, and ack them",
+        description="Print each message as one JSON line: category, attributes, and the body "
+        "(`body` if it is JSON, `body_text` if it is other text, `body_base64` otherwise). "
+        "Messages are acked once printed, unless --no-ack (then they go back to the queue).",
+    )
+    listen.add_argument("url", help="the queue URL")
+    listen.add_argument("--category", default="*",
+                        help="only this category (default: every message)")
+    listen.add_argument("--count", type=int, help="stop after this many messages")
+    listen.add_argument("--timeout", type=float,
+                        help="stop when no message arrives for this many seconds")
+    listen.add_argument("--no-ack", action="store_true",
+                        help="do not ack: the messages stay on the queue")
+    listen.set_defaults(run=_listen)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure enqueue and dequeue throughput and latency against a queue",
+        description="Send --count messages of --size bytes while receiving and acking them; "
+        "print enqueue, dequeue and end-to-end rates and p50/p99 latency.",
+    )
+    bench.add_argument("url", help="the queue URL")
+    bench.add_argument("--count", type=int, default=10_000, help="messages (10000)")
+    bench.add_argument("--size", type=int, default=1024, help="bytes per message (1024)")
+    bench.add_argument("--category", default="qchan-bench", help="category (qchan-bench)")
+    bench.set_defaults(run=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # The library logs through `qchan.*` loggers; on the command line, say it in our voice.
+    # Client libraries (pika, botocore, ...) log their own retries loudly: only with -v.
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="qchan: %(levelname)s: %(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("pika", "botocore", "boto3", "urllib3", "confluent_kafka"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (_UsageError, QchanError) as e:
+        # URL errors, unknown options, missing extras: say what to do, no traceback.
+        url = getattr(args, "url", "")
+        text = str(e).replace(url, redact(url)) if url else str(e)
+        print(f"qchan {args.command}: {text}", file=sys.stderr)
+        return 2
+
+
+def run() -> None:
+    raise SystemExit(main())
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
+
