@@ -42,7 +42,7 @@ from .message import Bag, Msg
 from .queue import Queue, connect
 from .retry import Backoff, Constant, Exponential, Linear
 from .select import Selected, select
-from .stats import Stats
+from .stats import Stats, observe
 from .urls import URLError, redact, register_scheme
 from .worker import Served, serve
 
@@ -90,6 +90,7 @@ __all__ = [
     "dequeue",
     "enqueue",
     "enqueue_sync",
+    "observe",
     "redact",
     "register_scheme",
     "select",

@@ -25,6 +25,7 @@ from .errors import ChannelClosed, QchanError, RejectedError
 from .event import Event, stamp
 from .message import Bag, Msg
 from .select import select
+from .tracing import Traced
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -69,15 +70,15 @@ class Sender:
         # Closed once the emitter has sent, or dead-lettered, everything of this sender.
         self.finished: Chan[None] = Chan(0, name=f"{category}.finished")
 
-    def encode(self, obj: Any, agent: str) -> Bag:
-        """The bag for `obj` (EncodeError if the codec refuses it)."""
+    def encode(self, obj: Any, agent: str, extra: Mapping[str, str] | None = None) -> Bag:
+        """The bag for `obj` (EncodeError if the codec refuses it); `extra`: more attributes."""
         if self.is_event and isinstance(obj, Event):
             obj = stamp(obj, self.category, agent)
         body = self.codec.encode(obj)
         return Bag(
             category=self.category,
             body=body,
-            attributes=self.attributes,
+            attributes={**self.attributes, **extra} if extra else self.attributes,
             id=new_id(),  # stable across retries: brokers de-duplicate on it
             key=self.key(obj) if self.key is not None else None,
             content_type=self.codec.content_type,
@@ -119,6 +120,7 @@ class Emitter:
         self.q = queue
         self.adapter = queue.adapter
         self.batch_size = queue.batch_size
+        self.log = logging.LoggerAdapter(log, {"queue": queue.name})
         self.linger = queue.linger
         self.retry = queue.retry
         self.ctl: Chan[None] = Chan(1, name=f"{queue.name}.emitter.ctl")  # a doorbell
@@ -162,7 +164,7 @@ class Emitter:
         self._ring()
         self.thread.join(timeout)
         if self.thread.is_alive():
-            log.warning(
+            self.log.warning(
                 "queue %s: emitter still flushing after %.1f s; giving up on retries",
                 self.q.name, timeout,
             )
@@ -194,7 +196,7 @@ class Emitter:
                 if self._drained():
                     return
         except BaseException as e:  # a bug in qchan: say so loudly, fail what is pending
-            log.critical("queue %s: emitter crashed", self.q.name, exc_info=True)
+            self.log.critical("queue %s: emitter crashed", self.q.name, exc_info=True)
             self.q._report(QchanError(f"emitter of queue {self.q.name!r} crashed: {e!r}"))
             raise
 
@@ -266,8 +268,11 @@ class Emitter:
         return batch
 
     def _take(self, sender: Sender, obj: Any, batch: list[_Item]) -> None:
+        extra = None
+        if type(obj) is Traced:  # sent with a trace context (see tracing.py)
+            obj, extra = obj.obj, obj.attributes
         try:
-            bag = sender.encode(obj, self.q.agent)
+            bag = sender.encode(obj, self.q.agent, extra)
         except Exception as e:
             err = e if isinstance(e, EncodeError) else EncodeError(f"cannot encode: {e!r}")
             self._dead_letter(sender, obj, None, err)
@@ -309,7 +314,7 @@ class Emitter:
                 attempt, time.monotonic() - started
             )
             if wait is None:
-                log.warning(
+                self.log.warning(
                     "queue %s: %d message(s) not accepted after %d attempt(s): %s",
                     self.q.name, len(failed), attempt, failed[0][1],
                 )
@@ -317,7 +322,7 @@ class Emitter:
                     self._fail(item, err)
                 return
             stats.retried += len(failed)
-            log.info(
+            self.log.info(
                 "queue %s: %d message(s) failed (%s); retry %d in %.2f s",
                 self.q.name, len(failed), failed[0][1], attempt, wait,
             )
@@ -352,7 +357,7 @@ class Emitter:
             return
         if sender.category not in self._warned_full and not self.abort.is_set():
             self._warned_full.add(sender.category)
-            log.warning(
+            self.log.warning(
                 "queue %s: dlq of %r is full; sends of that channel wait until the application "
                 "receives from its dlq", self.q.name, sender.category,
             )

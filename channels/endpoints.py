@@ -12,6 +12,7 @@ from typing import Any, Generic, NamedTuple, TypeVar, get_origin
 
 import cattrs
 
+from . import tracing
 from .chan import Chan, RecvChan, SendChan
 from .codec import Codec, category_for, codec_for
 from .emitter import Sender
@@ -165,13 +166,16 @@ def enqueue(
     key: Callable[[T], str | None] | None = None,
     codec: Codec[T] | None = None,
     converter: cattrs.Converter | None = None,
+    trace: bool | None = None,
 ) -> Enqueued[T]:
     """Open a channel that sends `type_` objects to `q`: returns `(out, dlq)`.
 
     `category` defaults to the type's name. `policy` picks the capacity of
     `out` (AT_LEAST_ONCE: 0; AT_MOST_ONCE: `capacity`, default 1024). `dlq`
     buffers `dlq_capacity` failures (default: two batches). `key(obj)` gives
-    the ordering key (SQS FIFO message group, Kafka key).
+    the ordering key (SQS FIFO message group, Kafka key). `trace`: carry the
+    sender's OpenTelemetry context as `traceparent` (default: when
+    OpenTelemetry is installed; `select` send cases carry none).
     """
     cat, cod = _resolve(type_, category, codec, converter)
     if policy is AT_LEAST_ONCE:
@@ -190,7 +194,22 @@ def enqueue(
     )
     q._add_sender(sender)
     _SENDERS[out] = (q, sender)
-    return Enqueued(out.send_only(), dlq.recv_only())
+    view = out.send_only()
+    if tracing.enabled() if trace is None else trace:
+        view.send = _traced_send(out)
+    return Enqueued(view, dlq.recv_only())
+
+
+def _traced_send(out: Chan[Any]) -> Any:
+    """`out.send` that carries the caller's trace context to the emitter (it encodes
+    on its own thread, where the caller's context is unknown)."""
+    raw = out.send
+
+    def send(value: Any, timeout: float | None = None) -> None:
+        attributes = tracing.carrier()
+        raw(tracing.Traced(value, attributes) if attributes else value, timeout)
+
+    return send
 
 
 def dequeue(
@@ -242,7 +261,7 @@ class SyncEnqueuer(Generic[T]):
         which case the outcome is unknown: the message may still be delivered.
         """
         started = time.monotonic()
-        bag = self._sender.encode(obj, self._q.agent)
+        bag = self._sender.encode(obj, self._q.agent, tracing.carrier())
         put = self._q._put(self._sender, bag, timeout)
         remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         if not put.done.wait(remaining):

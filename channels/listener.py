@@ -75,6 +75,7 @@ class Listener:
         self.q = queue
         self.adapter = queue.adapter
         self.limit = queue.in_flight
+        self.log = logging.LoggerAdapter(log, {"queue": queue.name})
         self.ttf = queue.time_to_flight
         self.ack_linger = queue.ack_linger
         self.heartbeat = queue.heartbeat
@@ -137,11 +138,13 @@ class Listener:
         self.adapter.wakeup()
         self._poller.join(timeout)
         if self._poller.is_alive():
-            log.warning("queue %s: poller still in receive after %.1f s", self.q.name, timeout)
+            self.log.warning("queue %s: poller still in receive after %.1f s", self.q.name, timeout)
         self.ctl.send(("stop", None))
         self._dispatcher.join(timeout)
         if self._dispatcher.is_alive():
-            log.warning("queue %s: dispatcher did not stop within %.1f s", self.q.name, timeout)
+            self.log.warning(
+                "queue %s: dispatcher did not stop within %.1f s", self.q.name, timeout
+            )
 
     def revoke(self, predicate: Any, timeout: float = 10.0) -> int:
         """Drop held messages the adapter no longer owns (see `Hooks.revoke`); how many."""
@@ -255,7 +258,7 @@ class Listener:
             # The queue closed while this receive was still running (a long poll
             # that outlived close's timeout). Nothing acks these bags: the broker
             # makes them visible again by its own redelivery.
-            log.info(
+            self.log.info(
                 "queue %s: %d message(s) received after close; left to broker redelivery",
                 self.q.name, len(batch),
             )
@@ -266,7 +269,7 @@ class Listener:
         try:
             _Dispatcher(self).run()
         except BaseException as e:
-            log.critical("queue %s: dispatcher crashed", self.q.name, exc_info=True)
+            self.log.critical("queue %s: dispatcher crashed", self.q.name, exc_info=True)
             self.q._report(ConnectionLost(f"dispatcher of queue {self.q.name!r} crashed: {e!r}"))
             raise
 
@@ -293,6 +296,7 @@ class _Dispatcher:
     def __init__(self, listener: Listener) -> None:
         self.l = listener
         self.q = listener.q
+        self.log = listener.log
         self.adapter = listener.adapter
         self.receivers: list[Receiver] = []
         self.acks_open: list[Receiver] = []
@@ -403,7 +407,7 @@ class _Dispatcher:
         bag = msg.bag
         entry = self.flight.pop(bag, None) if bag is not None else None
         if entry is None:
-            log.warning(
+            self.log.warning(
                 "queue %s: ack for a %r message that is not in flight (acked twice, expired "
                 "after time_to_flight=%ss, revoked by a rebalance, or from another queue); "
                 "ignored",
@@ -451,7 +455,7 @@ class _Dispatcher:
                 del self.flight[bag]
                 expired.append(bag)
         if expired:
-            log.warning(
+            self.log.warning(
                 "queue %s: %d message(s) not acked within time_to_flight=%ss; released for "
                 "redelivery", self.q.name, len(expired), self.l.ttf,
             )

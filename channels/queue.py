@@ -98,6 +98,7 @@ class Queue:
                 raise ValueError(f"{label} must be >= 0 s, not {value}")
         self.adapter = adapter
         self.name = adapter.name
+        self.log = logging.LoggerAdapter(log, {"queue": adapter.name})
         self.url = redact(url) if url else f"{adapter.scheme}://{adapter.name}"
         self.agent = agent or _program()
         self.system = system or adapter.scheme
@@ -216,9 +217,9 @@ class Queue:
             except (TimeoutError, ChannelClosed):
                 pass
         if isinstance(error, QchanError):  # an expected failure, its message says it all
-            log.error("queue %s: %s", self.name, error)
+            self.log.error("queue %s: %s", self.name, error)
         else:
-            log.error("queue %s: %s", self.name, error, exc_info=error)
+            self.log.error("queue %s: %s", self.name, error, exc_info=error)
 
     def _revoke(self, predicate: Any) -> int:
         listener = self._listener
@@ -253,7 +254,7 @@ class Queue:
             try:
                 self.adapter.close()
             except Exception as e:
-                log.warning("queue %s: closing the adapter failed: %s", self.name, e)
+                self.log.warning("queue %s: closing the adapter failed: %s", self.name, e)
             _OPEN.discard(self)
             self._closed.set()
         if undelivered:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import attrs
 
-__all__ = ["Stats"]
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["Stats", "observe"]
 
 
 @attrs.frozen
@@ -30,6 +37,10 @@ class Stats:
     poison: int = 0
     in_flight: int = 0
 
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name (for a metrics exporter)."""
+        return attrs.asdict(self)
+
 
 class Counters:
     """The live counters. Each is written by one worker thread only, so no lock is needed."""
@@ -50,3 +61,25 @@ class Counters:
             received=self.received, redelivered=self.redelivered, acked=self.acked,
             nacked=self.nacked, expired=self.expired, poison=self.poison, in_flight=in_flight,
         )
+
+
+def observe(
+    q: Queue, export: Callable[[str, Stats], Any], every: float = 10.0
+) -> Callable[[], None]:
+    """Call `export(queue_name, stats)` every `every` seconds, and once more when the
+    queue closes; returns a function that stops it. Runs on a daemon thread of its own
+    (`qchan-metrics-<queue>`): hand the numbers to Prometheus, StatsD, logs...
+    """
+    if every <= 0:
+        raise ValueError(f"every must be > 0 s, not {every}")
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            closed = q.wait(every)  # wakes at once when the queue closes
+            export(q.name, q.stats())
+            if closed:
+                return
+
+    threading.Thread(target=run, name=f"qchan-metrics-{q.name}", daemon=True).start()
+    return stop.set

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from . import tracing
 from .chan import Chan
 from .endpoints import Dequeued, dequeue
 from .errors import ChannelClosed
@@ -84,7 +85,8 @@ class _Pool(Generic[T]):
                 return
             msg: Msg[T] = sel.value
             try:
-                self.handler(msg if self.with_msg else msg.object)
+                with tracing.consumer_span(msg, f"{msg.category} process"):
+                    self.handler(msg if self.with_msg else msg.object)
             except Exception as e:
                 log.exception(
                     "queue %s: handler failed on a %r message (%s); it will be redelivered",

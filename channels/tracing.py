@@ -1,0 +1,72 @@
+"""W3C trace context across the queue when OpenTelemetry is installed (`pip install qchan[otel]`).
+
+On send, the sender's current span context travels as `traceparent` (and
+`tracestate`) message attributes; on receive, `context(msg)` gives it back so
+that the consumer's span continues the producer's trace (`serve` does that for
+you). Without OpenTelemetry, or without an active span, nothing is added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+try:  # an optional extra
+    from opentelemetry import propagate as _propagate
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - exercised where otel is absent
+    _propagate = None  # type: ignore[assignment]
+    _trace = None  # type: ignore[assignment]
+
+__all__ = ["Traced", "carrier", "consumer_span", "context", "enabled"]
+
+_FIELDS = ("traceparent", "tracestate")
+
+
+def enabled() -> bool:
+    """True when OpenTelemetry is importable."""
+    return _trace is not None
+
+
+class Traced:
+    """An object on its way to the emitter with the sender's trace context."""
+
+    __slots__ = ("attributes", "obj")
+
+    def __init__(self, obj: Any, attributes: dict[str, str]) -> None:
+        self.obj = obj
+        self.attributes = attributes
+
+
+def carrier() -> dict[str, str] | None:
+    """The current span context as message attributes, or None (no otel, no active span)."""
+    if _trace is None or not _trace.get_current_span().get_span_context().is_valid:
+        return None
+    out: dict[str, str] = {}
+    _propagate.inject(out)
+    return {k: v for k, v in out.items() if k in _FIELDS} or None
+
+
+def context(msg: Any) -> Any:
+    """The OpenTelemetry context a received message carries (None without otel or context)."""
+    attributes: Mapping[str, str] = getattr(msg, "attributes", {}) or {}
+    if _propagate is None or "traceparent" not in attributes:
+        return None
+    return _propagate.extract({k: attributes[k] for k in _FIELDS if k in attributes})
+
+
+@contextlib.contextmanager
+def consumer_span(msg: Any, name: str) -> Iterator[None]:
+    """A CONSUMER span around handling `msg`, child of the producer's context when it has one."""
+    if _trace is None:
+        yield
+        return
+    tracer = _trace.get_tracer("qchan")
+    with tracer.start_as_current_span(
+        name, context=context(msg), kind=_trace.SpanKind.CONSUMER,
+        attributes={"messaging.system": str(msg.attributes.get("System", "")),
+                    "messaging.destination.name": str(msg.attributes.get("Queue", "")),
+                    "messaging.message.id": str(msg.bag.id if msg.bag else "")},
+    ):
+        yield
