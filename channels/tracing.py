@@ -12,12 +12,14 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+_propagate: Any
+_trace: Any
 try:  # an optional extra
     from opentelemetry import propagate as _propagate
     from opentelemetry import trace as _trace
 except ImportError:  # pragma: no cover - exercised where otel is absent
-    _propagate = None  # type: ignore[assignment]
-    _trace = None  # type: ignore[assignment]
+    _propagate = None
+    _trace = None
 
 __all__ = ["Traced", "carrier", "consumer_span", "context", "enabled"]
 
