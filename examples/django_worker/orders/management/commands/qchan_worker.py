@@ -1,0 +1,128 @@
+"""`python manage.py qchan_worker`: handle orders from the queue until told to stop.
+
+Built on `qchan.serve`: `--workers` threads each take an order, call the
+handler, ack it on return and nack it (redelivery) if the handler raises. On
+SIGTERM or Ctrl-C each worker finishes the order in hand and acks it, orders
+not yet handed to a worker go back to the broker, the queue closes, and the
+command exits 0 with a summary.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from argparse import ArgumentParser
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+import qchan
+from orders.handlers import OrderHandler
+from orders.messages import Order
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Command(BaseCommand):
+    help = (
+        "Handle orders from settings.QCHAN_URL until SIGTERM or Ctrl-C (or --count orders), "
+        "then finish the orders in hand, ack them, and exit 0."
+    )
+    # For call_command from code and tests: a threading.Event that stops the worker when set.
+    stealth_options = ("stop",)
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--workers", type=int, default=4, metavar="N",
+            help="threads handling orders at once (default 4)",
+        )
+        parser.add_argument(
+            "--count", type=int, default=None, metavar="N",
+            help="stop once N orders are handled (for scripts and tests). Orders other "
+            "workers hold at that moment are finished too, so with --workers above 1 "
+            "up to N + workers - 1 may be handled; --workers 1 makes it exact.",
+        )
+        parser.add_argument(
+            "--url", default=None, help="the queue (default: settings.QCHAN_URL)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> str:
+        workers: int = options["workers"]
+        count: int | None = options["count"]
+        if workers < 1:
+            raise CommandError(f"--workers must be at least 1, not {workers}")
+        if count is not None and count < 1:
+            raise CommandError(f"--count must be at least 1, not {count}")
+        stop: threading.Event = options.get("stop") or threading.Event()
+        url: str = options["url"] or settings.QCHAN_URL
+        handler = OrderHandler()
+        try:
+            q = qchan.connect(url, **settings.QCHAN_OPTIONS)
+        except (qchan.QchanError, TypeError, ValueError) as e:  # bad URL, option or broker
+            raise CommandError(f"cannot open {qchan.redact(url)}: {e}") from e
+        with _stop_on_signals(stop) as received:
+            self.stdout.write(
+                f"qchan_worker: handling orders from {q.url} with {workers} worker(s); "
+                f"SIGTERM or Ctrl-C stops"
+            )
+            self.stdout.flush()  # scripts wait for this line
+            served = qchan.serve(
+                _counting(handler, count, stop), Order, q, workers=workers, stop=stop,
+                signals=(),  # _stop_on_signals already handles them (see there)
+            )
+        why = f" (stopped by {received[0].name})" if received else ""
+        return (
+            f"qchan_worker: handled {served.handled} order(s), {served.failed} failed, "
+            f"in {served.seconds:.1f} s{why}"
+        )
+
+
+def _counting(
+    handler: Callable[[Order], None], count: int | None, stop: threading.Event,
+) -> Callable[[Order], None]:
+    """Call `handler`; once `count` orders were handled, set `stop`."""
+    if count is None:
+        return handler
+    lock = threading.Lock()
+    handled = 0
+
+    def handle(order: Order) -> None:
+        nonlocal handled
+        handler(order)  # raises: not counted, the order is redelivered
+        with lock:
+            handled += 1
+            if handled >= count:
+                stop.set()
+
+    return handle
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[list[signal.Signals]]:
+    """SIGTERM and SIGINT set `stop` while inside; the previous handlers come back after.
+
+    The command installs these itself, before it prints that it is running,
+    rather than leaving it to `serve`: a script that sends SIGTERM as soon as it
+    reads that line must get a graceful stop, not the default (kill). Only the
+    main thread can install handlers; elsewhere (call_command in a thread), use
+    the `stop` event.
+    """
+    received: list[signal.Signals] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        received.append(signal.Signals(signum))  # just flag it: serve does the stopping
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
