@@ -43,8 +43,9 @@ typecheck: $(STAMP)
 	  | sed -e 's|^qchan/adapters/|adapters/|' -e 's|^qchan/|channels/|'; \
 	  exit $${PIPESTATUS[0]}
 
+# Every benchmark that can run here; writes benchmarks/results.md and results.png.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_chan.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
