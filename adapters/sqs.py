@@ -1,0 +1,615 @@
+"""AWS SQS adapter (boto3): standard and FIFO queues, wire-compatible with fogfish/swarm.
+
+    q = qchan.connect("sqs://orders?region=eu-west-1")
+    q = qchan.connect("sqs://orders.fifo?endpoint=http://127.0.0.1:4566&region=us-east-1")
+    q = qchan.connect("sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders")
+
+The adapter only talks to SQS; the kernel owns threads, batching, retries and
+acknowledgement bookkeeping (see qchan.adapter). The wire format lives in
+`_sqs_wire`; the full reference, with every option, is docs/sqs.md.
+
+Credentials come from boto3's normal chain (environment, profile, instance or
+task role, ...); they never appear in URLs, repr, logs or errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+)
+
+from qchan.adapter import Adapter
+from qchan.errors import ConnectionLost, MessageError, MessageTooLarge, QchanError, RejectedError
+from qchan.message import Bag
+from qchan.urls import URLError, redact
+
+from . import _sqs_wire as wire
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestEntryTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
+
+__all__ = ["QueueNotFound", "SQSAdapter", "SQSError", "from_url"]
+
+log = logging.getLogger("qchan.adapters.sqs")
+
+#: Seconds a receive long-polls by default (WaitTimeSeconds). An idle poller
+#: makes one request per period; close can take up to this long (docs/sqs.md).
+DEFAULT_WAIT = 5.0
+
+# Error codes that say "this request can never succeed as sent"; anything
+# else (throttling, 5xx, access still propagating, ...) is worth retrying.
+_PERMANENT_CODES = frozenset({
+    "InvalidParameterValue",
+    "InvalidMessageContents",
+    "InvalidAttributeName",
+    "InvalidAttributeValue",
+    "MessageTooLong",
+    "BatchRequestTooLong",
+    "UnsupportedOperation",
+    "MissingParameter",
+    "AWS.SimpleQueueService.UnsupportedOperation",
+})
+_THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "RequestThrottled", "KmsThrottled",
+    "KMS.ThrottlingException", "ServiceUnavailable", "InternalError",
+})
+_NOT_FOUND_CODES = frozenset({
+    "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
+})
+
+
+class SQSError(QchanError):
+    """SQS refused a request or one entry of a batch; `code` is SQS's error code."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class QueueNotFound(SQSError):
+    """The queue does not exist at this endpoint (and `create` is off)."""
+
+
+class SQSAdapter(Adapter):
+    """One SQS queue, standard or FIFO (name ends in `.fifo`). Use `from_url` to build one."""
+
+    scheme = "sqs"
+    max_batch = wire.MAX_BATCH_ENTRIES
+    max_receive = wire.MAX_BATCH_ENTRIES
+    poll_wait = DEFAULT_WAIT
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        queue_url: str | None = None,
+        endpoint: str | None = None,
+        region: str | None = None,
+        create: bool = False,
+        queue_attributes: Mapping[str, str] | None = None,
+        owner: str | None = None,
+        wait: float = DEFAULT_WAIT,
+        visibility_timeout: int | None = None,
+        content_dedup: bool | None = None,
+        group_id: Callable[[Bag], str] | None = None,
+        max_request_bytes: int = wire.DEFAULT_MAX_REQUEST_BYTES,
+        session: boto3.session.Session | None = None,
+        profile: str | None = None,
+        verify: bool | str | None = None,
+        client_cert: str | tuple[str, str] | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 3,
+        max_pool_connections: int = 10,
+    ) -> None:
+        super().__init__(name)
+        if not 0 <= wait <= wire.MAX_WAIT_SECONDS:
+            raise ValueError(f"wait must be 0 to {wire.MAX_WAIT_SECONDS} s, not {wait}")
+        if visibility_timeout is not None and not (
+            0 <= visibility_timeout <= wire.MAX_VISIBILITY_SECONDS
+        ):
+            raise ValueError(
+                f"visibility_timeout must be 0 to {wire.MAX_VISIBILITY_SECONDS} s, "
+                f"not {visibility_timeout}"
+            )
+        if max_request_bytes < 1024:
+            raise ValueError(f"max_request_bytes must be at least 1024, not {max_request_bytes}")
+        self.fifo = name.endswith(".fifo")
+        self.poll_wait = wait
+        self.visibility_timeout = visibility_timeout
+        self.max_request_bytes = max_request_bytes
+        self._create = create
+        self._queue_attributes = dict(queue_attributes or {})
+        self._owner = owner
+        self._content_dedup = content_dedup
+        self._group_id = group_id
+        self._queue_url = queue_url
+        self._resolved = threading.Event()
+        self._resolve_lock = threading.Lock()
+        self._woken = threading.Event()
+        # Filled in by _resolve from the queue's attributes.
+        self._max_message_bytes = wire.DEFAULT_MAX_REQUEST_BYTES
+        self._queue_visibility = 30
+        self._queue_content_dedup = False
+
+        session = session or boto3.session.Session(profile_name=profile)
+        # The kernel retries sends with its own backoff, so botocore only gets
+        # a short budget for transient errors (throttling, 5xx, a dropped
+        # connection); acks and visibility changes benefit from it most.
+        common: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "retries": {"mode": "standard", "total_max_attempts": max_attempts},
+            "max_pool_connections": max_pool_connections,
+        }
+        if client_cert is not None:
+            common["client_cert"] = client_cert
+        kwargs: dict[str, Any] = {"region_name": region, "endpoint_url": endpoint}
+        if verify is not None:
+            kwargs["verify"] = verify
+        try:
+            self._client: SQSClient = session.client(
+                "sqs", config=Config(read_timeout=read_timeout, **common), **kwargs
+            )
+        except NoRegionError:
+            raise ValueError(
+                f"no AWS region for SQS queue {name!r}: pass region=... (or ?region= in the "
+                f"URL) or set AWS_DEFAULT_REGION"
+            ) from None
+        # Long polls hold a request open for up to WaitTimeSeconds: they get
+        # their own client so the read timeout of every other call stays short.
+        self._poll_client: SQSClient = session.client(
+            "sqs",
+            config=Config(read_timeout=wire.MAX_WAIT_SECONDS + read_timeout, **common),
+            **kwargs,
+        )
+        # boto3 >= 1.34.x names the system attributes MessageSystemAttributeNames;
+        # older releases (the extra allows 1.28) only know the deprecated name.
+        shape = self._poll_client.meta.service_model.operation_model("ReceiveMessage").input_shape
+        members = shape.members if shape is not None else {}
+        self._system_names = ("MessageSystemAttributeNames"
+                              if "MessageSystemAttributeNames" in members else "AttributeNames")
+        self.endpoint: str = self._client.meta.endpoint_url
+        self.region: str = self._client.meta.region_name
+
+    # -- public helpers ------------------------------------------------------
+
+    @property
+    def client(self) -> SQSClient:
+        """The boto3 SQS client (thread-safe), for what qchan does not wrap."""
+        return self._client
+
+    @property
+    def queue_url(self) -> str:
+        """The queue's URL (resolves the queue on first use)."""
+        self._resolve()
+        assert self._queue_url is not None
+        return self._queue_url
+
+    def open(self) -> None:
+        """Look the queue up now, so a missing queue fails at open, not at first send.
+
+        If the endpoint cannot be reached, the lookup is left to the first
+        send or receive (whose outcomes are then errors the kernel retries).
+        """
+        try:
+            self._resolve()
+        except ConnectionLost as e:
+            log.warning("queue %s: endpoint not reachable yet, will retry on first use: %s",
+                        self.name, e)
+
+    # -- the contract --------------------------------------------------------
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        outcomes: list[BaseException | None] = [None] * len(bags)
+        try:
+            self._resolve()
+        except QchanError as e:
+            return [e] * len(bags)
+        pending: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]] = []
+        for i, bag in enumerate(bags):
+            try:
+                entry, size = wire.entry(
+                    bag, str(i), limit=self._max_message_bytes, fifo=self.fifo,
+                    group=self._group(bag), dedup=self._dedup(bag),
+                )
+            except RejectedError as e:
+                log.warning("queue %s: message rejected before sending: %s", self.name, e)
+                outcomes[i] = e
+            else:
+                pending.append((i, entry, size))
+        down: BaseException | None = None
+        for chunk in self._chunks(pending):
+            if down is not None:
+                # The endpoint just failed; do not wait out a timeout per chunk.
+                for i, _, _ in chunk:
+                    outcomes[i] = down
+                continue
+            down = self._send_chunk(chunk, outcomes)
+        return outcomes
+
+    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+        if self._woken.is_set():
+            self._woken.clear()
+            return []
+        self._resolve()
+        request: dict[str, Any] = {
+            "QueueUrl": self._queue_url,
+            "MaxNumberOfMessages": max(1, min(max_items, wire.MAX_BATCH_ENTRIES)),
+            "WaitTimeSeconds": _wait_seconds(wait),
+            "MessageAttributeNames": ["All"],
+            self._system_names: ["ApproximateReceiveCount", "MessageGroupId"],
+        }
+        if self.visibility_timeout is not None:
+            request["VisibilityTimeout"] = self.visibility_timeout
+        try:
+            reply = self._poll_client.receive_message(**request)
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("receive", e) from e
+        return [wire.bag_from_message(m) for m in reply.get("Messages", [])]
+
+    def ack(self, bags: Sequence[Bag]) -> None:
+        for chunk in _batches(bags):
+            entries = [{"Id": str(i), "ReceiptHandle": b.digest} for i, b in enumerate(chunk)]
+            try:
+                reply = self._client.delete_message_batch(
+                    QueueUrl=self.queue_url, Entries=entries  # type: ignore[arg-type]
+                )
+            except (BotoCoreError, ClientError, QchanError) as e:
+                self._report_call("ack (DeleteMessageBatch)", len(chunk), e)
+                continue
+            self._report_failed("ack (DeleteMessageBatch)", reply.get("Failed", []))
+
+    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+        if delay < 0:
+            raise ValueError(f"nack delay must be >= 0 s, not {delay}")
+        self._change_visibility(bags, min(math.ceil(delay), wire.MAX_VISIBILITY_SECONDS), "nack")
+
+    def release(self, bags: Sequence[Bag]) -> None:
+        self._change_visibility(bags, 0, "release")
+
+    def extend(self, bags: Sequence[Bag]) -> None:
+        timeout = self.visibility_timeout
+        if timeout is None:
+            timeout = self._queue_visibility
+        self._change_visibility(bags, timeout, "extend")
+
+    def reject(self, bag: Bag, error: MessageError) -> None:
+        """Leave a poison message alone: SQS redelivers it after the visibility timeout.
+
+        After the queue's maxReceiveCount deliveries its redrive policy moves
+        it to the dead-letter queue. Without a redrive policy it comes back
+        until the retention period ends (docs/sqs.md).
+        """
+        log.debug("queue %s: leaving poison message %s for the redrive policy (%s)",
+                  self.name, bag.id, error)
+
+    def wakeup(self) -> None:
+        # A long poll in flight cannot be cut short (boto3 has no
+        # cancellation); this makes the next receive return at once.
+        self._woken.set()
+
+    def close(self) -> None:
+        self._client.close()
+        self._poll_client.close()
+
+    def __repr__(self) -> str:
+        return (f"<SQSAdapter sqs://{self.name} endpoint={redact(self.endpoint)} "
+                f"region={self.region}{' fifo' if self.fifo else ''}>")
+
+    # -- internals -----------------------------------------------------------
+
+    def _group(self, bag: Bag) -> str | None:
+        if not self.fifo:
+            return None
+        if bag.key is not None:
+            return bag.key
+        if self._group_id is not None:
+            try:
+                return self._group_id(bag)
+            except Exception as e:
+                raise RejectedError(f"group_id function failed for a {bag.category!r} "
+                                    f"message: {e!r}") from e
+        return bag.category
+
+    def _dedup(self, bag: Bag) -> str | None:
+        if not self.fifo:
+            return None
+        content = self._content_dedup
+        if content is None:
+            content = self._queue_content_dedup
+        if content:
+            return None
+        # The kernel's id is stable across its retries, so a resend after a
+        # lost reply is dropped by SQS within its 5-minute window.
+        return bag.id or uuid.uuid4().hex
+
+    def _chunks(
+        self, pending: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]
+    ) -> Iterator[list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]]:
+        """Consecutive runs of at most 10 entries and max_request_bytes (order kept)."""
+        chunk: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]] = []
+        total = 0
+        for item in pending:
+            size = item[2]
+            if chunk and (len(chunk) == wire.MAX_BATCH_ENTRIES
+                          or total + size > self.max_request_bytes):
+                yield chunk
+                chunk, total = [], 0
+            chunk.append(item)
+            total += size
+        if chunk:
+            yield chunk
+
+    def _send_chunk(
+        self,
+        chunk: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]],
+        outcomes: list[BaseException | None],
+    ) -> BaseException | None:
+        """Send one request; fill `outcomes`. Returns the error if the endpoint is down."""
+        try:
+            reply = self._client.send_message_batch(
+                QueueUrl=self.queue_url, Entries=[e for _, e, _ in chunk]
+            )
+        except ClientError as e:
+            code = _code(e)
+            if code in _PERMANENT_CODES and len(chunk) > 1:
+                # SQS refused the whole request for something one entry holds;
+                # send them one by one so only that entry fails.
+                log.info("queue %s: batch refused (%s), resending its %d entries one by one",
+                         self.name, code, len(chunk))
+                for item in chunk:
+                    down = self._send_chunk([item], outcomes)
+                    if down is not None:
+                        return down
+                return None
+            err = self._error("send", e)
+            for i, _, _ in chunk:
+                outcomes[i] = err
+            return None
+        except BotoCoreError as e:
+            err = self._error("send", e)
+            for i, _, _ in chunk:
+                outcomes[i] = err
+            return err if isinstance(err, ConnectionLost) else None
+        for failed in reply.get("Failed", []):
+            i = int(failed["Id"])
+            code = failed.get("Code", "")
+            text = (f"SQS refused message for queue {self.name}: {code}: "
+                    f"{failed.get('Message', '')}")
+            if failed.get("SenderFault") and code not in _THROTTLING_CODES:
+                outcomes[i] = RejectedError(text)
+            else:
+                outcomes[i] = SQSError(text, code)
+        return None
+
+    def _change_visibility(self, bags: Sequence[Bag], timeout: int, what: str) -> None:
+        for chunk in _batches(bags):
+            entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+                {"Id": str(i), "ReceiptHandle": b.digest, "VisibilityTimeout": timeout}
+                for i, b in enumerate(chunk)
+            ]
+            try:
+                reply = self._client.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+            except (BotoCoreError, ClientError, QchanError) as e:
+                self._report_call(f"{what} (ChangeMessageVisibilityBatch)", len(chunk), e)
+                continue
+            self._report_failed(f"{what} (ChangeMessageVisibilityBatch)",
+                                reply.get("Failed", []))
+
+    def _report_call(self, what: str, count: int, e: BaseException) -> None:
+        """Report a failed call; SQS makes the messages visible again at their timeout."""
+        self.hooks.report(e if isinstance(e, QchanError) else self._error(f"{what} of {count}", e))
+
+    def _report_failed(self, what: str, failed: Sequence[Mapping[str, Any]]) -> None:
+        for f in failed:
+            self.hooks.report(SQSError(
+                f"{what} failed for a message of queue {self.name}: "
+                f"{f.get('Code', '')}: {f.get('Message', '')}",
+                f.get("Code", ""),
+            ))
+
+    def _error(self, what: str, e: BaseException) -> QchanError:
+        """The qchan error for a botocore failure (never includes credentials)."""
+        where = redact(self.endpoint)
+        if isinstance(e, ClientError):
+            code = _code(e)
+            msg = e.response.get("Error", {}).get("Message", "")
+            if code in _NOT_FOUND_CODES:
+                return QueueNotFound(self._not_found(), code)
+            text = f"SQS {what} on queue {self.name} at {where} failed: {code}: {msg}"
+            if code in _PERMANENT_CODES:
+                if "shorter than" in msg or "too long" in msg.lower() or code == "MessageTooLong":
+                    return MessageTooLarge(text)
+                return RejectedError(text)
+            return SQSError(text, code)
+        if isinstance(e, (botocore.exceptions.ConnectionError, HTTPClientError)):
+            return ConnectionLost(f"SQS {what} on queue {self.name} at {where} failed: {e}")
+        if isinstance(e, NoCredentialsError):
+            return SQSError(f"SQS {what} on queue {self.name}: no AWS credentials found (boto3 "
+                            f"looks in the environment, ~/.aws, profile=..., instance or task "
+                            f"role)", "NoCredentials")
+        return SQSError(f"SQS {what} on queue {self.name} at {where} failed: {e}")
+
+    def _not_found(self) -> str:
+        return (f"queue {self.name!r} not found at {redact(self.endpoint)}; "
+                f"create it or pass create=True")
+
+    def _resolve(self) -> None:
+        """Find (or create) the queue and read the attributes the adapter needs, once."""
+        if self._resolved.is_set():
+            return
+        with self._resolve_lock:
+            if self._resolved.is_set():
+                return
+            try:
+                if self._queue_url is None:
+                    self._queue_url = self._lookup()
+                attrs = self._client.get_queue_attributes(
+                    QueueUrl=self._queue_url,
+                    AttributeNames=["MaximumMessageSize", "VisibilityTimeout",
+                                    "ContentBasedDeduplication"],
+                ).get("Attributes", {})
+            except (BotoCoreError, ClientError) as e:
+                raise self._error("queue lookup", e) from e
+            self._max_message_bytes = int(attrs.get("MaximumMessageSize",
+                                                    wire.DEFAULT_MAX_REQUEST_BYTES))
+            self._queue_visibility = int(attrs.get("VisibilityTimeout", 30))
+            self._queue_content_dedup = attrs.get("ContentBasedDeduplication") == "true"
+            self._resolved.set()
+            log.debug("queue %s: resolved to %s (max message %d bytes, visibility %d s)",
+                      self.name, self._queue_url, self._max_message_bytes,
+                      self._queue_visibility)
+
+    def _lookup(self) -> str:
+        request: dict[str, Any] = {"QueueName": self.name}
+        if self._owner:
+            request["QueueOwnerAWSAccountId"] = self._owner
+        try:
+            url: str = self._client.get_queue_url(**request)["QueueUrl"]
+            return url
+        except ClientError as e:
+            if _code(e) not in _NOT_FOUND_CODES:
+                raise
+            if not self._create:
+                raise QueueNotFound(self._not_found(), _code(e)) from None
+        attributes = dict(self._queue_attributes)
+        if self.fifo:
+            attributes.setdefault("FifoQueue", "true")
+        log.info("queue %s: creating it at %s", self.name, redact(self.endpoint))
+        created: str = self._client.create_queue(
+            QueueName=self.name, Attributes=attributes  # type: ignore[arg-type]
+        )["QueueUrl"]
+        return created
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def _batches(bags: Sequence[Bag]) -> Iterator[Sequence[Bag]]:
+    for start in range(0, len(bags), wire.MAX_BATCH_ENTRIES):
+        yield bags[start:start + wire.MAX_BATCH_ENTRIES]
+
+
+def _wait_seconds(wait: float) -> int:
+    """SQS's whole-second WaitTimeSeconds for `wait`: rounded up, so 0 < wait never busy-polls."""
+    if wait <= 0:
+        return 0
+    return min(wire.MAX_WAIT_SECONDS, math.ceil(wait))
+
+
+# -- URLs ---------------------------------------------------------------------
+
+_BOOL = {"true": True, "1": True, "yes": True, "on": True,
+         "false": False, "0": False, "no": False, "off": False}
+_QUERY: dict[str, Callable[[str], Any]] = {
+    "endpoint": str,
+    "region": str,
+    "create": lambda v: _BOOL[v.lower()],
+    "owner": str,
+    "wait": float,
+    "visibility_timeout": int,
+    "content_dedup": lambda v: _BOOL[v.lower()],
+    "max_request_bytes": int,
+    "profile": str,
+    "verify": lambda v: _BOOL.get(v.lower(), v),
+    "connect_timeout": float,
+    "read_timeout": float,
+    "max_attempts": int,
+    "max_pool_connections": int,
+}
+_KEYWORDS = frozenset({*_QUERY, "queue_attributes", "group_id", "session", "client_cert"})
+
+
+def from_url(url: str, **options: Any) -> SQSAdapter:
+    """The adapter for an `sqs://` URL; keyword options override query parameters.
+
+    Forms: `sqs://NAME?endpoint=...&region=...` or, by queue URL,
+    `sqs://HOST/ACCOUNT/NAME` (https unless `endpoint` gives the scheme and
+    host), e.g. `sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders`.
+    A plain `https://...` queue URL is accepted here too. The queue is looked
+    up at once: a missing queue raises QueueNotFound (unless create=True); an
+    unreachable endpoint is logged and retried on first use.
+    """
+    unknown = set(options) - _KEYWORDS
+    if unknown:
+        raise TypeError(f"unknown SQS option(s): {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(sorted(_KEYWORDS))}")
+    name, params = _parse(url)
+    params.update(options)
+    adapter = SQSAdapter(name, **params)
+    adapter.open()
+    return adapter
+
+
+def _parse(url: str) -> tuple[str, dict[str, Any]]:
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as e:
+        raise URLError(f"malformed SQS URL {redact(url)!r}: {e}") from None
+    if parts.scheme not in ("sqs", "http", "https"):
+        raise URLError(f"not an SQS URL: {redact(url)!r}")
+    if parts.username or parts.password:
+        raise URLError(
+            f"credentials in an SQS URL are not supported ({redact(url)!r}); use boto3's "
+            f"credential chain (environment, profile=..., instance or task role)"
+        )
+    params: dict[str, Any] = {}
+    for key, value in query:
+        if key not in _QUERY:
+            raise URLError(f"unknown SQS URL parameter {key!r} in {redact(url)!r}; "
+                           f"known: {', '.join(sorted(_QUERY))}")
+        try:
+            params[key] = _QUERY[key](value)
+        except (KeyError, ValueError):
+            raise URLError(f"bad value {value!r} for {key!r} in {redact(url)!r}") from None
+    path = parts.path.strip("/")
+    if not path:
+        if parts.scheme != "sqs" or not parts.netloc:
+            raise URLError(f"SQS URL {redact(url)!r} names no queue; e.g. sqs://orders")
+        return parts.netloc, params
+    # A queue URL: HOST/ACCOUNT/NAME.
+    segments = path.split("/")
+    if len(segments) != 2 or not all(segments):
+        raise URLError(f"SQS queue URL {redact(url)!r} is not of the form HOST/ACCOUNT/NAME")
+    scheme = "https" if parts.scheme == "sqs" else parts.scheme
+    endpoint = params.get("endpoint") or f"{scheme}://{parts.netloc}"
+    params.setdefault("endpoint", endpoint)
+    params["queue_url"] = f"{endpoint.rstrip('/')}/{path}"
+    if "region" not in params:
+        region = _region_of(parts.hostname or "")
+        if region:
+            params["region"] = region
+    return segments[1], params
+
+
+def _region_of(host: str) -> str | None:
+    """The region in an AWS SQS host name (sqs.REGION.amazonaws.com, REGION.queue.amazonaws.com)."""
+    labels = host.split(".")
+    if len(labels) >= 4 and labels[0] == "sqs":
+        return labels[1]
+    if len(labels) >= 4 and labels[1] == "queue":
+        return labels[0]
+    return None
