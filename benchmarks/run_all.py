@@ -84,10 +84,10 @@ def ratio_pairs(text: str, bench: str) -> list[tuple[str, float, float]]:
 
 
 def chart(pairs: list[tuple[str, float, float]], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415 - only `make bench` needs it (dev extra)
+    import matplotlib  # only `make bench` needs it (the dev extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     labels = [p[0] for p in pairs]
     ratios = [p[1] for p in pairs]
