@@ -127,3 +127,78 @@ def test_queue_closed_elsewhere_ends_serve() -> None:
              what="workers up")
     q.close()
     assert w.outcome(30).handled == 0
+
+
+def test_a_handler_that_hangs_past_time_to_flight_is_redelivered_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1, time_to_flight=0.3)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("slow", 1.0))
+    calls: list[str] = []
+    stop = threading.Event()
+    release = threading.Event()
+
+    def handle(o: Order) -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            release.wait(10)  # hangs past time_to_flight
+        else:
+            stop.set()  # the redelivered copy, on another worker
+
+    with caplog.at_level(logging.WARNING, logger="qchan"):
+        w = start(serve, handle, Order, q, workers=2, stop=stop)
+        wait_for(lambda: len(calls) == 2, what="the redelivery")
+        release.set()
+        served = w.outcome(30)
+    assert calls[0] != calls[1]
+    assert "not acked within time_to_flight=0.3s" in caplog.text
+    assert served.handled == 2 and q.stats().expired == 1
+
+
+@pytest.mark.integration
+def test_sigterm_during_a_batch_finishes_the_message_in_hand_and_leaves_the_rest() -> None:
+    """A worker process over RabbitMQ, SIGTERM while a handler is busy: that message is
+    finished and acked, every other one stays on the broker, exit code 0."""
+    import pika
+
+    queue = f"qchan-sig-{uuid.uuid4().hex[:8]}"
+    url = f"amqp://guest:guest@127.0.0.1:5672/%2F?queue={queue}"
+    script = textwrap.dedent(
+        f"""
+        import threading, time
+        from qchan import connect, enqueue, serve
+        from qchan.testing import Order
+        q = connect({url!r})
+        with enqueue(Order, q) as (out, _):
+            for i in range(20):
+                out.send(Order(str(i), 1.0))
+        done = []
+        def handle(o):
+            print("BUSY", o.id, flush=True)
+            time.sleep(1.0)  # a slow job: the signal arrives meanwhile
+            done.append(o.id)
+        served = serve(handle, Order, q, workers=1)
+        print("SERVED", served.handled, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("BUSY")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        handled = int(out.split()[-1])
+        assert handled >= 1
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+        ch = conn.channel()
+        ready = ch.queue_declare(queue, passive=True).method.message_count
+        assert ready == 20 - handled  # finished ones acked, the rest back on the broker
+        for q_ in (queue, f"{queue}.dlq"):
+            ch.queue_delete(q_)
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
