@@ -427,66 +427,57 @@ class _SendFn(Protocol[T_contra]):
     def __call__(self, value: T_contra, timeout: float | None = None) -> None: ...
 
 
-class RecvChan(Generic[T]):
-    """The receiving half of a `Chan`: `recv(timeout=None)` (as `Chan.recv`), iteration,
-    `len`, `capacity`, `closed`, and use as a `select` receive case."""
+class _View(Generic[T]):
+    """What both halves of a channel show: its state, and the channel for `select`."""
 
-    __slots__ = ("_chan", "recv")
-    recv: _RecvFn[T]  # the channel's own bound method: no wrapper call per item
+    __slots__ = ("_chan",)
 
     def __init__(self, chan: Chan[T]) -> None:
         self._chan = chan
+
+    def __len__(self) -> int:
+        return len(self._chan)
+
+    @property
+    def capacity(self) -> int:
+        return self._chan.capacity
+
+    @property
+    def closed(self) -> bool:
+        return self._chan.closed
+
+    @property
+    def name(self) -> str | None:
+        return self._chan.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}{repr(self._chan)[5:]}"
+
+
+class RecvChan(_View[T]):
+    """The receiving half of a `Chan`: `recv(timeout=None)` (as `Chan.recv`), iteration,
+    `len`, `capacity`, `closed`, and use as a `select` receive case."""
+
+    __slots__ = ("recv",)
+    recv: _RecvFn[T]  # the channel's own bound method: no wrapper call per item
+
+    def __init__(self, chan: Chan[T]) -> None:
+        super().__init__(chan)
         self.recv = chan.recv
 
     def __iter__(self) -> Iterator[T]:
         return iter(self._chan)
 
-    def __len__(self) -> int:
-        return len(self._chan)
 
-    @property
-    def capacity(self) -> int:
-        return self._chan.capacity
-
-    @property
-    def closed(self) -> bool:
-        return self._chan.closed
-
-    @property
-    def name(self) -> str | None:
-        return self._chan.name
-
-    def __repr__(self) -> str:
-        return "<RecvChan" + repr(self._chan)[5:]
-
-
-class SendChan(Generic[T]):
+class SendChan(_View[T]):
     """The sending half of a `Chan`: `send(value, timeout=None)` (as `Chan.send`), `close()`,
     `len`, `capacity`, `closed`, and use in a `select` send case."""
 
-    __slots__ = ("_chan", "close", "send")
+    __slots__ = ("close", "send")
     send: _SendFn[T]
     close: Callable[[], None]
 
     def __init__(self, chan: Chan[T]) -> None:
-        self._chan = chan
+        super().__init__(chan)
         self.send = chan.send
         self.close = chan.close
-
-    def __len__(self) -> int:
-        return len(self._chan)
-
-    @property
-    def capacity(self) -> int:
-        return self._chan.capacity
-
-    @property
-    def closed(self) -> bool:
-        return self._chan.closed
-
-    @property
-    def name(self) -> str | None:
-        return self._chan.name
-
-    def __repr__(self) -> str:
-        return "<SendChan" + repr(self._chan)[5:]

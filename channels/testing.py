@@ -128,11 +128,14 @@ class Spy(Wrapped):
         return super().receive(max_items, wait)
 
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        self._record(bags)
+        return super().send_batch(bags)
+
+    def _record(self, bags: Sequence[Bag]) -> None:
         with self._lock:
             self.batches.append(len(bags))
             for b in bags:
                 self.attempts[b.id] = self.attempts.get(b.id, 0) + 1
-        return super().send_batch(bags)
 
 
 class Faulty(Spy):
@@ -143,10 +146,7 @@ class Faulty(Spy):
         self.fail = fail
 
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
-        with self._lock:
-            self.batches.append(len(bags))
-            for b in bags:
-                self.attempts[b.id] = self.attempts.get(b.id, 0) + 1
+        self._record(bags)
         outcomes: list[BaseException | None] = []
         passing: list[int] = []
         for i in range(len(bags)):
