@@ -1,0 +1,308 @@
+"""Network faults, per transport, through the accounting harness (issue 8, item 2).
+
+Each scenario sends N numbered messages from a producer queue to a consumer
+queue (two connections, as two processes would have), injects its fault, and
+asserts the promise: every message received at least once or dead-lettered,
+none lost, nothing left in flight or on the broker. Duplicates are bounded
+by what the fault can explain (see each test) and printed with the figures.
+
+Queue options the scenarios use: the producer retries with `PATIENT` (a try
+at least every second for 60 s) so a cut shorter than that dead-letters
+nothing; the consumer's in-flight limit is `IN_FLIGHT`, which bounds the
+duplicates a fault can cause (each message held at the fault is redelivered
+at most once more).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from fixtures_rabbitmq import ensure_broker_running, rabbitmqctl
+from helpers import wait_for
+
+from qchan import AT_MOST_ONCE, ChannelClosed, Constant, EnqueueError, Queue, enqueue
+
+from .harness import LONG, Numbered, Report, account, collect_errors, fault_for, receive_until
+from .links import Link
+from .transports import PATIENT, RabbitTransport, Transport
+
+IN_FLIGHT = 200
+
+
+def run(
+    transport: Transport,
+    scenario: str,
+    n: int,
+    *,
+    producer_link: Link | None = None,
+    consumer_link: Link | None = None,
+    producer_options: dict[str, Any] | None = None,
+    opened: list[Queue] | None = None,
+    **harness: Any,
+) -> Report:
+    """Open a producer and a consumer queue on a fresh queue and account for `n` messages
+    (both queues are appended to `opened`, for hooks that look at them)."""
+    name = transport.new_name()
+    errors = collect_errors()
+    producer = transport.open(
+        name, producer_link, errors=errors.chan, **{"retry": PATIENT, **(producer_options or {})}
+    )
+    consumer = transport.open(name, consumer_link, errors=errors.chan, in_flight=IN_FLIGHT)
+    if opened is not None:
+        opened += [producer, consumer]
+    return account(
+        producer, consumer, n, transport=transport.name, scenario=scenario, errors=errors,
+        leftover=lambda: transport.leftover(name), **harness,
+    )
+
+
+def test_baseline_no_fault(transport: Transport, record: list[Report]) -> None:
+    """The reference: no fault, so no retries, duplicates or dead letters either."""
+    n = transport.sizes["baseline"]
+    r = run(transport, "baseline", n)
+    record.append(r)
+    r.check(max_duplicates=0, dead_letters=False)
+    assert r.received == n
+
+
+@pytest.mark.parametrize("seconds", [2.0, pytest.param(10.0, marks=LONG)], ids=["2s", "10s"])
+def test_connection_cut_mid_way(transport: Transport, record: list[Report], seconds: float) -> None:
+    """Both connections cut half-way through, for `seconds`, then restored.
+
+    Sends fail and are retried (PATIENT outlasts the cut), so nothing is
+    dead-lettered. Duplicates: deliveries held by the consumer when the link
+    went down come back (the broker requeues them, or their acks fail and
+    the visibility timeout brings them back): at most the in-flight limit,
+    plus one send batch whose confirmation the cut swallowed.
+
+    Kafka, when the cut outlasts the group session (3 s on the scenario's
+    cluster): the broker fences the consumer, its commits fail, and the group
+    restarts each partition from the last commit. Every message acked since
+    then comes again, including those librdkafka had prefetched and the
+    application processed during the cut: the bound is what was received by
+    the time the link came back.
+    """
+    link = transport.link()
+    n = transport.sizes["cut"]
+    opened: list[Queue] = []
+    at_restore: list[int] = []
+
+    def restore() -> None:
+        at_restore.append(opened[1].stats().received)
+        link.restore()
+
+    r = run(
+        transport, f"cut {seconds:g} s mid-way", n, producer_link=link, consumer_link=link,
+        on_sent={n // 2: fault_for(seconds, link.cut, restore)}, opened=opened,
+    )
+    record.append(r)
+    bound = IN_FLIGHT + r.batch
+    if transport.session is not None and seconds > transport.session:
+        bound = max(bound, at_restore[0] + IN_FLIGHT)
+    r.check(max_duplicates=bound, dead_letters=False)
+    # Kafka's producer rides out a short cut inside librdkafka (send_timeout), so
+    # the kernel may see no failure; the consumer's poller reports the outage.
+    assert r.retried or r.errors, f"the cut hit neither producer nor consumer: {r}"
+
+
+def test_link_stalls_mid_way(transport: Transport, record: list[Report]) -> None:
+    """Half-way through, the link goes silent for 5 s (a black hole: no reset, no refusal,
+    nothing gets through), then recovers with whatever it held. Requests that time out
+    are retried, and a request that reached the broker after its client gave up shows
+    as a duplicate; nothing may be lost."""
+    link = transport.link()
+    try:
+        link.stall()
+    except NotImplementedError as e:
+        pytest.skip(str(e))
+    link.restore()
+    n = transport.sizes["stall"]
+    r = run(
+        transport, "link stalls 5 s mid-way", n, producer_link=link, consumer_link=link,
+        on_sent={n // 2: fault_for(5.0, link.stall, link.restore)},
+    )
+    record.append(r)
+    r.check(max_duplicates=IN_FLIGHT + r.batch, dead_letters=False)
+
+
+def test_cut_longer_than_the_retry_policy_dead_letters_and_loses_nothing(
+    transport: Transport, record: list[Report]
+) -> None:
+    """A producer whose policy gives up after two tries 0.1 s apart, cut for 2 s: what it
+    could not send comes back on dlq (the harness resends nothing), the rest is received."""
+    link = transport.link()
+    n = transport.sizes["unreachable"]
+    r = run(
+        transport, "cut 2 s, retry policy gives up first", n, producer_link=link,
+        producer_options={"retry": Constant(0.1, max_attempts=2, max_elapsed=None),
+                          **transport.fail_fast},
+        on_sent={n // 2: fault_for(2.0, link.cut, link.restore)},
+    )
+    record.append(r)
+    r.check(max_duplicates=IN_FLIGHT + r.batch)
+    assert r.dead_lettered > 0, "nothing was dead-lettered: the cut did not outlast the policy"
+    assert r.received + r.dead_lettered - r.both == n
+
+
+def test_broker_unreachable_at_start_then_reachable(
+    transport: Transport, record: list[Report]
+) -> None:
+    """The link is down when both queues open and for 2 s after: sends wait in retries,
+    the poller backs off; once it is up everything flows."""
+    link = transport.link()
+    link.cut()
+    n = transport.sizes["unreachable"]
+    restore = fault_for(2.0, lambda: None, link.restore)
+    restore()
+    r = run(transport, "unreachable at start (2 s)", n, producer_link=link, consumer_link=link)
+    record.append(r)
+    r.check(max_duplicates=r.batch, dead_letters=False)
+
+
+def test_200ms_latency(transport: Transport, record: list[Report]) -> None:
+    """Every chunk (proxy) or call (in-process) 200 ms late, both ways: slower, but
+    nothing lost, dead-lettered or duplicated (no timeout is that short)."""
+    link = transport.link()
+    link.latency(0.2)
+    n = transport.sizes["latency"]
+    r = run(transport, "200 ms latency", n, producer_link=link, consumer_link=link)
+    record.append(r)
+    r.check(max_duplicates=0, dead_letters=False)
+
+
+def test_consumer_connection_dropped_with_messages_in_flight(
+    transport: Transport, record: list[Report]
+) -> None:
+    """The consumer holds up to 100 deliveries un-acked; half-way, its connections are
+    reset. What it held comes back (redelivered, counted as duplicates), nothing is lost."""
+    link = transport.link()
+    n = transport.sizes["drop"]
+    dropped: list[int] = []
+    hold = 100
+    r = run(
+        transport, "consumer connection dropped", n, consumer_link=link, hold=hold,
+        on_received={n // 2 - 1: lambda: dropped.append(link.drop_connections())},
+    )
+    record.append(r)
+    assert dropped and dropped[0] > 0, "nothing to drop: the consumer had no connection open"
+    r.check(max_duplicates=IN_FLIGHT + hold, dead_letters=False)
+
+
+@pytest.mark.integration
+def test_rabbitmq_broker_restart_mid_way(rabbit: str, record: list[Report]) -> None:
+    """`rabbitmqctl stop_app` / `start_app` half-way through: every connection dies, the
+    broker is down ~2 s and restarts with the queue (quorum, durable) intact. Sends retry,
+    the consumer reconnects; duplicates at most what was in flight plus one batch."""
+    t = RabbitTransport()
+    n = t.sizes["restart"]
+    started: list[BaseException | None] = []
+
+    def start_app() -> None:
+        try:
+            rabbitmqctl("start_app")
+            started.append(None)
+        except BaseException as e:
+            started.append(e)
+
+    starter = threading.Thread(target=start_app, name="rabbit-start-app", daemon=True)
+
+    def stop_then_start() -> None:
+        # On the producer thread: sending pauses until the broker is down, then goes on
+        # (into failures and retries) while it starts again.
+        try:
+            rabbitmqctl("stop_app")
+        finally:
+            starter.start()
+
+    try:
+        r = run(t, "broker restart (stop_app/start_app)", n,
+                on_sent={n // 2: stop_then_start}, timeout=180)
+        starter.join(120)
+        record.append(r)
+        assert started == [None], started
+        assert r.retried > 0, "the restart did not hit the producer"
+        assert r.errors.get("ConnectionLost"), f"no connection loss reported: {r}"
+        r.check(max_duplicates=IN_FLIGHT + r.batch, dead_letters=False)
+    finally:
+        ensure_broker_running()  # whatever happened, leave the broker running
+        t.close()
+
+
+def test_producer_closing_while_the_broker_is_unreachable_reports_what_it_holds(
+    transport: Transport, record: list[Report]
+) -> None:
+    """300 messages batched in a buffered channel, the link cut, then `close()`: it returns
+    within about `close_timeout` and reports (EnqueueError.failed, or dlq) every message
+    it did not deliver. Once the link is back, what was not reported is on the broker."""
+    link = transport.link()
+    name = transport.new_name()
+    link.cut()
+    n, close_timeout, run = 300, 2.0, uuid.uuid4().hex[:8]
+    q = transport.open(name, link, close_timeout=close_timeout, retry=PATIENT,
+                       **transport.fail_fast)
+    out, dlq = enqueue(Numbered, q, policy=AT_MOST_ONCE, capacity=n)
+    for i in range(n):
+        out.send(Numbered(run, i))
+    started = time.monotonic()
+    reported: set[int] = set()
+    try:
+        q.close()
+    except EnqueueError as e:
+        reported |= {m.object.n for m in e.failed}
+    took = time.monotonic() - started
+    while True:
+        try:
+            reported.add(dlq.recv(timeout=0).object.n)
+        except (TimeoutError, ChannelClosed):
+            break
+    link.restore()
+    seen = receive_until(transport.open(name), run, set(range(n)) - reported, 30,
+                         leftover=lambda: transport.leftover(name))
+    got = set(seen) | reported
+    r = Report(
+        transport=transport.name, scenario="producer closes while unreachable", sent=n,
+        received=len(set(seen)), deliveries=sum(seen.values()), dead_lettered=len(reported),
+        both=len(set(seen) & reported), lost=n - len(got), missing=sorted(set(range(n)) - got),
+        broker_left=transport.leftover(name), seconds=took,
+    )
+    r.duplicates = r.deliveries - r.received
+    record.append(r)
+    r.check(max_duplicates=0)
+    assert reported, "close() reported nothing although the broker was unreachable"
+    assert took < close_timeout + 8, f"close() took {took:.1f} s (close_timeout {close_timeout})"
+
+
+@pytest.mark.xfail(strict=True, reason="Queue.close() waits for a send_batch blocked on a dead "
+                   "link past close_timeout: Emitter.stop() joins the emitter without a bound")
+def test_close_is_bounded_by_close_timeout_when_the_link_stalls(transport: Transport) -> None:
+    """A black-holed link while messages are batched: `close(timeout)` should return about
+    `timeout` s later, reporting what it could not deliver. The emitter sits inside the
+    adapter's send (RabbitMQ waits up to confirm_timeout, 30 s; the in-process link until
+    it is restored), and `close` waits for it. (One in-process and one networked
+    transport show it; the link is restored after 6 s so the test ends.)"""
+    if transport.name not in ("mem", "amqp"):
+        pytest.skip("mem and amqp show this kernel behaviour; the others add only time")
+    link = transport.link()
+    name = transport.new_name()
+    close_timeout, run_id = 2.0, uuid.uuid4().hex[:8]
+    q = transport.open(name, link, close_timeout=close_timeout)
+    out = enqueue(Numbered, q, policy=AT_MOST_ONCE, capacity=100).out
+    out.send(Numbered(run_id, 0))
+    wait_for(lambda: q.stats().sent == 1, 30, "the first message delivered")
+    link.stall()
+    lift = threading.Timer(6.0, link.restore)
+    lift.daemon = True
+    lift.start()
+    for i in range(1, 50):
+        out.send(Numbered(run_id, i))
+    started = time.monotonic()
+    with contextlib.suppress(EnqueueError):
+        q.close()
+    took = time.monotonic() - started
+    lift.join()
+    assert took < close_timeout + 2, f"close() took {took:.1f} s with close_timeout={close_timeout}"
