@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -10,7 +11,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from .adapter import Adapter
 from .errors import QchanError
 
-__all__ = ["open_adapter", "redact", "register_scheme"]
+__all__ = ["SECRET_KEY", "open_adapter", "redact", "register_scheme"]
 
 # scheme -> (module, extra to install). Each module defines
 # `from_url(url: str, **options) -> Adapter` and raises TypeError on an
@@ -34,17 +35,41 @@ def register_scheme(scheme: str, factory: Callable[..., Adapter]) -> None:
     _REGISTERED[scheme.lower()] = factory
 
 
+#: Option names whose values are secrets (URL query parameters, client configs).
+SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|credential|jaas|\.key\.pem|keystore\.key|"
+    r"oauthbearer\.config|access_key|session_key",
+    re.IGNORECASE,
+)
+
+
+_USERINFO = re.compile(r"^([^:/?#@]*):.*@([^/?#@]*)(?=[/?#]|$)", re.S)
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced by `***` (for repr, logs and errors)."""
+    """The URL with its password and secret query values replaced by `***`.
+
+    For repr, logs and errors. A password holding an unencoded `/`, `?` or `#`
+    (which ends the authority for a URL parser) is masked too: everything
+    between the user's `:` and the `@` goes.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        # user ':' password '@' host: the user has none of / ? # :, the password runs to
+        # the last '@' that a host follows (so a password may hold '@', '/', '?', '#').
+        rest = _USERINFO.sub(r"\1:***@\2", rest, count=1)
+        url = f"{scheme}://{rest}"
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<malformed URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(SplitResult(parts.scheme, f"{user}:***@{netloc}", *parts[2:]))
+    if parts.query and SECRET_KEY.search(parts.query):
+        query = "&".join(
+            f"{k}=***" if SECRET_KEY.search(k) else f"{k}{eq}{v}"
+            for k, eq, v in (item.partition("=") for item in parts.query.split("&"))
+        )
+        url = urlunsplit(SplitResult(*parts[:3], query, parts.fragment))
+    return url
 
 
 def open_adapter(url: str, **options: Any) -> Adapter:

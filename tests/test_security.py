@@ -125,8 +125,6 @@ def test_redact_masks_the_password(url: str) -> None:
     assert pw not in shown and "***" in shown
 
 
-@pytest.mark.xfail(strict=True, reason="redact() keeps a password containing an unencoded / ? "
-                   "or #: urlsplit ends the authority there, so it sees no password at all")
 @pytest.mark.parametrize("sep", ["/", "?", "#"])
 def test_redact_masks_a_password_with_a_url_delimiter(sep: str) -> None:
     pw = f"pa{sep}{secret()}"
@@ -134,8 +132,6 @@ def test_redact_masks_a_password_with_a_url_delimiter(sep: str) -> None:
     assert pw.split(sep)[1] not in shown, shown
 
 
-@pytest.mark.xfail(strict=True, reason="redact() masks only the userinfo password: Kafka "
-                   "secrets in the query (sasl.password=...) show in repr(Queue) and URL errors")
 def test_queue_repr_hides_secrets_given_as_query_parameters() -> None:
     pw = secret()
     q = connect(
