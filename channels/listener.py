@@ -17,6 +17,7 @@ seconds when asked to, and at close releases everything not acked.
 from __future__ import annotations
 
 import logging
+import reprlib
 import threading
 import time
 from collections import OrderedDict, deque
@@ -233,8 +234,9 @@ class Listener:
             r = routes.get(bag.category) or routes.get(ANY)
             if r is None:
                 batch.append(_Poison(bag, UnroutableError(
-                    f"queue {self.q.name!r}: no channel receives category {bag.category!r} "
-                    f"(message {bag.id}); it goes back to the broker", bag
+                    f"queue {self.q.name!r}: no channel receives category "
+                    f"{_short(bag.category)} (message {_short(bag.id)}); it goes back to the "
+                    f"broker", bag
                 )))
                 continue
             try:
@@ -242,8 +244,9 @@ class Listener:
             except Exception as e:
                 why = JSONCodec.explain(e)
                 err = DecodeError(
-                    f"queue {self.q.name!r}: cannot decode a {bag.category!r} message "
-                    f"({bag.id}, {len(bag.body)} bytes) as {_type_name(r.codec)}: {why}", bag
+                    f"queue {self.q.name!r}: cannot decode a {_short(bag.category)} message "
+                    f"({_short(bag.id)}, {len(bag.body)} bytes) as {_type_name(r.codec)}: "
+                    f"{why[:500]}", bag
                 )
                 err.__cause__ = e
                 batch.append(_Poison(bag, err))
@@ -283,6 +286,15 @@ class Listener:
         if len(self._reported) > 10_000:
             self._reported.popitem(last=False)
         self.q._report(p.error)
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = 80
+
+
+def _short(value: object) -> str:
+    """repr() cut to a readable length: the text comes from the message, maybe hostile."""
+    return _repr.repr(value)
 
 
 def _type_name(codec: Codec[Any]) -> str:
