@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, get_args, get_origin
 
 import cattrs
+from cattrs.cols import is_sequence, list_structure_factory
 from cattrs.gen import make_dict_unstructure_fn
 from cattrs.preconf.json import make_converter as make_json
 
@@ -64,7 +65,60 @@ def default_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(
         Meta, make_dict_unstructure_fn(Meta, conv, _cattrs_omit_if_default=True)
     )
+    _strict(conv)
     return conv
+
+
+def _strict(conv: cattrs.Converter) -> None:
+    """Refuse JSON of the wrong type instead of converting it.
+
+    cattrs' own hooks call the target type: str({"a": 1}) and list("abc")
+    succeed, so a producer's mistake would arrive as a plausible object. A
+    message that does not match its type is a DecodeError (reported on the
+    errors channel) instead. An int is a valid float; a bool is not a number.
+    """
+
+    def refuse(value: Any, type_: Any) -> TypeError:
+        return TypeError(f"expected {getattr(type_, '__name__', type_)}, got "
+                         f"{type(value).__name__} {str(value)[:40]!r}")
+
+    def as_str(value: Any, type_: Any) -> str:
+        if type(value) is str:
+            return value
+        raise refuse(value, type_)
+
+    def as_int(value: Any, type_: Any) -> int:
+        if type(value) is int:
+            return value
+        raise refuse(value, type_)
+
+    def as_float(value: Any, type_: Any) -> float:
+        if type(value) is float or type(value) is int:
+            return float(value)
+        raise refuse(value, type_)
+
+    def as_bool(value: Any, type_: Any) -> bool:
+        if type(value) is bool:
+            return value
+        raise refuse(value, type_)
+
+    for t, hook in ((str, as_str), (int, as_int), (float, as_float), (bool, as_bool)):
+        conv.register_structure_hook(t, hook)
+
+    def is_list_like(type_: Any) -> bool:
+        return is_sequence(type_) and get_origin(type_) is not tuple and type_ is not tuple
+
+    def strict_list(type_: Any) -> Callable[[Any, Any], Any]:
+        inner = list_structure_factory(type_, conv)
+
+        def structure(value: Any, t: Any) -> Any:
+            if isinstance(value, str | bytes | dict):
+                raise refuse(value, t)
+            return inner(value, t)
+
+        return structure
+
+    conv.register_structure_hook_factory(is_list_like, strict_list)
 
 
 def _json_backend(conv: cattrs.Converter) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
