@@ -134,9 +134,14 @@ class Emitter:
         self._abort_chan: Chan[None] = Chan(0)
         self.undelivered: list[Msg[Any]] = []
         self._warned_full: set[str] = set()
+        # A daemon only where CPython's threading exit hook exists: queue.py registers
+        # one that closes (flushes) every open queue before the interpreter exits,
+        # so no message is lost; an emitter abandoned by close() then cannot hang exit.
         self.thread = threading.Thread(
-            target=self._run, name=f"qchan-emitter-{queue.adapter.scheme}-{queue.name}"
+            target=self._run, name=f"qchan-emitter-{queue.adapter.scheme}-{queue.name}",
+            daemon=hasattr(threading, "_register_atexit"),
         )
+        self._inflight: list[_Item] = []  # the batch inside adapter.send_batch now
         self.thread.start()
 
     # -- called from application threads ------------------------------------
@@ -170,8 +175,45 @@ class Emitter:
             )
             self.abort.set()
             self._abort_chan.close()
-            self.thread.join()
+            self.thread.join(min(1.0, timeout))
+        if self.thread.is_alive():
+            return self.undelivered + self._abandon(senders, timeout)
         return self.undelivered
+
+    def _abandon(self, senders: list[Sender], timeout: float) -> list[Msg[Any]]:
+        """The emitter is stuck inside the adapter (a stalled link): stop waiting for it.
+
+        What it is sending has an unknown outcome (the broker may still take
+        it); what is still buffered in the out channels was never sent. Both
+        are returned for close() to raise; the thread is left to finish or die
+        with the process (it is a daemon where the exit hook flushes queues).
+        """
+        unknown = RuntimeError(
+            f"outcome unknown: the broker did not answer within close_timeout={timeout} s; "
+            f"the message may still be delivered"
+        )
+        abandoned: list[Msg[Any]] = []
+        for i in list(self._inflight):
+            if i.put is not None:  # its put() caller gets the answer directly
+                i.put.resolve(unknown)
+            else:
+                abandoned.append(Msg(object=i.obj, category=i.bag.category,
+                                     attributes=i.bag.attributes, error=unknown, bag=i.bag))
+        unsent = RuntimeError(f"not sent: close_timeout={timeout} s passed first")
+        for put in self.puts._recv_many(1 << 30):
+            put.resolve(unsent)
+        for s in senders:
+            if s.out is not None:
+                abandoned.extend(
+                    Msg(object=obj, category=s.category, attributes=s.attributes, error=unsent)
+                    for obj in s.out._recv_many(1 << 30)
+                )
+        self.log.error(
+            "queue %s: the emitter is blocked in %r past close_timeout; %d message(s) with "
+            "an unknown outcome or not sent are reported", self.q.name, self.adapter,
+            len(abandoned),
+        )
+        return abandoned
 
     def _ring(self) -> None:
         try:
@@ -289,6 +331,7 @@ class Emitter:
             attempt += 1
             outcomes: list[BaseException | None]
             bags = [item.bag for item in pending]
+            self._inflight = pending
             try:
                 outcomes = list(self.adapter.send_batch(bags))
                 if len(outcomes) != len(bags):
@@ -298,6 +341,8 @@ class Emitter:
                     )
             except Exception as e:
                 outcomes = [e] * len(bags)
+            finally:
+                self._inflight = []
             failed: list[tuple[_Item, BaseException]] = []
             for item, err in zip(pending, outcomes, strict=True):
                 if err is None:

@@ -393,6 +393,31 @@ def test_sync_put_timeout_says_the_outcome_is_unknown(queues: list[Queue], name:
     wait_for(lambda: broker(name).depth == 1, what="the timed-out put delivered after all")
 
 
+def test_close_gives_up_on_an_emitter_stuck_in_the_adapter(name: str) -> None:
+    """A stalled link: close(timeout) returns about then, reporting the batch in flight
+    as 'outcome unknown' and what was still buffered as 'not sent'; a waiting put()
+    gets its answer too."""
+    slow = _Slow(EmbeddedAdapter(name))
+    q = Queue(slow, linger=0, batch_size=1)
+    out, _ = enqueue(Order, q, policy=AT_MOST_ONCE, capacity=10)
+    for i in range(3):
+        out.send(Order(str(i), 1.0))
+    wait_for(lambda: q._emitter is not None and q._emitter._inflight, what="a batch in flight")
+    orders = enqueue_sync(Order, q, category="sync")
+    put = start(orders.put, Order("p", 1.0))  # queued behind the stuck batch
+    wait_for(lambda: len(q._emitter.puts) == 1, what="the put queued")  # type: ignore[union-attr]
+    t0 = time.monotonic()
+    with pytest.raises(EnqueueError) as info:
+        q.close(timeout=0.3)
+    assert time.monotonic() - t0 < 2.0
+    reasons = {m.object.id: str(m.error) for m in info.value.failed}
+    assert "outcome unknown" in reasons["0"]
+    assert all("not sent" in reasons[k] for k in ("1", "2"))
+    with pytest.raises(EnqueueError, match="not sent"):
+        put.outcome(5)
+    slow.gate.set()  # let the abandoned emitter thread finish
+
+
 def test_sync_puts_from_many_threads_are_batched(queues: list[Queue], name: str) -> None:
     spy = Spy(EmbeddedAdapter(name))
     q = open_q(queues, name, spy, linger=0.02)

@@ -277,8 +277,6 @@ def test_producer_closing_while_the_broker_is_unreachable_reports_what_it_holds(
     assert took < close_timeout + 8, f"close() took {took:.1f} s (close_timeout {close_timeout})"
 
 
-@pytest.mark.xfail(strict=True, reason="Queue.close() waits for a send_batch blocked on a dead "
-                   "link past close_timeout: Emitter.stop() joins the emitter without a bound")
 def test_close_is_bounded_by_close_timeout_when_the_link_stalls(transport: Transport) -> None:
     """A black-holed link while messages are batched: `close(timeout)` should return about
     `timeout` s later, reporting what it could not deliver. The emitter sits inside the
