@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat setup.cfg setup.py | cksum | cut -d' ' -f1)
 TYPES   = build/typecheck
 
-.PHONY: demo test check lint typecheck unit bench venv clean
+.PHONY: demo test check lint typecheck unit bench venv clean test-reliability test-soak
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ typecheck: $(STAMP)
 	cd $(TYPES) && $(CURDIR)/$(BIN)/mypy --strict -p qchan \
 	  | sed -e 's|^qchan/adapters/|adapters/|' -e 's|^qchan/|channels/|'; \
 	  exit $${PIPESTATUS[0]}
+
+# The reliability suite with its long variants (10 s network cuts), about 5 minutes.
+test-reliability: $(STAMP)
+	QCHAN_SLOW=1 $(BIN)/python -m pytest tests/reliability tests/test_hostile_input.py tests/test_security.py
+
+# Steady traffic for 3 minutes with a slow consumer; fails if memory, threads or
+# in-flight grow, or a message is lost.
+test-soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py
 
 # Every benchmark that can run here; writes benchmarks/results.md and results.png.
 bench: $(STAMP)
