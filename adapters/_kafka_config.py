@@ -10,7 +10,6 @@ Secret properties never leave this module in clear: `redact_config` and
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -18,7 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import attrs
 
 from qchan.message import Bag
-from qchan.urls import URLError, redact
+from qchan.urls import SECRET_KEY, URLError, redact
 
 __all__ = [
     "KafkaOptions",
@@ -36,7 +35,7 @@ KeyPolicy = Literal["none", "category"] | Callable[[Bag], str | bytes | None]
 Unroutable = Literal["retry", "skip", "dlq"]
 OffsetReset = Literal["earliest", "latest", "error"]
 
-_SECRET = re.compile(r"password|secret|token|jaas|\.key\.pem|keystore\.key|oauthbearer\.config")
+_SECRET = SECRET_KEY  # the one list of secret option names, shared with qchan.urls.redact
 
 # Options a URL query may carry, with the type they are parsed into.
 _QUERY_TYPES: dict[str, Callable[[str], Any]] = {

@@ -249,20 +249,20 @@ class Emitter:
                 not self._puts_open
             )
 
-    def _cases(self) -> list[Any]:
-        cases: list[Any] = [self.ctl]
-        if self._puts_open:
-            cases.append(self.puts)
-        cases.extend(s.out for s in self._senders if s.out is not None)
-        return cases
+    def _layout(self) -> tuple[list[Any], list[Sender], int]:
+        """The select cases [doorbell, puts (while open), each out], the senders in case
+        order, and the index of the first out case."""
+        senders = [s for s in self._senders if s.out is not None]
+        cases: list[Any] = [self.ctl, self.puts] if self._puts_open else [self.ctl]
+        first_out = len(cases)
+        cases.extend(s.out for s in senders)
+        return cases, senders, first_out
 
     def _gather(self, closed: list[Sender]) -> list[_Item]:
         """Collect up to batch_size items, waiting at most `linger` after the first one."""
         batch: list[_Item] = []
         deadline: float | None = None
-        cases = self._cases()
-        senders = [s for s in self._senders if s.out is not None]
-        first_out = len(cases) - len(senders)
+        cases, senders, first_out = self._layout()
         while len(batch) < self.batch_size:
             timeout = None
             if deadline is not None:
@@ -279,17 +279,14 @@ class Emitter:
                     self._added.clear()
                 if self._drained():
                     break
-                cases = self._cases()
-                senders = [s for s in self._senders if s.out is not None]
-                first_out = len(cases) - len(senders)
+                cases, senders, first_out = self._layout()
                 continue
             if index < first_out:  # synchronous puts
                 if not sel.ok:
                     self._puts_open = False
                     if self._drained():  # nothing left to read: the doorbell won't ring again
                         break
-                    cases = self._cases()
-                    first_out -= 1
+                    cases, senders, first_out = self._layout()
                     continue
                 put: Put = sel.value
                 if not put.cancelled:
