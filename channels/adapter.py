@@ -7,7 +7,7 @@ calls the adapter from its worker threads:
 
 | method | called from | may run at the same time as |
 |---|---|---|
-| `send_batch` | the emitter thread | `receive`, `ack`, `nack`, `reject`, `release` |
+| `send_batch`, `submit` | the emitter thread | `receive`, `ack`, `nack`, `reject`, `release` |
 | `receive`, `idle` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
 | `ack`, `nack`, `reject`, `release`, `extend` | the acker thread | `send_batch`, `receive` |
 | `wakeup` | any thread | anything |
@@ -23,6 +23,13 @@ accept: the kernel dead-letters it without retrying. Any other exception is
 retried with the queue's backoff policy. An exception raised by the method
 itself (connection refused) counts as a failure of every bag in the call.
 `receive` may raise: the kernel reports the error, backs off and polls again.
+
+Pipelining (optional): an adapter whose client sends asynchronously (Kafka)
+sets `pipeline` above 1 and overrides `submit`, which starts sending a batch
+and returns a `Sending` at once; the emitter then gathers and submits the
+next batches while earlier ones are on the wire, up to `pipeline` of them,
+and collects their outcomes in order. Outcomes mean what they mean for
+`send_batch`; the kernel retries failures with `send_batch`.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from collections.abc import Callable, Sequence
 from .errors import MessageError
 from .message import Bag
 
-__all__ = ["Adapter", "Hooks"]
+__all__ = ["Adapter", "Hooks", "Sending"]
 
 log = logging.getLogger("qchan.adapter")
 
@@ -56,6 +63,25 @@ class Hooks:
         return 0
 
 
+class Sending:
+    """A batch on its way to the broker (what `Adapter.submit` returns).
+
+    This one is already complete (the default `submit` sends synchronously);
+    asynchronous adapters subclass it.
+    """
+
+    __slots__ = ("_outcomes",)
+
+    def __init__(self, outcomes: Sequence[BaseException | None] = ()) -> None:
+        self._outcomes = outcomes
+
+    def result(self, wait: float | None) -> Sequence[BaseException | None] | None:
+        """One outcome per bag, in order, once every one is known; None if `wait` seconds
+        pass first (0: only look). `wait=None` waits as long as the adapter's own send
+        timeout, then reports what is still unknown as failed."""
+        return self._outcomes
+
+
 class Adapter(abc.ABC):
     """One transport. Subclasses set the class attributes and implement the abstract methods."""
 
@@ -67,6 +93,8 @@ class Adapter(abc.ABC):
     max_receive: int = 10
     #: Default seconds a `receive` may wait for messages (long polling).
     poll_wait: float = 1.0
+    #: Most submitted batches the emitter keeps in flight (1: one `send_batch` at a time).
+    pipeline: int = 1
 
     def __init__(self, name: str) -> None:
         #: The logical queue name (the `Queue` attribute on the wire).
@@ -80,6 +108,14 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
         """Send the bags; return one outcome per bag, in order (None: the broker accepted it)."""
+
+    def submit(self, bags: Sequence[Bag]) -> Sending:
+        """Start sending the bags and return without waiting for the broker (see `pipeline`).
+
+        The default sends synchronously. An exception raised here counts as the
+        failure of every bag, as for `send_batch`.
+        """
+        return Sending(self.send_batch(bags))
 
     @abc.abstractmethod
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:

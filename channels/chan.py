@@ -135,7 +135,9 @@ class Chan(Generic[T]):
     buffered item, then `ChannelClosed` (iteration simply ends).
     """
 
-    __slots__ = ("__weakref__", "_buf", "_cap", "_closed", "_lock", "_recvq", "_sendq", "name")
+    __slots__ = (
+        "__weakref__", "_buf", "_cap", "_capacity", "_closed", "_lock", "_recvq", "_sendq", "name"
+    )
 
     def __init__(self, capacity: int = 0, *, name: str | None = None) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int):
@@ -144,6 +146,7 @@ class Chan(Generic[T]):
             raise ValueError(f"Chan capacity must be >= 0 (0 is unbuffered), not {capacity}")
         self._lock = _allocate_lock()
         self._buf: deque[T] = deque()
+        self._capacity = capacity  # as declared; `_cap` is what the buffer takes now (see _lend)
         self._cap = capacity
         self._recvq: deque[_Entry] = deque()
         self._sendq: deque[_Entry] = deque()
@@ -155,7 +158,7 @@ class Chan(Generic[T]):
     @property
     def capacity(self) -> int:
         """How many items the channel buffers (0: unbuffered)."""
-        return self._cap
+        return self._capacity
 
     @property
     def closed(self) -> bool:
@@ -169,7 +172,7 @@ class Chan(Generic[T]):
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
         state = " closed" if self._closed else ""
-        return f"<Chan{name} capacity={self._cap} len={len(self._buf)}{state}>"
+        return f"<Chan{name} capacity={self._capacity} len={len(self._buf)}{state}>"
 
     def _closed_error(self) -> ChannelClosed:
         return ChannelClosed(f"send on closed channel {self!r}")
@@ -353,6 +356,19 @@ class Chan(Generic[T]):
                     w.park.release()
 
     # -- batch operations for the kernel's workers -----------------------------
+
+    def _lend(self, room: int) -> None:
+        """Let an unbuffered channel buffer up to `room` items for its one receiver, or
+        (`room=0`) stop doing so; items already buffered stay and are received first.
+
+        The emitter lends its batch's room to an at-least-once `out` while it
+        gathers: a send then returns as soon as its item joins the batch being
+        gathered, which is what the rendezvous with the emitter means, without
+        the two thread switches per item a rendezvous costs. Sending the batch,
+        the emitter takes the room back, so sends wait again until it gathers.
+        """
+        with _Locked(self._lock):
+            self._cap = max(room, self._capacity)
 
     def _recv_many(self, n: int) -> list[T]:
         """Up to `n` items available now, without blocking (one lock for the batch)."""

@@ -16,9 +16,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .adapter import Sending
 from .chan import Chan
 from .codec import Codec, EncodeError
 from .errors import ChannelClosed, QchanError, RejectedError
@@ -142,6 +144,9 @@ class Emitter:
             daemon=hasattr(threading, "_register_atexit"),
         )
         self._inflight: list[_Item] = []  # the batch inside adapter.send_batch now
+        # Submitted batches whose outcomes are not settled yet, oldest first.
+        self.depth = max(1, int(queue.adapter.pipeline))
+        self._pipe: deque[tuple[list[_Item], Sending, float]] = deque()
         self.thread.start()
 
     # -- called from application threads ------------------------------------
@@ -193,7 +198,7 @@ class Emitter:
             f"the message may still be delivered"
         )
         abandoned: list[Msg[Any]] = []
-        for i in list(self._inflight):
+        for i in [*self._inflight, *(i for batch, _, _ in list(self._pipe) for i in batch)]:
             if i.put is not None:  # its put() caller gets the answer directly
                 i.put.resolve(unknown)
             else:
@@ -229,7 +234,10 @@ class Emitter:
                 closed: list[Sender] = []
                 batch = self._gather(closed)
                 if batch:
-                    self._flush(batch)
+                    self._submit(batch)
+                # Outcomes: every batch's before finishing a closed sender or going idle
+                # (nothing was waiting to be sent), else the oldest while the pipe is full.
+                self._collect(wait_all=bool(closed) or not batch)
                 for s in closed:  # everything of theirs is flushed now
                     self._senders.remove(s)
                     if s.dlq is not None:
@@ -259,12 +267,32 @@ class Emitter:
         return cases, senders, first_out
 
     def _gather(self, closed: list[Sender]) -> list[_Item]:
-        """Collect up to batch_size items, waiting at most `linger` after the first one."""
+        """Collect up to batch_size items, waiting at most `linger` after the first one.
+
+        With batches in flight it does not wait for a first item: the caller
+        collects their outcomes instead. At-least-once `out` channels are lent
+        the batch's room meanwhile (see `Chan._lend`).
+        """
+        lent: list[Chan[Any]] = []
+        self._lend(self._senders, lent)
+        try:
+            return self._gather_lent(closed, lent)
+        finally:
+            for out in lent:
+                out._lend(0)
+
+    def _lend(self, senders: list[Sender], lent: list[Chan[Any]]) -> None:
+        for s in senders:
+            if s.out is not None and s.out.capacity == 0:
+                s.out._lend(self.batch_size)
+                lent.append(s.out)
+
+    def _gather_lent(self, closed: list[Sender], lent: list[Chan[Any]]) -> list[_Item]:
         batch: list[_Item] = []
         deadline: float | None = None
         cases, senders, first_out = self._layout()
         while len(batch) < self.batch_size:
-            timeout = None
+            timeout = 0.0 if self._pipe else None
             if deadline is not None:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
@@ -275,8 +303,9 @@ class Emitter:
             index = sel.index
             if index == 0:  # the doorbell: new senders or stopping
                 with self._lock:
-                    self._senders.extend(self._added)
-                    self._added.clear()
+                    added, self._added = self._added, []
+                self._senders.extend(added)
+                self._lend(added, lent)
                 if self._drained():
                     break
                 cases, senders, first_out = self._layout()
@@ -318,30 +347,77 @@ class Emitter:
             return
         batch.append(_Item(sender, obj, bag, None))
 
-    def _flush(self, batch: list[_Item]) -> None:
-        """Send the batch; retry the failures in order; dead-letter what the policy gives up on."""
-        stats = self.q._counters
+    def _submit(self, batch: list[_Item]) -> None:
+        """Send a batch: synchronously, or (a pipelining adapter) into the pipe."""
         started = time.monotonic()
+        if self.depth == 1:
+            self._flush(batch, started)
+            return
+        try:
+            sending = self.adapter.submit([item.bag for item in batch])
+        except Exception as e:
+            self._flush(batch, started, [e] * len(batch))
+            return
+        self._pipe.append((batch, sending, started))
+
+    def _collect(self, wait_all: bool) -> None:
+        """Settle submitted batches in order: those done; the oldest while the pipe is
+        full; all of them with `wait_all`."""
+        pipe = self._pipe
+        while pipe:
+            batch, sending, started = pipe[0]
+            outcomes: Sequence[BaseException | None] | None
+            try:
+                outcomes = sending.result(None if wait_all or len(pipe) >= self.depth else 0)
+            except Exception as e:
+                outcomes = [e] * len(batch)
+            if outcomes is None:
+                return
+            pipe.popleft()
+            self._flush(batch, started, outcomes)
+
+    def _send(self, pending: list[_Item]) -> list[BaseException | None]:
+        bags = [item.bag for item in pending]
+        self._inflight = pending
+        try:
+            return self._checked(self.adapter.send_batch(bags), len(bags))
+        except Exception as e:
+            return [e] * len(bags)
+        finally:
+            self._inflight = []
+
+    def _checked(
+        self, outcomes: Sequence[BaseException | None], n: int
+    ) -> list[BaseException | None]:
+        if len(outcomes) != n:
+            raise QchanError(
+                f"{self.adapter!r} returned {len(outcomes)} outcomes for {n} messages"
+            )
+        return list(outcomes)
+
+    def _flush(
+        self,
+        batch: list[_Item],
+        started: float,
+        outcomes: Sequence[BaseException | None] | None = None,
+    ) -> None:
+        """Settle the batch (sending it first unless its outcomes are known); retry the
+        failures in order; dead-letter what the policy gives up on."""
+        stats = self.q._counters
         attempt = 0
         pending = batch
         while pending:
             attempt += 1
-            outcomes: list[BaseException | None]
-            bags = [item.bag for item in pending]
-            self._inflight = pending
-            try:
-                outcomes = list(self.adapter.send_batch(bags))
-                if len(outcomes) != len(bags):
-                    raise QchanError(
-                        f"{self.adapter!r}.send_batch returned {len(outcomes)} outcomes "
-                        f"for {len(bags)} messages"
-                    )
-            except Exception as e:
-                outcomes = [e] * len(bags)
-            finally:
-                self._inflight = []
+            if outcomes is None:
+                results = self._send(pending)
+            else:
+                try:
+                    results = self._checked(outcomes, len(pending))
+                except QchanError as e:
+                    results = [e] * len(pending)
+                outcomes = None
             failed: list[tuple[_Item, BaseException]] = []
-            for item, err in zip(pending, outcomes, strict=True):
+            for item, err in zip(pending, results, strict=True):
                 if err is None:
                     stats.sent += 1
                     if item.put is not None:
