@@ -25,7 +25,6 @@ maintainer must not break:
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -117,21 +116,46 @@ _C = TypeVar("_C")
 
 
 class _Produced(Sending):
-    """A produced batch: delivery reports fill in its outcomes as the broker confirms."""
+    """A produced batch: delivery reports fill in its outcomes as the broker confirms.
 
-    __slots__ = ("adapter", "deadline", "left", "outcomes", "producer")
+    One callback serves the whole batch (a callable per message costs an
+    object that lives until its report). A report does not say which produce
+    call it answers, so a failure is matched to its bag by content: value,
+    key and headers. Bags alike in all three are interchangeable on the wire;
+    the first one not yet failed takes the error.
+    """
 
-    def __init__(self, adapter: KafkaAdapter, producer: Producer, n: int) -> None:
+    __slots__ = ("adapter", "bags", "deadline", "left", "outcomes", "producer", "unmatched")
+
+    def __init__(self, adapter: KafkaAdapter, producer: Producer, bags: Sequence[Bag]) -> None:
         super().__init__()
         self.adapter = adapter
         self.producer = producer
-        self.outcomes: list[BaseException | _Pending | None] = [_PENDING] * n
-        self.left = n  # no delivery report yet
+        self.bags = bags
+        self.outcomes: list[BaseException | _Pending | None] = [_PENDING] * len(bags)
+        self.left = len(bags)  # no delivery report yet
+        self.unmatched = 0  # failures that matched no bag (never expected)
         self.deadline = time.monotonic() + adapter.options.send_timeout
 
-    def delivered(self, i: int, err: KafkaError | None, _msg: Message) -> None:
-        self.outcomes[i] = None if err is None else self.adapter._send_error(err)
+    def delivered(self, err: KafkaError | None, msg: Message) -> None:
         self.left -= 1
+        if err is None:
+            return
+        error = self.adapter._send_error(err)
+        value, key = msg.value() or b"", msg.key()
+        headers = _attributes(msg.headers() or [])
+        for i, bag in enumerate(self.bags):
+            if (
+                self.outcomes[i] is _PENDING
+                and bag.body == value
+                and _key_bytes(self.adapter._key(bag)) == key
+                and dict(bag.attributes) == headers
+            ):
+                self.outcomes[i] = error
+                return
+        self.unmatched += 1
+        log.error("kafka delivery report for %r matches no message of its batch: %s",
+                  self.adapter.topic, error)
 
     def result(self, wait: float | None) -> Sequence[BaseException | None] | None:
         producer = self.producer
@@ -150,12 +174,13 @@ class _Produced(Sending):
             producer.purge(in_queue=True, in_flight=False)
             producer.poll(0)
         topic = self.adapter.topic
-        result = [
-            KafkaSendError(f"no delivery report for {topic!r} in time")
-            if isinstance(o, _Pending)
-            else o
-            for o in self.outcomes
-        ]
+        if self.left:
+            missing: BaseException = KafkaSendError(f"no delivery report for {topic!r} in time")
+        elif self.unmatched:
+            missing = KafkaSendError(f"a delivery report for {topic!r} matched no message")
+        else:  # every report is in, and every failure matched its bag: the rest succeeded
+            return [None if isinstance(o, _Pending) else o for o in self.outcomes]
+        result = [missing if isinstance(o, _Pending) else o for o in self.outcomes]
         if any(isinstance(o, KafkaSendError) and o.fatal for o in result):
             self.adapter._drop_producer()
         return result
@@ -214,7 +239,7 @@ class KafkaAdapter(Adapter):
     def submit(self, bags: Sequence[Bag]) -> _Produced:
         """Produce every bag; the broker's confirmations are collected by `result`."""
         producer = self._producer or self._open_producer()
-        sending = _Produced(self, producer, len(bags))
+        sending = _Produced(self, producer, bags)
         delivered = sending.delivered
         topic = self.topic
         produce = producer.produce
@@ -229,12 +254,11 @@ class KafkaAdapter(Adapter):
             key: str | bytes | None = bag.key
             if key is None and default_key is not None:
                 key = default_key(bag)
-            callback = functools.partial(delivered, i)
             try:
-                produce(topic, bag.body, key, on_delivery=callback, headers=headers)
+                produce(topic, bag.body, key, on_delivery=delivered, headers=headers)
             except BufferError:
                 outcome = self._produce_when_room(
-                    producer, (topic, bag.body, key), headers, callback, sending.deadline
+                    producer, (topic, bag.body, key), headers, delivered, sending.deadline
                 )
                 if outcome is not _PENDING:
                     sending.outcomes[i] = outcome
@@ -267,6 +291,12 @@ class KafkaAdapter(Adapter):
             f"kafka producer queue for {topic!r} stayed full for "
             f"{self.options.send_timeout} s; the broker is not keeping up"
         )
+
+    def _key(self, bag: Bag) -> str | bytes | None:
+        """The message key `bag` is produced with."""
+        if bag.key is not None or self.options.key == "none":
+            return bag.key
+        return self._default_key(bag)
 
     def _default_key(self, bag: Bag) -> str | bytes | None:
         policy = self.options.key
@@ -788,6 +818,11 @@ def _attributes(headers: HeadersType) -> dict[str, str]:
     """Headers as attributes, whatever their shape (None values, str, a dict)."""
     pairs = headers.items() if isinstance(headers, dict) else headers
     return {k: _text(v) for k, v in pairs}
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    """A key as the broker reports it back."""
+    return key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
 
 
 def _text(value: str | bytes | None) -> str:

@@ -16,10 +16,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from fixtures_kafka import (  # noqa: F401 - the *_fixture names are pytest fixtures
     PARTITIONS,
     Cluster,
@@ -45,7 +45,7 @@ from qchan.adapters._kafka_inflight import (
     encode_metadata,
     redelivery,
 )
-from qchan.adapters.kafka import KafkaAdapter, KafkaSendError, TopicNotFound, from_url
+from qchan.adapters.kafka import KafkaAdapter, KafkaSendError, TopicNotFound, _Produced, from_url
 from qchan.errors import DecodeError, MessageTooLarge, QchanError, UnroutableError
 from qchan.message import Bag
 from qchan.testing import Conformance, Order
@@ -226,6 +226,59 @@ def test_defaults_follow_the_topic() -> None:
     a = from_url("kafka://h:9092/orders")
     assert (a.options.group, a.options.dlq, a.name) == ("qchan-orders", "orders.dlq", "orders")
     assert from_url("kafka://h:9092/orders?dlq=").options.dlq is None
+
+
+class _Report:
+    """What a delivery report carries (confluent-kafka's Message cannot be built here)."""
+
+    def __init__(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]):
+        self._v, self._k, self._h = value, key, headers
+
+    def value(self) -> bytes:
+        return self._v
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._h
+
+
+def _report(b: Bag, key: str | None = None) -> _Report:
+    return _Report(b.body, key.encode() if key else None,
+                   [(k, v.encode()) for k, v in b.attributes.items()])
+
+
+def test_a_failed_delivery_report_fails_exactly_its_message() -> None:
+    """One callback serves a batch, so a failure is matched to its bag by content:
+    value, key and headers; among identical bags, one per failure."""
+    a = KafkaAdapter("t", bootstrap="127.0.0.1:9", key="category")
+    same = [bag(b"same"), bag(b"same"), bag(b"same", "Refund")]
+    bags = [bag(b"a"), *same, bag(b"b")]
+    sending = _Produced(a, cast(Any, None), bags)
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
+    sending.delivered(None, cast(Any, _report(bags[0], "Order")))
+    sending.delivered(timed_out, cast(Any, _report(same[2], "Refund")))  # headers differ
+    sending.delivered(timed_out, cast(Any, _report(same[0], "Order")))
+    sending.delivered(None, cast(Any, _report(same[1], "Order")))
+    sending.delivered(None, cast(Any, _report(bags[4], "Order")))
+    outcomes = sending.result(0)
+    assert outcomes is not None
+    assert [o is None for o in outcomes] == [True, False, True, False, True]
+    assert all(isinstance(o, KafkaSendError) for o in (outcomes[1], outcomes[3]))
+
+
+def test_a_delivery_report_that_matches_nothing_fails_the_batch() -> None:
+    """Which message failed is unknown then: every one counts as failed (a retry may
+    duplicate, never lose)."""
+    a = KafkaAdapter("t", bootstrap="127.0.0.1:9")
+    bags = [bag(b"a"), bag(b"b")]
+    sending = _Produced(a, cast(Any, None), bags)
+    sending.delivered(None, cast(Any, _report(bags[0])))
+    sending.delivered(KafkaError(KafkaError._MSG_TIMED_OUT), cast(Any, _Report(b"?", None, [])))
+    outcomes = sending.result(0)
+    assert outcomes is not None
+    assert all(isinstance(o, KafkaSendError) for o in outcomes), "none counted as delivered"
 
 
 def _delivered(flight: InFlight, topic: str, partition: int, offsets: range) -> list[Bag]:
