@@ -65,8 +65,8 @@ class _Poison:
         self.error = error
 
 
-# What the poller hands the dispatcher: routed messages and poison.
-_Batch = list[tuple[Receiver, Msg[Any]] | _Poison]
+# What the poller hands the dispatcher: runs of messages routed to one receiver, and poison.
+_Batch = list[tuple[Receiver, list[Msg[Any]]] | _Poison]
 
 
 class Listener:
@@ -216,6 +216,7 @@ class Listener:
                 with self._cond:
                     self._count += len(bags)
                 self._route(bags)
+                bags = []  # hold no message while receiving the next
 
     def _route(self, bags: Any) -> None:
         stats = self.q._counters
@@ -227,8 +228,10 @@ class Listener:
             batch.extend(_Poison(bag, None) for bag in bags)
             self._hand_over(batch)
             return
+        stats.received += len(bags)
+        run: list[Msg[Any]] = []  # consecutive messages for one receiver
+        last: Receiver | None = None
         for bag in bags:
-            stats.received += 1
             if bag.deliveries > 1:
                 stats.redelivered += 1
             r = routes.get(bag.category) or routes.get(ANY)
@@ -238,6 +241,7 @@ class Listener:
                     f"{_short(bag.category)} (message {_short(bag.id)}); it goes back to the "
                     f"broker", bag
                 )))
+                last = None
                 continue
             try:
                 obj = r.codec.decode(bag.body)
@@ -250,8 +254,13 @@ class Listener:
                 )
                 err.__cause__ = e
                 batch.append(_Poison(bag, err))
+                last = None
                 continue
-            batch.append((r, Msg(obj, bag.category, bag.digest, bag.attributes, bag=bag)))
+            if r is not last:
+                run = []
+                batch.append((r, run))
+                last = r
+            run.append(Msg(obj, bag.category, bag.digest, bag.attributes, bag=bag))
         self._hand_over(batch)
 
     def _hand_over(self, batch: _Batch) -> None:
@@ -312,11 +321,10 @@ class _Dispatcher:
         self.adapter = listener.adapter
         self.receivers: list[Receiver] = []
         self.acks_open: list[Receiver] = []
-        # bag -> (receiver, deadline) for messages handed to the application
+        # bag -> (receiver, deadline) for messages handed to the application, one
+        # tuple shared by the messages of a hand-off. time_to_flight is constant, so
+        # the dict's insertion order is deadline order: the first entries expire first.
         self.flight: dict[Bag, tuple[Receiver, float]] = {}
-        # time_to_flight is constant, so deadlines come in increasing order: a FIFO
-        # does what a heap would. Acked messages leave stale entries, skipped on expiry.
-        self.deadlines: deque[tuple[float, Bag]] = deque()
         self.to_ack: list[Bag] = []
         self.to_nack: dict[float, list[Bag]] = {}
         self.ack_due: float | None = None
@@ -351,17 +359,12 @@ class _Dispatcher:
                 elif i < first_send:
                     r = self.acks_open[i - 2]
                     if sel.ok:
-                        self._on_ack(sel.value, now)
-                        for m in r.ack._recv_many(1024):  # the rest, without more selects
-                            self._on_ack(m, now)
+                        self._acked(r, sel.value, now)
                     else:  # the application closed its ack channel
                         self.acks_open.remove(r)
                 else:
-                    r = sending[i - first_send]
-                    self._handed(r, r.pending.popleft(), now)
-                    if r.pending:  # room in a buffered rcv: fill it without more selects
-                        for m in r.rcv._send_many(r.pending):
-                            self._handed(r, m, now)
+                    self._hand(sending[i - first_send], now)
+            sel = None  # hold no message while waiting
             self._timers(time.monotonic())
 
     # -- bookkeeping ----------------------------------------------------------
@@ -370,8 +373,8 @@ class _Dispatcher:
         due = []
         if self.ack_due is not None:
             due.append(self.ack_due)
-        if self.deadlines:
-            due.append(self.deadlines[0][0])  # maybe stale: then we just wake early
+        if self.flight:
+            due.append(next(iter(self.flight.values()))[1])
         if self.l.heartbeat and (self.flight or any(r.pending for r in self.receivers)):
             due.append(self.next_beat)
         if not due:
@@ -383,11 +386,11 @@ class _Dispatcher:
             if isinstance(item, _Poison):
                 self._poison(item)
                 continue
-            r, msg = item
+            r, msgs = item
             if r in self.receivers:
-                r.pending.append(msg)
-            else:  # its channel closed while the message was on its way
-                self._release([msg.bag] if msg.bag else [])
+                r.pending.extend(msgs)
+            else:  # its channel closed while the messages were on their way
+                self._release([m.bag for m in msgs if m.bag])
 
     def _poison(self, p: _Poison) -> None:
         if p.error is None:
@@ -404,16 +407,21 @@ class _Dispatcher:
             self.q._report(e)
         self.l._resolved(1)
 
-    def _handed(self, r: Receiver, msg: Msg[Any], now: float) -> None:
-        assert msg.bag is not None
-        deadline = now + self.l.ttf
-        self.flight[msg.bag] = (r, deadline)
-        self.deadlines.append((deadline, msg.bag))
-        if len(self.deadlines) > 4 * len(self.flight) + 8192:
-            # Stale entries would keep every message of the last time_to_flight
-            # seconds alive at high rates: rebuild from what is in flight (in
-            # hand-off order, so still sorted). Amortized: O(1) per message.
-            self.deadlines = deque((d, b) for b, (_, d) in self.flight.items())
+    def _acked(self, r: Receiver, first: Msg[Any], now: float) -> None:
+        self._on_ack(first, now)
+        for m in r.ack._recv_many(1024):  # the rest, without more selects
+            self._on_ack(m, now)
+
+    def _hand(self, r: Receiver, now: float) -> None:
+        """The first pending message of `r` was received: hand over what more fits."""
+        handed = [r.pending.popleft()]
+        if r.pending:  # room in a buffered rcv: fill it without more selects
+            handed += r.rcv._send_many(r.pending)
+        entry = (r, now + self.l.ttf)
+        flight = self.flight
+        for m in handed:
+            assert m.bag is not None
+            flight[m.bag] = entry
 
     def _on_ack(self, msg: Msg[Any], now: float) -> None:
         bag = msg.bag
@@ -459,14 +467,14 @@ class _Dispatcher:
     def _timers(self, now: float) -> None:
         if self.ack_due is not None and now >= self.ack_due:
             self._flush_acks()
-        expired = []
-        while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, bag = self.deadlines.popleft()
-            entry = self.flight.get(bag)
-            if entry is not None and entry[1] == deadline:
-                del self.flight[bag]
-                expired.append(bag)
+        expired: list[Bag] = []
+        for bag, (_, deadline) in self.flight.items():
+            if deadline > now:
+                break
+            expired.append(bag)
         if expired:
+            for bag in expired:
+                del self.flight[bag]
             self.log.warning(
                 "queue %s: %d message(s) not acked within time_to_flight=%ss; released for "
                 "redelivery", self.q.name, len(expired), self.l.ttf,
@@ -550,7 +558,7 @@ class _Dispatcher:
             for item in batch:
                 if isinstance(item, _Poison):
                     self._poison(item)
-                elif item[1].bag is not None:
-                    self._release([item[1].bag])
+                else:
+                    self._release([m.bag for m in item[1] if m.bag is not None])
         self.l.ctl.close()
         self.l.inbox.close()

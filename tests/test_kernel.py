@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -200,6 +202,42 @@ def test_message_not_acked_within_time_to_flight_is_redelivered(
             wait_for(lambda: q.stats().acked == 1, what="the second delivery acked")
     assert q.stats().expired == 1
     assert "not in flight" in caplog.text
+
+
+def test_time_to_flight_expires_only_the_messages_still_held(
+    queues: list[Queue], name: str
+) -> None:
+    q = open_q(queues, name, time_to_flight=0.3)
+    with enqueue(Order, q) as (out, _):
+        for i in range(6):
+            out.send(Order(str(i), 1.0))
+    with dequeue(Order, q, capacity=6) as (rcv, ack):
+        got = [rcv.recv(timeout=5) for _ in range(6)]
+        for m in got[1::2]:
+            ack.send(m)  # 1, 3, 5 acked in time; 0, 2, 4 held
+        again = [rcv.recv(timeout=5) for _ in range(3)]
+        for m in again:
+            ack.send(m)
+        assert sorted(m.object.id for m in again) == ["0", "2", "4"]
+        with pytest.raises(TimeoutError):
+            rcv.recv(timeout=0.5)  # the acked ones do not come back
+    assert q.stats().expired == 3
+
+
+def test_acked_messages_are_not_kept_alive(queues: list[Queue], name: str) -> None:
+    """Nothing in the dispatcher holds a message after its ack (time_to_flight is long)."""
+    q = open_q(queues, name, ack_linger=0.0)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("x", 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        m = rcv.recv(timeout=5)
+        assert m.bag is not None
+        ref = weakref.ref(m.bag)
+        ack.send(m)
+        del m
+        wait_for(lambda: q.stats().acked == 1, what="the ack")
+        gc.collect()
+        assert ref() is None, "the acked message is still referenced"
 
 
 def test_heartbeat_keeps_a_held_message_invisible(queues: list[Queue], name: str) -> None:
