@@ -167,8 +167,13 @@ class _Produced(Sending):
             if self.left:
                 return None
         while self.left and time.monotonic() < self.deadline + _GRACE:
-            # Reports arrive in bunches (one per produce request): poll serves the next.
-            producer.poll(min(0.1, max(0.0, self.deadline + _GRACE - time.monotonic())))
+            left = max(0.0, self.deadline + _GRACE - time.monotonic())
+            if self.adapter._newest is self:
+                # Nothing produced after this batch: flush, which also sends at once
+                # what linger.ms would hold back.
+                producer.flush(left)
+            else:  # later batches are on the wire: serve reports until ours are in
+                producer.poll(min(0.1, left))
         if self.left:
             # Not yet sent: drop them so a retry by the kernel cannot duplicate them.
             producer.purge(in_queue=True, in_flight=False)
@@ -213,6 +218,7 @@ class KafkaAdapter(Adapter):
         self.topic = topic
         self._inflight = InFlight()
         self._producer: Producer | None = None
+        self._newest: _Produced | None = None  # the batch produced last
         self._dlq_producer: Producer | None = None
         self._topics_ok: set[str] = set()
         self._consumer: Consumer | None = None
@@ -239,7 +245,7 @@ class KafkaAdapter(Adapter):
     def submit(self, bags: Sequence[Bag]) -> _Produced:
         """Produce every bag; the broker's confirmations are collected by `result`."""
         producer = self._producer or self._open_producer()
-        sending = _Produced(self, producer, bags)
+        sending = self._newest = _Produced(self, producer, bags)
         delivered = sending.delivered
         topic = self.topic
         produce = producer.produce
