@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .adapter import Sending
 from .chan import Chan
@@ -76,14 +76,16 @@ class Sender:
         """The bag for `obj` (EncodeError if the codec refuses it); `extra`: more attributes."""
         if self.is_event and isinstance(obj, Event):
             obj = stamp(obj, self.category, agent)
-        body = self.codec.encode(obj)
+        # Positional (category, body, attributes, id, key, content_type): measurably
+        # faster than keywords, once per message. The id is stable across retries:
+        # brokers de-duplicate on it.
         return Bag(
-            category=self.category,
-            body=body,
-            attributes={**self.attributes, **extra} if extra else self.attributes,
-            id=new_id(),  # stable across retries: brokers de-duplicate on it
-            key=self.key(obj) if self.key is not None else None,
-            content_type=self.codec.content_type,
+            self.category,
+            self.codec.encode(obj),
+            {**self.attributes, **extra} if extra else self.attributes,
+            f"{_ID_PREFIX}{next(_ids):016x}",
+            self.key(obj) if self.key is not None else None,
+            self.codec.content_type,
         )
 
 
@@ -103,16 +105,20 @@ class Put:
         self.done.set()
 
 
-class _Item:
-    """One message of a batch: a sender's object, or a synchronous put."""
+class _Item(NamedTuple):
+    """One message of a batch: a sender's object, or a synchronous put.
 
-    __slots__ = ("bag", "obj", "put", "sender")
+    A tuple (built with `_tuple_new`, skipping NamedTuple's Python-level
+    `__new__`): one is made per message sent.
+    """
 
-    def __init__(self, sender: Sender | None, obj: Any, bag: Bag, put: Put | None) -> None:
-        self.sender = sender
-        self.obj = obj
-        self.bag = bag
-        self.put = put
+    sender: Sender | None
+    obj: Any
+    bag: Bag
+    put: Put | None
+
+
+_tuple_new = tuple.__new__
 
 
 class Emitter:
@@ -319,7 +325,7 @@ class Emitter:
                     continue
                 put: Put = sel.value
                 if not put.cancelled:
-                    batch.append(_Item(None, None, put.bag, put))
+                    batch.append(_tuple_new(_Item, (None, None, put.bag, put)))
             else:
                 sender = senders[index - first_out]
                 if not sel.ok:  # closed and drained: flush now, then finish it
@@ -345,7 +351,7 @@ class Emitter:
             err = e if isinstance(e, EncodeError) else EncodeError(f"cannot encode: {e!r}")
             self._dead_letter(sender, obj, None, err)
             return
-        batch.append(_Item(sender, obj, bag, None))
+        batch.append(_tuple_new(_Item, (sender, obj, bag, None)))
 
     def _submit(self, batch: list[_Item]) -> None:
         """Send a batch: synchronously, or (a pipelining adapter) into the pipe."""
