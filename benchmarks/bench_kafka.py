@@ -113,7 +113,9 @@ class Bench:
 
     # -- produce ------------------------------------------------------------
 
-    def produce_raw(self) -> float:
+    def produce_raw(self, reports: bool = False) -> float:
+        """The raw loop; with `reports`, plus what at-least-once needs: a delivery report
+        per message, checked (the plain loop cannot tell which message failed)."""
         topic = self.topic()
         p = Producer(
             {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all"}
@@ -122,40 +124,18 @@ class Bench:
         assert p.flush(30) == 0  # connected, producer id assigned: like the adapter's warm-up
         headers = list(HEADERS.items())
         encode = CODEC.encode
-        began = time.perf_counter()
-        for item in self.items:
-            while True:
-                try:
-                    p.produce(topic, encode(item), headers=headers)
-                    break
-                except BufferError:
-                    p.poll(0.01)
-            p.poll(0)
-        assert p.flush(60) == 0
-        return self.n / (time.perf_counter() - began)
-
-    def produce_raw_reports(self) -> float:
-        """The raw loop plus what at-least-once needs: a delivery report per message,
-        checked (the plain raw loop cannot tell which message failed)."""
-        topic = self.topic()
-        p = Producer(
-            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all"}
-        )
-        p.produce(topic, b"{}", headers=list(HEADERS.items()))
-        assert p.flush(30) == 0
-        headers = list(HEADERS.items())
-        encode = CODEC.encode
         failed: list[Any] = []
 
         def report(err: Any, msg: Any) -> None:
             if err is not None:
                 failed.append(msg)
 
+        extra: dict[str, Any] = {"on_delivery": report} if reports else {}
         began = time.perf_counter()
         for item in self.items:
             while True:
                 try:
-                    p.produce(topic, encode(item), headers=headers, on_delivery=report)
+                    p.produce(topic, encode(item), headers=headers, **extra)
                     break
                 except BufferError:
                     p.poll(0.01)
@@ -379,7 +359,7 @@ def main() -> None:
 
         for _ in range(args.repeat):
             run("produce raw", bench.produce_raw)
-            run("produce raw reports", bench.produce_raw_reports)
+            run("produce raw reports", bench.produce_raw, True)
             run("produce adapter", bench.produce_adapter)
             run("produce qchan", bench.produce_qchan)
             run("produce qchan buffered", bench.produce_qchan, True)

@@ -36,14 +36,11 @@ __all__ = ["Emitter", "Put", "Sender"]
 
 log = logging.getLogger("qchan.emitter")
 
-# Message ids: unique across processes (a random prefix per process) and cheap
-# (a counter: os.urandom per message is a system call, measured at 10% of a send).
+# Message ids (built in Sender.encode): unique across processes (a random prefix
+# per process) and cheap (a counter: os.urandom per message is a system call,
+# measured at 10% of a send).
 _ID_PREFIX = os.urandom(8).hex()
 _ids = itertools.count()
-
-
-def new_id() -> str:
-    return f"{_ID_PREFIX}{next(_ids):016x}"
 
 
 class Sender:

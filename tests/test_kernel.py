@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -48,17 +48,6 @@ class User:
 @pytest.fixture
 def name() -> str:
     return f"k-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def queues() -> Iterator[list[Queue]]:
-    opened: list[Queue] = []
-    yield opened
-    for q in opened:
-        try:
-            q.close(timeout=2)
-        except EnqueueError:
-            pass
 
 
 def open_q(queues: list[Queue], name: str, adapter: Any = None, **options: Any) -> Queue:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -21,17 +21,6 @@ from qchan.testing import Order, Spy, Wrapped
 @pytest.fixture
 def name() -> str:
     return f"p-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def queues() -> Iterator[list[Queue]]:
-    opened: list[Queue] = []
-    yield opened
-    for q in opened:
-        try:
-            q.close(timeout=2)
-        except EnqueueError:
-            pass
 
 
 class Gated(Spy):
