@@ -377,6 +377,41 @@ def test_unencodable_object_goes_to_dlq_without_retries(queues: list[Queue], nam
     assert spy.batches == []
 
 
+def test_a_run_with_a_bad_or_traced_object_keeps_order_and_loses_nothing(
+    queues: list[Queue], name: str
+) -> None:
+    # The emitter encodes what it takes from an out channel as a run; a run it
+    # cannot encode in one go (a refused object, a trace context) is redone one
+    # by one: the bad object goes to dlq, the others keep their order.
+    from qchan.codec import codec_for
+    from qchan.emitter import Sender, _Batch
+    from qchan.tracing import Traced
+
+    q = open_q(queues, name, EmbeddedAdapter(name))
+    with enqueue(Order, q) as (_, dlq):
+        emitter = q._emitter
+        assert emitter is not None
+        sender = Sender(
+            category="Order", codec=codec_for(Order), attributes={"Category": "Order"},
+            out=None, dlq=Chan(4), key=None, is_event=False,
+        )
+        batch = _Batch()
+        trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+        objs = [Order("a", 1.0), "bad", Traced(Order("b", 2.0), trace), Order("c", 3.0)]
+        emitter._take(sender, objs, batch)
+        assert batch.objs == [Order("a", 1.0), Order("b", 2.0), Order("c", 3.0)]
+        assert [json.loads(b.body)["id"] for b in batch.bags] == ["a", "b", "c"]
+        assert [b.attributes.get("traceparent") for b in batch.bags] == [
+            None, trace["traceparent"], None,
+        ]
+        assert batch.origins == [sender] * 3
+        assert len({b.id for b in batch.bags}) == 3
+        assert sender.dlq is not None
+        dead = sender.dlq.recv(timeout=0)
+        assert dead.object == "bad" and isinstance(dead.error, EncodeError)
+        assert len(dlq) == 0
+
+
 def test_oversized_message_goes_to_dlq_without_retries(queues: list[Queue], name: str) -> None:
     spy = Spy(EmbeddedAdapter(name, max_message_size=64))
     q = open_q(queues, name, spy)
