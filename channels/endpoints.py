@@ -204,10 +204,14 @@ def _traced_send(out: Chan[Any]) -> Any:
     """`out.send` that carries the caller's trace context to the emitter (it encodes
     on its own thread, where the caller's context is unknown)."""
     raw = out.send
+    active = tracing.active
 
     def send(value: Any, timeout: float | None = None) -> None:
-        attributes = tracing.carrier()
-        raw(tracing.Traced(value, attributes) if attributes else value, timeout)
+        if active():  # the cheap test first: it is false outside any span
+            attributes = tracing.carrier()
+            if attributes:
+                value = tracing.Traced(value, attributes)
+        raw(value, timeout)
 
     return send
 

@@ -9,7 +9,7 @@ you). Without OpenTelemetry, or without an active span, nothing is added.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 _propagate: Any
@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - exercised where otel is absent
     _trace = None
     _current = None
 
-__all__ = ["Traced", "carrier", "consumer_span", "context", "enabled"]
+__all__ = ["Traced", "active", "carrier", "consumer_span", "context", "enabled"]
 
 _FIELDS = ("traceparent", "tracestate")
 
@@ -44,13 +44,19 @@ class Traced:
         self.attributes = attributes
 
 
+def _nothing() -> None:
+    return None
+
+
+#: Cheap: falsy when no OpenTelemetry context is set (no span, no baggage), the
+#: common case, where `carrier()` returns None (0.04 us, not 0.2). It is otel's
+#: own `context.get_current` (an empty Context is falsy), bound once.
+active: Callable[[], Any] = _current if _current is not None else _nothing
+
+
 def carrier() -> dict[str, str] | None:
     """The current span context as message attributes, or None (no otel, no active span)."""
-    # An empty context (nothing set: no span, no baggage) is the common case and
-    # the cheap test: a send outside any span pays 0.04 us for it, not 0.2.
-    if _current is None or not _current():
-        return None
-    if not _trace.get_current_span().get_span_context().is_valid:
+    if not active() or not _trace.get_current_span().get_span_context().is_valid:
         return None
     out: dict[str, str] = {}
     _propagate.inject(out)

@@ -281,6 +281,37 @@ def test_a_delivery_report_that_matches_nothing_fails_the_batch() -> None:
     assert all(isinstance(o, KafkaSendError) for o in outcomes), "none counted as delivered"
 
 
+class _Client:
+    """A producer that records being dropped."""
+
+    def __init__(self) -> None:
+        self.purged = False
+
+    def purge(self, *args: Any, **kwargs: Any) -> None:
+        self.purged = True
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+
+def test_a_fatal_delivery_report_replaces_the_producer() -> None:
+    """A fatal error (idempotence state lost) leaves the producer unusable: its batch's
+    failure is reported and the next batch gets a new producer. It went unnoticed
+    when the failure matched its bag."""
+    a = KafkaAdapter("t", bootstrap="127.0.0.1:9")
+    old = _Client()
+    a._producer = cast(Any, old)
+    bags = [bag(b"a"), bag(b"b")]
+    sending = _Produced(a, cast(Any, old), bags)
+    fatal = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    sending.delivered(None, cast(Any, _report(bags[0])))
+    sending.delivered(fatal, cast(Any, _report(bags[1])))
+    outcomes = sending.result(0)
+    assert outcomes is not None and outcomes[0] is None
+    assert isinstance(outcomes[1], KafkaSendError) and outcomes[1].fatal
+    assert a._producer is None and old.purged
+
+
 def _delivered(flight: InFlight, topic: str, partition: int, offsets: range) -> list[Bag]:
     bags = [
         Bag("c", b"", digest=Receipt(topic, partition, o), id=f"{topic}/{partition}/{o}")
