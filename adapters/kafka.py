@@ -122,7 +122,9 @@ class _Produced(Sending):
     object that lives until its report). A report does not say which produce
     call it answers, so a failure is matched to its bag by content: value,
     key and headers. Bags alike in all three are interchangeable on the wire;
-    the first one not yet failed takes the error.
+    the first one not yet failed takes the error. A report without its
+    headers (librdkafka drops them from messages it timed out) is matched
+    by value and key.
     """
 
     __slots__ = (
@@ -146,8 +148,14 @@ class _Produced(Sending):
             return
         self.failed += 1
         error = self.adapter._send_error(err)
+        raw = msg.headers()
+        if raw is None and any(bag.attributes for bag in self.bags):
+            # librdkafka drops the headers of a message it timed out locally (measured,
+            # confluent-kafka 2.16: headers() is None): value and key must do.
+            self._failed_alike(msg.value() or b"", msg.key(), error)
+            return
         value, key = msg.value() or b"", msg.key()
-        headers = _attributes(msg.headers() or [])
+        headers = _attributes(raw or [])
         for i, bag in enumerate(self.bags):
             if (
                 self.outcomes[i] is _PENDING
@@ -157,6 +165,28 @@ class _Produced(Sending):
             ):
                 self.outcomes[i] = error
                 return
+        self._unmatched(error)
+
+    def _failed_alike(self, value: bytes, key: bytes | None, error: BaseException) -> None:
+        """A failure known by value and key only: the first such bag takes it if they
+        are all alike; otherwise which one failed is unknown and every one fails (a
+        retry may duplicate, never lose)."""
+        alike = [
+            i for i, bag in enumerate(self.bags)
+            if self.outcomes[i] is _PENDING and bag.body == value
+            and _key_bytes(self.adapter._key(bag)) == key
+        ]
+        if not alike:
+            self._unmatched(error)
+            return
+        first = dict(self.bags[alike[0]].attributes)
+        if any(dict(self.bags[i].attributes) != first for i in alike):
+            for i in alike[1:]:
+                self.outcomes[i] = error
+            self.failed += len(alike) - 1
+        self.outcomes[alike[0]] = error
+
+    def _unmatched(self, error: BaseException) -> None:
         self.unmatched += 1
         log.error("kafka delivery report for %r matches no message of its batch: %s",
                   self.adapter.topic, error)

@@ -51,6 +51,8 @@ class Transport(abc.ABC):
     #: Producer options that make sends fail (not wait) while the link is cut, so the
     #: kernel's retry policy is what decides.
     fail_fast: ClassVar[dict[str, Any]] = {}
+    #: Seconds a cut lasts that outlasts two failed attempts with `fail_fast`.
+    long_cut: ClassVar[float] = 2.0
     #: Seconds of silence after which the broker fences a consumer (Kafka's group
     #: session on the scenario's cluster); None: no such thing.
     session: float | None = None
@@ -366,6 +368,10 @@ class KafkaTransport(Transport):
     #: librdkafka retries inside `send_timeout` (30 s) on its own: shorten it so a cut
     #: reaches the kernel's policy.
     fail_fast: ClassVar[dict[str, Any]] = {"send_timeout": 0.5}
+    #: librdkafka times messages out on a 1 s scan whatever `send_timeout` says
+    #: (librdkafka PR #2471; measured 0.5 to 1.0 s per attempt here), so two
+    #: attempts can outlast a 2 s cut.
+    long_cut: ClassVar[float] = 4.0
     #: The group session on private clusters (KIP-848, broker side), and its heartbeat.
     session_ms, heartbeat_ms = 3000, 500
 
