@@ -328,6 +328,11 @@ class _Dispatcher:
         self.to_ack: list[Bag] = []
         self.to_nack: dict[float, list[Bag]] = {}
         self.ack_due: float | None = None
+        # Acks go to the broker in batches of at most max_batch, and at half the
+        # in-flight limit: the poller may receive again while the application works
+        # on the other half. (At max_batch alone, an in_flight below it made every
+        # batch wait for ack_linger: in_flight=200 consumed 17k msg/s, not 100k.)
+        self.ack_batch = max(1, min(self.adapter.max_batch, listener.limit // 2))
         self.next_beat = time.monotonic() + (listener.heartbeat or 0.0)
 
     def run(self) -> None:
@@ -441,7 +446,7 @@ class _Dispatcher:
             self.to_nack.setdefault(msg.delay or 0.0, []).append(bag)
         if self.ack_due is None:
             self.ack_due = now + self.l.ack_linger
-        if len(self.to_ack) >= self.adapter.max_batch:
+        if len(self.to_ack) >= self.ack_batch:
             self._flush_acks()
 
     def _flush_acks(self) -> None:

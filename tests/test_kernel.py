@@ -63,6 +63,19 @@ def put_raw(name: str, *bags: Bag) -> None:
 # -- listener rules ------------------------------------------------------------
 
 
+def test_acks_flush_at_half_the_in_flight_limit(queues: list[Queue], name: str) -> None:
+    """With `in_flight` below the adapter's batch, acks once waited for `ack_linger` before
+    the poller could receive again (each batch stalled for it)."""
+    q = open_q(queues, name, in_flight=10, ack_linger=60.0)
+    with enqueue(Order, q) as (out, _):
+        for i in range(30):
+            out.send(Order(str(i), 1.0))
+    with dequeue(Order, q) as (rcv, ack):
+        for _ in range(30):
+            ack.send(rcv.recv(timeout=10))
+    assert q.stats().acked == 30
+
+
 def test_polling_starts_with_the_first_dequeue(queues: list[Queue], name: str) -> None:
     spy = Spy(EmbeddedAdapter(name))
     q = open_q(queues, name, spy)
