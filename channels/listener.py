@@ -328,12 +328,14 @@ class _Dispatcher:
         self.to_ack: list[Bag] = []
         self.to_nack: dict[float, list[Bag]] = {}
         self.ack_due: float | None = None
-        # Acks go to the broker in batches of max_batch, or of the in-flight limit when
-        # that is lower: then the poller waits for them. (At max_batch alone, an in_flight
-        # below it made every batch wait for ack_linger: Kafka with in_flight=200
-        # consumed 17k msg/s, not 100k. Half the limit, to overlap receiving with the
-        # application's work, measured slower: twice the thread switches.)
-        self.ack_batch = max(1, min(self.adapter.max_batch, listener.limit))
+        # Acks go to the broker in batches of at most max_batch, and at half the
+        # in-flight limit: the poller receives again while the application works on
+        # the other half. (At max_batch alone, an in_flight below it made every batch
+        # wait for ack_linger: Kafka with in_flight=200 consumed 17k msg/s, not 100k.)
+        # Measured on Kafka, alternating in one process, median of 4: the whole limit
+        # 115k msg/s, half 127k, a quarter 120k. Half also halves the garbage
+        # collections: fewer messages are allocated before the first ones are freed.
+        self.ack_batch = max(1, min(self.adapter.max_batch, listener.limit // 2))
         self.next_beat = time.monotonic() + (listener.heartbeat or 0.0)
 
     def run(self) -> None:

@@ -63,7 +63,7 @@ def put_raw(name: str, *bags: Bag) -> None:
 # -- listener rules ------------------------------------------------------------
 
 
-def test_acks_flush_once_the_in_flight_limit_is_acked(queues: list[Queue], name: str) -> None:
+def test_acks_flush_at_half_the_in_flight_limit(queues: list[Queue], name: str) -> None:
     """With `in_flight` below the adapter's batch, acks once waited for `ack_linger` before
     the poller could receive again (each batch stalled for it)."""
     q = open_q(queues, name, in_flight=10, ack_linger=60.0)
