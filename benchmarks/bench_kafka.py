@@ -17,6 +17,10 @@ Produce path:
   learns that something failed, from `flush`).
 - adapter: `codec.encode`, then `KafkaAdapter.send_batch` of max_batch bags
   (no kernel threads): the adapter's own cost.
+- hand-off: the raw loop with reports, moved behind a thread hand-off as the
+  emitter does it (`out` is a `Chan(500)`; one thread takes what is there in
+  one go, encodes and produces): what any design with an emitter thread can
+  reach here, with no batching, accounting, retries or dead letters.
 - qchan: `enqueue(Item, q)` (at-least-once, unbuffered `out`) until leaving the
   `with` block, i.e. until the broker confirmed everything; and the same with
   `policy=AT_MOST_ONCE` (buffered `out`). The adapter pipelines (up to four
@@ -26,11 +30,20 @@ Consume path (a topic prefilled with N messages, a new group per run, the clock
 starts at the first message so the group join is not counted):
 - raw: `consume(500)` + `codec.decode` + `commit(asynchronous=True)` per batch.
 - adapter: `receive(500)` + decode + `ack` per batch (no kernel threads).
+- hand-off: the raw loop on a thread of its own, as the listener is: it hands
+  each decoded object (with its message) to the application through a
+  `Chan(32)`, and commits once per batch after the application's acks came
+  back through a second channel. What any design with a listener thread and
+  per-message acks can reach here, with no routing or offset bookkeeping.
 - qchan: `dequeue(Item, q)` + `ack.send(msg)` per message, until every ack is
   committed.
 
 Kernel only: the same qchan enqueue and dequeue+ack on the embedded broker
 (`mem://`, no Kafka), the ceiling any adapter can reach through the kernel.
+
+Each timed run starts after `gc.collect()`, so that no run pays for the
+garbage of the one before (the collector stays on while it runs: qchan's
+own collections count).
 
 Target (issue 6): qchan >= 0.8x raw on both paths. The last section profiles
 the single-threaded adapter loops (cProfile) to show where the Python time goes.
@@ -40,10 +53,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -57,7 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fixtures_kafka import MockCluster
 
-from qchan import AT_MOST_ONCE, Queue, connect, dequeue, enqueue
+from qchan import AT_MOST_ONCE, Chan, ChannelClosed, Queue, connect, dequeue, enqueue
 from qchan.adapters.kafka import KafkaAdapter
 from qchan.codec import codec_for
 from qchan.message import Bag
@@ -140,6 +155,51 @@ class Bench:
                 except BufferError:
                     p.poll(0.01)
             p.poll(0)
+        assert p.flush(60) == 0
+        assert not failed
+        return self.n / (time.perf_counter() - began)
+
+    def produce_handoff(self) -> float:
+        """The raw loop with reports behind a thread hand-off: the ceiling of an emitter."""
+        topic = self.topic()
+        p = Producer(
+            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all"}
+        )
+        headers = list(HEADERS.items())
+        p.produce(topic, b"{}", headers=headers)
+        assert p.flush(30) == 0
+        encode = CODEC.encode
+        failed: list[Any] = []
+
+        def report(err: Any, msg: Any) -> None:
+            if err is not None:
+                failed.append(msg)
+
+        out: Chan[Item] = Chan(500)
+
+        def emitter() -> None:
+            produce = p.produce
+            while True:
+                try:
+                    first = out.recv()
+                except ChannelClosed:
+                    return
+                for item in [first, *out._recv_many(499)]:
+                    while True:
+                        try:
+                            produce(topic, encode(item), headers=headers, on_delivery=report)
+                            break
+                        except BufferError:
+                            p.poll(0.01)
+                p.poll(0)
+
+        thread = threading.Thread(target=emitter)
+        began = time.perf_counter()
+        thread.start()
+        for item in self.items:
+            out.send(item)
+        out.close()
+        thread.join()
         assert p.flush(60) == 0
         assert not failed
         return self.n / (time.perf_counter() - began)
@@ -227,6 +287,53 @@ class Bench:
             if msgs:
                 c.commit(asynchronous=True)
             got += len(msgs)
+        rate = self.n / (time.perf_counter() - began)
+        c.close()
+        return rate
+
+    def consume_handoff(self, topic: str) -> float:
+        """The raw loop behind a thread hand-off, acks coming back: the ceiling of a listener."""
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"hand-off-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                **GROUP,
+            }
+        )
+        c.subscribe([topic])
+        decode = CODEC.decode
+        rcv: Chan[tuple[Item, Any]] = Chan(32)
+        acks: Chan[Any] = Chan(self.n)  # never full: the listener reads it between batches
+        stall = Stall()
+
+        def listener() -> None:
+            got = acked = 0
+            while got < self.n:
+                msgs = c.consume(500, 0.1)
+                stall.check(len(msgs))
+                for m in msgs:
+                    rcv.send((decode(m.value() or b""), m))
+                got += len(msgs)
+                done = len(acks._recv_many(self.n))
+                if done:
+                    c.commit(asynchronous=True)
+                    acked += done
+            rcv.close()
+            while acked < self.n:  # the last acks
+                acks.recv(timeout=30)
+                acked += 1 + len(acks._recv_many(self.n))
+            c.commit(asynchronous=True)
+
+        thread = threading.Thread(target=listener)
+        thread.start()
+        first = rcv.recv(timeout=60)
+        began = time.perf_counter()
+        acks.send(first[1])
+        for _, m in rcv:
+            acks.send(m)
+        thread.join()
         rate = self.n / (time.perf_counter() - began)
         c.close()
         return rate
@@ -355,17 +462,20 @@ def main() -> None:
         runs: dict[str, list[float]] = {}
 
         def run(label: str, fn: Callable[..., float], *args: Any) -> None:
+            gc.collect()
             runs.setdefault(label, []).append(fn(*args))
 
         for _ in range(args.repeat):
             run("produce raw", bench.produce_raw)
             run("produce raw reports", bench.produce_raw, True)
+            run("produce hand-off", bench.produce_handoff)
             run("produce adapter", bench.produce_adapter)
             run("produce qchan", bench.produce_qchan)
             run("produce qchan buffered", bench.produce_qchan, True)
             run("produce mem", bench.produce_mem)
             topic = bench.filled()
             run("consume raw", bench.consume_raw, topic)
+            run("consume hand-off", bench.consume_handoff, topic)
             run("consume adapter", bench.consume_adapter, topic)
             run("consume qchan", bench.consume_qchan, topic)
             run("consume mem", consume_mem, bench)
@@ -382,6 +492,14 @@ def main() -> None:
                 None,
             )
         )
+        print(
+            row(
+                "produce: raw loop + reports behind a thread hand-off (emitter ceiling)",
+                m["produce hand-off"],
+                m["produce raw"],
+                None,
+            )
+        )
         print(row("produce: adapter send_batch only", m["produce adapter"], m["produce raw"], None))
         print(row("produce: qchan enqueue", m["produce qchan"], m["produce raw"], TARGET))
         print(
@@ -394,6 +512,14 @@ def main() -> None:
         )
         print(row("produce: qchan enqueue on mem:// (kernel only)", m["produce mem"], pr, None))
         print(row("consume: raw consume+commit loop", m["consume raw"], m["consume raw"], None))
+        print(
+            row(
+                "consume: raw loop behind a thread hand-off, acks back (listener ceiling)",
+                m["consume hand-off"],
+                m["consume raw"],
+                None,
+            )
+        )
         print(
             row("consume: adapter receive+ack only", m["consume adapter"], m["consume raw"], None)
         )
