@@ -262,17 +262,22 @@ class Bench:
         assert p.flush(60) == 0
         return topic
 
-    def consume_raw(self, topic: str) -> float:
+    def consumer(self, topic: str, group: str) -> Consumer:
+        """A raw consumer of `topic` in a new group, from the start, committing by hand."""
         c = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
-                "group.id": f"raw-{uuid.uuid4().hex[:8]}",
+                "group.id": f"{group}-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 **GROUP,
             }
         )
         c.subscribe([topic])
+        return c
+
+    def consume_raw(self, topic: str) -> float:
+        c = self.consumer(topic, "raw")
         decode = CODEC.decode
         got = 0
         began = 0.0
@@ -293,16 +298,7 @@ class Bench:
 
     def consume_handoff(self, topic: str) -> float:
         """The raw loop behind a thread hand-off, acks coming back: the ceiling of a listener."""
-        c = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"hand-off-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                **GROUP,
-            }
-        )
-        c.subscribe([topic])
+        c = self.consumer(topic, "hand-off")
         decode = CODEC.decode
         rcv: Chan[tuple[Item, Any]] = Chan(32)
         acks: Chan[Any] = Chan(self.n)  # never full: the listener reads it between batches
