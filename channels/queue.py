@@ -62,7 +62,8 @@ class Queue:
       adapter's). in_flight: most messages received and not yet acked (500).
     - time_to_flight: seconds the application may hold a message before it
       counts as nacked (30). ack_linger: acks are batched for at most this
-      long (10 ms). heartbeat: seconds between visibility extensions of held
+      long (10 ms); a batch goes sooner once it holds half of in_flight (or
+      the adapter's max_batch). heartbeat: seconds between visibility extensions of held
       messages (off by default; brokers without visibility ignore it).
     - errors: a channel for everything the workers cannot hand to a specific
       channel (poison messages, connection loss); when absent they are logged.
