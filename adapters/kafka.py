@@ -148,48 +148,32 @@ class _Produced(Sending):
             return
         self.failed += 1
         error = self.adapter._send_error(err)
-        raw = msg.headers()
-        if raw is None and any(bag.attributes for bag in self.bags):
-            # librdkafka drops the headers of a message it timed out locally (measured,
-            # confluent-kafka 2.16: headers() is None): value and key must do.
-            self._failed_alike(msg.value() or b"", msg.key(), error)
-            return
-        value, key = msg.value() or b"", msg.key()
-        headers = _attributes(raw or [])
-        for i, bag in enumerate(self.bags):
-            if (
-                self.outcomes[i] is _PENDING
-                and bag.body == value
-                and _key_bytes(self.adapter._key(bag)) == key
-                and dict(bag.attributes) == headers
-            ):
-                self.outcomes[i] = error
-                return
-        self._unmatched(error)
-
-    def _failed_alike(self, value: bytes, key: bytes | None, error: BaseException) -> None:
-        """A failure known by value and key only: the first such bag takes it if they
-        are all alike; otherwise which one failed is unknown and every one fails (a
-        retry may duplicate, never lose)."""
+        value, key, raw = msg.value() or b"", msg.key(), msg.headers()
+        # librdkafka drops the headers of a message it timed out locally (measured,
+        # confluent-kafka 2.16: headers() is None): then value and key must do.
+        headers = None if raw is None and any(b.attributes for b in self.bags) else (
+            _attributes(raw or [])
+        )
         alike = [
             i for i, bag in enumerate(self.bags)
             if self.outcomes[i] is _PENDING and bag.body == value
             and _key_bytes(self.adapter._key(bag)) == key
+            and (headers is None or dict(bag.attributes) == headers)
         ]
         if not alike:
-            self._unmatched(error)
+            self.unmatched += 1
+            log.error("kafka delivery report for %r matches no message of its batch: %s",
+                      self.adapter.topic, error)
             return
         first = dict(self.bags[alike[0]].attributes)
-        if any(dict(self.bags[i].attributes) != first for i in alike):
-            for i in alike[1:]:
+        if headers is None and any(dict(self.bags[i].attributes) != first for i in alike):
+            # Alike in value and key only: which one failed is unknown, so every one
+            # fails (a retry may duplicate, never lose).
+            for i in alike:
                 self.outcomes[i] = error
             self.failed += len(alike) - 1
-        self.outcomes[alike[0]] = error
-
-    def _unmatched(self, error: BaseException) -> None:
-        self.unmatched += 1
-        log.error("kafka delivery report for %r matches no message of its batch: %s",
-                  self.adapter.topic, error)
+            return
+        self.outcomes[alike[0]] = error  # alike in all the report shows: interchangeable
 
     def result(self, wait: float | None) -> Sequence[BaseException | None] | None:
         producer = self.producer

@@ -112,13 +112,12 @@ class _Batch:
     again (measured: a full collection per 50,000 Kafka messages, 60 ms).
     """
 
-    __slots__ = ("bags", "objs", "origins", "puts")
+    __slots__ = ("bags", "objs", "origins")
 
     def __init__(self) -> None:
         self.bags: list[Bag] = []
         self.objs: list[Any] = []
         self.origins: list[Sender | None] = []
-        self.puts = 0  # how many of the messages are synchronous puts
 
     def __len__(self) -> int:
         return len(self.bags)
@@ -133,8 +132,6 @@ class _Batch:
         part = _Batch()
         for i in indices:
             part.add(self.origins[i], self.objs[i], self.bags[i])
-            if self.origins[i] is None:
-                part.puts += 1
         return part
 
 
@@ -346,7 +343,6 @@ class Emitter:
                 put: Put = sel.value
                 if not put.cancelled:
                     batch.add(None, put, put.bag)
-                    batch.puts += 1
             else:
                 sender = senders[index - first_out]
                 if not sel.ok:  # closed and drained: flush now, then finish it
@@ -474,7 +470,7 @@ class Emitter:
                 outcomes = None
             if results.count(None) == len(results):  # all accepted: the common case
                 stats.sent += len(results)
-                if pending.puts:
+                if None in pending.origins:  # synchronous puts wait for the answer
                     self._resolve_puts(pending)
                 return
             failed: list[int] = []
