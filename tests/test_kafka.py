@@ -121,8 +121,17 @@ def produce_plain(
     assert p.flush(30) == 0
 
 
-def consume_plain(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> list[Any]:
-    """n messages read by a plain confluent-kafka consumer in a group of its own."""
+def consume_plain(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    timeout: float = 30.0,
+    until: Callable[[list[Any]], bool] | None = None,
+) -> list[Any]:
+    """n messages read by a plain confluent-kafka consumer in a group of its own.
+
+    With `until`, it reads (up to n at a time) until `until(messages read)` holds.
+    """
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -133,13 +142,18 @@ def consume_plain(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> 
     )
     c.subscribe([topic])
     got: list[Any] = []
+    done = until or (lambda got: len(got) >= n)
     deadline = time.monotonic() + timeout
     try:
-        while len(got) < n and time.monotonic() < deadline:
-            got += [m for m in c.consume(n - len(got), 0.5) if m.error() is None]
+        while not done(got) and time.monotonic() < deadline:
+            want = n if until else n - len(got)
+            got += [m for m in c.consume(want, 0.5) if m.error() is None]
     finally:
         c.close()
-    assert len(got) == n, f"plain consumer read {len(got)} of {n}"
+    if until is None:
+        assert len(got) == n, f"plain consumer read {len(got)} of {n}"
+    else:
+        assert done(got), f"plain consumer read {[m.value() for m in got]} in {timeout} s"
     return got
 
 
@@ -784,9 +798,14 @@ def test_producer_reports_every_message_it_could_not_deliver_in_time(
     own_cluster: MockCluster, adapters: list[KafkaAdapter]
 ) -> None:
     topic = new_topic(own_cluster)
-    a = adapter(own_cluster.bootstrap, topic, send_timeout=1.5)
+    # A short reconnect backoff, so that the producer finds the brokers soon after they return.
+    a = adapter(
+        own_cluster.bootstrap, topic, send_timeout=1.5,
+        producer_config={"reconnect.backoff.max.ms": 200},
+    )
     adapters.append(a)
     assert list(a.send_batch([bag(b"before")])) == [None]
+    producer = a._producer
     for broker in own_cluster.brokers:
         own_cluster.broker_down(broker)
     began = time.monotonic()
@@ -795,9 +814,21 @@ def test_producer_reports_every_message_it_could_not_deliver_in_time(
     assert all(isinstance(o, KafkaSendError) for o in outcomes), outcomes
     for broker in own_cluster.brokers:
         own_cluster.broker_up(broker)
-    assert list(a.send_batch([bag(b"after")])) == [None]  # the same producer carries on
-    values = {m.value() for m in consume_plain(own_cluster.bootstrap, topic, 2)}
-    assert values == {b"before", b"after"}
+    # The same producer carries on once it has reconnected, which may take more than
+    # one send_timeout: each try is a message of its own, failed or delivered.
+    tries = iter(range(100))
+
+    def send_after() -> bytes | None:
+        value = f"after {next(tries)}".encode()
+        return value if list(a.send_batch([bag(value)])) == [None] else None
+
+    after = wait_for(send_after, timeout=30, what="a send once the brokers are back")
+    assert a._producer is producer
+    got = consume_plain(
+        own_cluster.bootstrap, topic, 10,
+        until=lambda got: {b"before", after} <= {m.value() for m in got},
+    )
+    assert not [m.value() for m in got if m.value().startswith(b"lost")]
 
 
 # ------------------------------------------------------------ kernel level
