@@ -134,8 +134,8 @@ def test_cut_longer_than_the_retry_policy_dead_letters_and_loses_nothing(
     transport: Transport, record: list[Report]
 ) -> None:
     """A producer whose policy gives up after two tries 0.1 s apart, cut for longer (2 s;
-    Kafka 4 s): what it could not send comes back on dlq (the harness resends nothing),
-    the rest is received."""
+    Kafka 12 s, see `KafkaTransport.long_cut`): what it could not send comes back on dlq
+    (the harness resends nothing), the rest is received."""
     link = transport.link()
     n = transport.sizes["unreachable"]
     cut = transport.long_cut
