@@ -25,7 +25,7 @@ from qchan.adapter import Adapter
 from qchan.errors import ConnectionLost, MessageTooLarge, QchanError
 from qchan.message import Bag
 
-__all__ = ["Broker", "EmbeddedAdapter", "QueueFull", "broker", "from_url"]
+__all__ = ["Broker", "EmbeddedAdapter", "QueueFull", "Wake", "broker", "from_url"]
 
 DEFAULT_VISIBILITY = 30.0
 DEFAULT_MAX_SIZE = 256 * 1024
@@ -42,6 +42,15 @@ class _Stored:
         self.bag = bag
         self.seq = seq
         self.receives = 0
+
+
+class Wake:
+    """One receiver's wakeup flag (see `Broker.wakeup`)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = False
 
 
 class Broker:
@@ -64,7 +73,6 @@ class Broker:
         self._delayed: list[tuple[float, int, _Stored]] = []  # nacked with a delay
         self._receipts = itertools.count(1)
         self._seq = itertools.count()
-        self._wakeups = 0
         self.dead_letters: list[Bag] = []
         self._fail_sends: list[BaseException] = []
         self._fail_receives: list[BaseException] = []
@@ -137,18 +145,22 @@ class Broker:
             self._cond.notify_all()
         return outcomes
 
-    def receive(self, max_items: int, wait: float) -> list[Bag]:
+    def receive(self, max_items: int, wait: float, wake: Wake | None = None) -> list[Bag]:
+        """Up to `max_items` messages, waiting at most `wait` s for the first; [] at once
+        when `wake` is woken (before or during the wait)."""
         deadline = time.monotonic() + wait
         with self._cond:
             if self._fail_receives:
                 raise self._fail_receives.pop(0)
-            wakeups = self._wakeups
             while True:
+                if wake is not None and wake.pending:
+                    wake.pending = False
+                    return []
                 now = time.monotonic()
                 self._expire(now)
                 if self._ready:
                     break
-                if now >= deadline or self._wakeups != wakeups:
+                if now >= deadline:
                     return []
                 due = [deadline]
                 if self._expiry:
@@ -204,9 +216,13 @@ class Broker:
                     self._invisible[r] = (entry[0], until)
                     self._expiry.append((until, r))
 
-    def wakeup(self) -> None:
+    def wakeup(self, wake: Wake) -> None:
+        """Make the receive waiting with `wake` return [] at once; if none is waiting, the
+        next one. Sticky, so that a wakeup just before a receive starts is not lost: the
+        kernel wakes its poller when the last channel closes, and then releases what that
+        channel held, which a receive still waiting would take again."""
         with self._cond:
-            self._wakeups += 1
+            wake.pending = True
             self._cond.notify_all()
 
     # -- internals (the caller holds the condition) -----------------------------
@@ -281,6 +297,7 @@ class EmbeddedAdapter(Adapter):
             raise ValueError("an embedded queue needs a name: mem://orders")
         super().__init__(name)
         self.broker = broker(name)
+        self._wake = Wake()
         if visibility_timeout is not None:
             if visibility_timeout <= 0:
                 raise ValueError(f"visibility_timeout must be > 0 s, not {visibility_timeout}")
@@ -300,7 +317,7 @@ class EmbeddedAdapter(Adapter):
         return self.broker.send(bags)
 
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
-        return self.broker.receive(max_items, wait)
+        return self.broker.receive(max_items, wait, self._wake)
 
     def ack(self, bags: Sequence[Bag]) -> None:
         self.broker.delete([b.digest for b in bags])
@@ -312,7 +329,7 @@ class EmbeddedAdapter(Adapter):
         self.broker.extend([b.digest for b in bags])
 
     def wakeup(self) -> None:
-        self.broker.wakeup()
+        self.broker.wakeup(self._wake)
 
 
 def from_url(url: str, **options: Any) -> EmbeddedAdapter:

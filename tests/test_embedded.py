@@ -105,6 +105,27 @@ def test_wakeup_cuts_a_receive_short() -> None:
     assert time.monotonic() - t0 < 5.0
 
 
+def test_a_wakeup_before_the_receive_is_not_lost() -> None:
+    # The kernel wakes its poller when the last channel closes, then releases what the
+    # channel held: a receive that started just after the wakeup must not take it again.
+    a = EmbeddedAdapter(f"wake-{time.monotonic_ns()}")
+    a.wakeup()
+    a.broker.send([_bag(b"released")])
+    t0 = time.monotonic()
+    assert a.receive(10, 10.0) == []
+    assert time.monotonic() - t0 < 5.0
+    assert [b.body for b in a.receive(10, 10.0)] == [b"released"]  # one wakeup, one receive
+
+
+def test_a_wakeup_is_for_its_own_adapter() -> None:
+    name = f"wake-{time.monotonic_ns()}"
+    woken, other = EmbeddedAdapter(name), EmbeddedAdapter(name)
+    woken.wakeup()
+    other.broker.send([_bag(b"m")])
+    assert [b.body for b in other.receive(10, 10.0)] == [b"m"]
+    assert woken.receive(10, 0) == []
+
+
 def test_url_options_and_unknown_option() -> None:
     a = from_url("mem://url-x?visibility_timeout=5&max_receives=3")
     assert (a.name, broker("url-x").visibility_timeout, broker("url-x").max_receives) == (
