@@ -45,6 +45,7 @@ from qchan.errors import (
     QchanError,
     RejectedError,
     UnroutableError,
+    describe,
 )
 from qchan.message import ATTR_CATEGORY, Bag
 
@@ -701,10 +702,24 @@ class KafkaAdapter(Adapter):
 
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         """Redeliver from memory after `delay` s; dead-letter after `max_attempts` deliveries."""
+        self._redeliver(bags, delay, None)
+
+    def nack_failed(
+        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    ) -> None:
+        """As `nack`; a dead letter's `Error` header also gives the application's last error."""
+        self._redeliver(bags, delay, errors)
+
+    def _redeliver(
+        self, bags: Sequence[Bag], delay: float, errors: Sequence[BaseException] | None
+    ) -> None:
         at = time.monotonic() + delay
-        for bag in bags:
+        for i, bag in enumerate(bags):
             if bag.deliveries >= self.options.max_attempts:
-                self._dead_letter(bag, f"failed {bag.deliveries} deliveries")
+                why = f"failed {bag.deliveries} deliveries"
+                if errors is not None:
+                    why += f"; the last: {describe(errors[i])}"
+                self._dead_letter(bag, why)
             else:
                 self._inflight.schedule(bag, at, redelivery)
 

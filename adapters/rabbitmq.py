@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qchan.adapter import Adapter
-from qchan.errors import MessageError
+from qchan.errors import MessageError, describe
 from qchan.message import Bag
 
 from ._rabbitmq_config import Settings, settings_from_url
@@ -88,7 +88,13 @@ class RabbitMQAdapter(Adapter):
 
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         """Requeue now, or after `delay` s (held un-acked meanwhile); dead-letter when exhausted."""
-        self._retry(bags, delay, "failed")
+        self._retry(bags, delay, ["failed"] * len(bags))
+
+    def nack_failed(
+        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    ) -> None:
+        """As `nack`; the `DeadLettered` report also gives the application's last error."""
+        self._retry(bags, delay, [f"failed ({describe(e)})" for e in errors])
 
     def release(self, bags: Sequence[Bag]) -> None:
         """Requeue at once; never dead-letters (the application did not refuse them)."""
@@ -101,13 +107,13 @@ class RabbitMQAdapter(Adapter):
         nobody listens to) from looping hot between the broker and us, while
         another consumer of the same queue may still take it meanwhile.
         """
-        self._retry([bag], self.settings.reject_delay, type(error).__name__)
+        self._retry([bag], self.settings.reject_delay, [type(error).__name__])
 
-    def _retry(self, bags: Sequence[Bag], delay: float, why: str) -> None:
+    def _retry(self, bags: Sequence[Bag], delay: float, whys: Sequence[str]) -> None:
         limit = self.settings.max_attempts
         due = time.monotonic() + delay if delay > 0 else 0.0
         ops = []
-        for bag in bags:
+        for bag, why in zip(bags, whys, strict=True):
             receipt = _receipt(bag)
             if limit is not None and bag.deliveries >= limit:
                 ops.append(Settle("dead", receipt))

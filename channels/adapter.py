@@ -129,6 +129,18 @@ class Adapter(abc.ABC):
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         """Make these deliveries available again after `delay` seconds (0: at once)."""
 
+    def nack_failed(
+        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    ) -> None:
+        """Deliveries the application refused (`ack.send(msg.fail(err))`) or did not ack
+        within `time_to_flight`: available again after `delay` seconds, as `nack`.
+
+        `errors[i]` says why `bags[i]` failed, for an adapter that dead-letters
+        after some attempts to say so (Kafka's `Error` header). The default is
+        `nack(bags, delay)`.
+        """
+        self.nack(bags, delay)
+
     def release(self, bags: Sequence[Bag]) -> None:
         """Give back deliveries the application never acknowledged (queue closing)."""
         self.nack(bags, 0.0)

@@ -56,3 +56,10 @@ class UnroutableError(MessageError):
 
 class ConnectionLost(QchanError):
     """A worker lost its connection to the broker; it reconnects and carries on."""
+
+
+def describe(error: BaseException, limit: int = 500) -> str:
+    """`Type: message` of an application's error, cut to `limit` characters for a header
+    or a log line (its text may be long, or come from a hostile message)."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

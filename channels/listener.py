@@ -326,7 +326,8 @@ class _Dispatcher:
         # the dict's insertion order is deadline order: the first entries expire first.
         self.flight: dict[Bag, tuple[Receiver, float]] = {}
         self.to_ack: list[Bag] = []
-        self.to_nack: dict[float, list[Bag]] = {}
+        # delay -> the bags the application failed with it, and its errors
+        self.to_nack: dict[float, tuple[list[Bag], list[BaseException]]] = {}
         self.ack_due: float | None = None
         # Acks go to the broker in batches of at most max_batch, and at half the
         # in-flight limit: the poller receives again while the application works on
@@ -446,7 +447,9 @@ class _Dispatcher:
         if msg.error is None:
             self.to_ack.append(bag)
         else:
-            self.to_nack.setdefault(msg.delay or 0.0, []).append(bag)
+            bags, errors = self.to_nack.setdefault(msg.delay or 0.0, ([], []))
+            bags.append(bag)
+            errors.append(msg.error)
         if self.ack_due is None:
             self.ack_due = now + self.l.ack_linger
         if len(self.to_ack) >= self.ack_batch:
@@ -464,9 +467,9 @@ class _Dispatcher:
             except Exception as e:
                 self.q._report(e)
             self.l._resolved(len(acks))
-        for delay, bags in nacks.items():
+        for delay, (bags, errors) in nacks.items():
             try:
-                self.adapter.nack(bags, delay)
+                self.adapter.nack_failed(bags, errors, delay)
                 stats.nacked += len(bags)
             except Exception as e:
                 self.q._report(e)
@@ -488,8 +491,9 @@ class _Dispatcher:
                 "redelivery", self.q.name, len(expired), self.l.ttf,
             )
             self.q._counters.expired += len(expired)
+            late = TimeoutError(f"not acked within time_to_flight={self.l.ttf} s")
             try:
-                self.adapter.nack(expired, 0.0)
+                self.adapter.nack_failed(expired, [late] * len(expired), 0.0)
             except Exception as e:
                 self.q._report(e)
             self.l._resolved(len(expired))

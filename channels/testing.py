@@ -94,6 +94,11 @@ class Wrapped(Adapter):
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         self.inner.nack(bags, delay)
 
+    def nack_failed(
+        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    ) -> None:
+        self.inner.nack_failed(bags, errors, delay)
+
     def release(self, bags: Sequence[Bag]) -> None:
         self.inner.release(bags)
 

@@ -889,7 +889,9 @@ def test_failed_messages_are_redelivered_then_dead_lettered_through_the_kernel(
         (dead,) = consume_plain(kafka_cluster.bootstrap, f"{topic}.dlq", 1)
     assert attempts[0].bag is not None
     assert dead.value() == attempts[0].bag.body
-    assert dict(dead.headers())["Deliveries"] == b"2"
+    headers = dict(dead.headers())
+    assert headers["Deliveries"] == b"2"
+    assert headers["Error"] == b"failed 2 deliveries; the last: ValueError: cannot bill"
 
 
 @pytest.mark.integration

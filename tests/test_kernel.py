@@ -18,6 +18,7 @@ from helpers import join_all, start, wait_for
 
 from qchan import (
     AT_MOST_ONCE,
+    Adapter,
     Bag,
     Chan,
     ChannelClosed,
@@ -268,6 +269,44 @@ def test_nack_with_delay_redelivers_after_the_delay(queues: list[Queue], name: s
         assert time.monotonic() - t0 >= 0.35
         ack.send(again)
     assert q.stats().nacked == 1
+
+
+class _Failures(Wrapped):
+    """Records what the kernel passes to `nack_failed`."""
+
+    def __init__(self, inner: Adapter) -> None:
+        super().__init__(inner)
+        self.failed: list[tuple[bytes, str, float]] = []
+
+    def nack_failed(
+        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    ) -> None:
+        self.failed += [(b.body, repr(e), delay) for b, e in zip(bags, errors, strict=True)]
+        super().nack_failed(bags, errors, delay)
+
+
+def test_the_adapter_is_told_why_each_message_failed(queues: list[Queue], name: str) -> None:
+    adapter = _Failures(EmbeddedAdapter(name))
+    q = open_q(queues, name, adapter, time_to_flight=0.3)
+    with enqueue(Order, q) as (out, _):
+        for i in range(3):
+            out.send(Order(str(i), 1.0))
+    with dequeue(Order, q, capacity=3) as (rcv, ack):
+        m0, m1, m2 = (rcv.recv(timeout=5) for _ in range(3))
+        ack.send(m0.fail(ValueError("no such customer")))
+        ack.send(m1.fail(RuntimeError("busy"), delay=0.1))
+        # m2 is held past time_to_flight
+        again = sorted((rcv.recv(timeout=5) for _ in range(3)), key=lambda m: m.object.id)
+        assert [m.object.id for m in again] == ["0", "1", "2"]
+        for m in again:
+            ack.send(m)
+    assert m0.bag is not None and m1.bag is not None and m2.bag is not None
+    assert sorted(adapter.failed) == sorted([
+        (m0.bag.body, "ValueError('no such customer')", 0.0),
+        (m1.bag.body, "RuntimeError('busy')", 0.1),
+        (m2.bag.body, "TimeoutError('not acked within time_to_flight=0.3 s')", 0.0),
+    ])
+    assert (q.stats().nacked, q.stats().expired) == (2, 1)
 
 
 def test_close_releases_delivered_and_buffered_messages_at_once(

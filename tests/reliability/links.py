@@ -150,6 +150,15 @@ class _Linked(Wrapped):
         if live:
             super().nack(live, delay)
 
+    def nack_failed(
+        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    ) -> None:
+        self.link._gate("nack")
+        live = set(map(id, self._settle(bags)))
+        if live:
+            kept = [(b, e) for b, e in zip(bags, errors, strict=True) if id(b) in live]
+            super().nack_failed([b for b, _ in kept], [e for _, e in kept], delay)
+
     def release(self, bags: Sequence[Bag]) -> None:
         self.link._gate("release")
         live = self._settle(bags)
