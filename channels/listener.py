@@ -354,8 +354,7 @@ class _Dispatcher:
                 if i == 0:
                     op, arg = sel.value
                     if op == "add":
-                        self.receivers.append(arg)
-                        self.acks_open.append(arg)
+                        self._open(arg)
                     elif op == "remove":
                         self._finish(arg)
                     elif op == "revoke":
@@ -390,12 +389,22 @@ class _Dispatcher:
             return None
         return max(0.0, min(due) - time.monotonic())
 
+    def _open(self, r: Receiver) -> None:
+        if r not in self.receivers:
+            self.receivers.append(r)
+            self.acks_open.append(r)
+
     def _take(self, batch: _Batch) -> None:
         for item in batch:
             if isinstance(item, _Poison):
                 self._poison(item)
                 continue
             r, msgs = item
+            if r not in self.receivers and self.l.routes.get(r.category) is r:
+                # The poller routed by the new table before this thread took the
+                # receiver's "add" from ctl: the messages overtook it (select picks any
+                # ready case), so open it now rather than release them.
+                self._open(r)
             if r in self.receivers:
                 r.pending.extend(msgs)
             else:  # its channel closed while the messages were on their way

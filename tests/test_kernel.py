@@ -38,6 +38,8 @@ from qchan import (
     register_scheme,
 )
 from qchan.adapters.embedded import EmbeddedAdapter, broker
+from qchan.listener import _Dispatcher
+from qchan.message import Msg
 from qchan.testing import Faulty, Order, Refund, Spy, Wrapped
 
 
@@ -338,6 +340,30 @@ def test_leaving_dequeue_applies_acks_and_releases_the_rest(
     assert broker(name).depth == 3 and broker(name).in_flight == 0
     with pytest.raises(ChannelClosed):
         ack.send(rcv.recv(timeout=0))  # rcv is closed and drained: nothing after leaving
+
+
+def test_messages_that_overtake_their_channels_opening_are_kept_for_it(
+    queues: list[Queue], name: str
+) -> None:
+    """The poller routes by the new table at once; the dispatcher may take their batch
+    before the channel's "add" (select picks any ready case). They were released, and
+    came back with one delivery more (seen on CI: deliveries 3 where 2 was due)."""
+    q = open_q(queues, name)
+    put_raw(name, Bag("Order", b'{"id": "early", "amount": 1.0}', {"Category": "Order"}))
+    (bag,) = broker(name).receive(1, 5)
+    with dequeue(Order, q, capacity=0):
+        listener = q._listener
+        assert listener is not None
+        r = listener.routes["Order"]
+        late = _Dispatcher(listener)  # a dispatcher that has not taken the "add" yet
+        with listener._cond:
+            listener._count += 1  # as the poller counts what it receives
+        m = Msg(Order("early", 1.0), "Order", bag.digest, bag.attributes, bag=bag)
+        late._take([(r, [m])])
+        assert list(r.pending) == [m]  # kept for the channel, not released
+        assert broker(name).depth == 0
+    # Leaving released it (the real dispatcher owns the receiver); once, as a release.
+    assert broker(name).depth == 1 and broker(name).receive(1, 5)[0].deliveries == 2
 
 
 def test_one_open_channel_per_category_and_side(queues: list[Queue], name: str) -> None:
