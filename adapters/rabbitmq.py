@@ -88,13 +88,13 @@ class RabbitMQAdapter(Adapter):
 
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         """Requeue now, or after `delay` s (held un-acked meanwhile); dead-letter when exhausted."""
-        self._retry(bags, delay, ["failed"] * len(bags))
+        self._retry(bags, delay, "failed")
 
     def nack_failed(
         self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
     ) -> None:
         """As `nack`; the `DeadLettered` report also gives the application's last error."""
-        self._retry(bags, delay, [f"failed ({describe(e)})" for e in errors])
+        self._retry(bags, delay, "failed", errors)
 
     def release(self, bags: Sequence[Bag]) -> None:
         """Requeue at once; never dead-letters (the application did not refuse them)."""
@@ -107,17 +107,24 @@ class RabbitMQAdapter(Adapter):
         nobody listens to) from looping hot between the broker and us, while
         another consumer of the same queue may still take it meanwhile.
         """
-        self._retry([bag], self.settings.reject_delay, [type(error).__name__])
+        self._retry([bag], self.settings.reject_delay, type(error).__name__)
 
-    def _retry(self, bags: Sequence[Bag], delay: float, whys: Sequence[str]) -> None:
+    def _retry(
+        self,
+        bags: Sequence[Bag],
+        delay: float,
+        why: str,
+        errors: Sequence[BaseException] | None = None,
+    ) -> None:
         limit = self.settings.max_attempts
         due = time.monotonic() + delay if delay > 0 else 0.0
         ops = []
-        for bag, why in zip(bags, whys, strict=True):
+        for i, bag in enumerate(bags):
             receipt = _receipt(bag)
             if limit is not None and bag.deliveries >= limit:
                 ops.append(Settle("dead", receipt))
-                self._consumer.dead_lettered(bag, f"{why} on delivery {bag.deliveries}")
+                reason = why if errors is None else f"{why} ({describe(errors[i])})"
+                self._consumer.dead_lettered(bag, f"{reason} on delivery {bag.deliveries}")
             else:
                 ops.append(Settle("requeue", receipt, due))
         self._consumer.settle(ops)

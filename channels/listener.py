@@ -400,15 +400,16 @@ class _Dispatcher:
                 self._poison(item)
                 continue
             r, msgs = item
-            if r not in self.receivers and self.l.routes.get(r.category) is r:
+            if r not in self.receivers:
+                if self.l.routes.get(r.category) is not r:
+                    # its channel closed while the messages were on their way
+                    self._release([m.bag for m in msgs if m.bag])
+                    continue
                 # The poller routed by the new table before this thread took the
                 # receiver's "add" from ctl: the messages overtook it (select picks any
                 # ready case), so open it now rather than release them.
                 self._open(r)
-            if r in self.receivers:
-                r.pending.extend(msgs)
-            else:  # its channel closed while the messages were on their way
-                self._release([m.bag for m in msgs if m.bag])
+            r.pending.extend(msgs)
 
     def _poison(self, p: _Poison) -> None:
         if p.error is None:
