@@ -23,6 +23,7 @@ broker, and the queue closes.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -107,6 +108,36 @@ class _Pool(Generic[T]):
             log.warning("queue %s: could not ack (%s); it will be redelivered", self.name, e)
 
 
+class _SignalStop:
+    """Sets `stop` when a signal arrives, from a thread of its own.
+
+    A Python signal handler runs in the main thread between two bytecodes,
+    possibly while that thread holds the very lock `stop.set()` needs (inside
+    `stop.wait()`, entering or leaving it): setting the event there would
+    deadlock. So the handler only writes a byte to a pipe (no lock), and this
+    thread, blocked reading it, sets the event.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._read, self._write = os.pipe()
+        self._stop = stop
+        self._thread = threading.Thread(target=self._watch, name="qchan-serve-signals", daemon=True)
+        self._thread.start()
+
+    def handler(self, signum: int, frame: Any) -> None:
+        os.write(self._write, b"s")
+
+    def _watch(self) -> None:
+        while os.read(self._read, 1) == b"s":
+            self._stop.set()
+
+    def close(self) -> None:
+        os.write(self._write, b"q")
+        self._thread.join()
+        os.close(self._read)
+        os.close(self._write)
+
+
 def serve(
     handler: Callable[[T], object] | Callable[[Msg[T]], object],
     type_: type[T],
@@ -135,11 +166,13 @@ def serve(
     stop = stop or threading.Event()
     started = time.monotonic()
     installed: dict[int, Any] = {}
+    watcher: _SignalStop | None = None
     if threading.current_thread() is threading.main_thread():
+        watcher = _SignalStop(stop)
         for sig in signals:
-            # The handler only sets the event: the stop itself runs below, in
+            # The handler only has the event set: the stop itself runs below, in
             # this thread, outside the signal handler.
-            installed[sig] = signal.signal(sig, lambda *_: stop.set())
+            installed[sig] = signal.signal(sig, watcher.handler)
     halt: Chan[None] = Chan(0, name=f"{q.name}.serve.stop")
     rcv, ack = dequeue(type_, q, category=category, capacity=workers)
     pool: _Pool[T] = _Pool(
@@ -168,4 +201,6 @@ def serve(
             q.close(max(0.0, deadline - time.monotonic()))
         for signum, previous in installed.items():
             signal.signal(signum, previous)
+        if watcher is not None:
+            watcher.close()
     return Served(pool.counts.handled, pool.counts.failed, time.monotonic() - started)

@@ -17,6 +17,7 @@ from helpers import start, wait_for
 from qchan import AT_MOST_ONCE, Queue, enqueue, serve
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.testing import Order
+from qchan.worker import _SignalStop
 
 
 def test_handles_acks_and_stops_on_the_event() -> None:
@@ -117,6 +118,24 @@ def test_sigterm_stops_a_worker_process_gracefully(tmp_path: object) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert out.split() == ["SERVED", "5", "0", "0"]
+
+
+def test_a_signal_that_lands_while_the_main_thread_holds_the_stop_events_lock() -> None:
+    """The handler runs between two bytecodes of the main thread, which may be inside
+    `stop.wait()` holding the event's lock: `stop.set()` there deadlocked (seen on CI,
+    a worker process that never exited after SIGTERM)."""
+    stop = threading.Event()
+    watcher = _SignalStop(stop)
+    try:
+        def signal_inside_wait() -> None:
+            with stop._cond:  # type: ignore[attr-defined]  # as inside Event.wait
+                watcher.handler(signal.SIGTERM, None)
+
+        landed = start(signal_inside_wait)
+        landed.outcome(5.0)  # returns: the handler did not wait for the lock
+        assert stop.wait(5.0)
+    finally:
+        watcher.close()
 
 
 def test_queue_closed_elsewhere_ends_serve() -> None:
