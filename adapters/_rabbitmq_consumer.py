@@ -19,11 +19,16 @@ here, un-acked, and requeued by the poller thread when due. If the process or
 the connection dies meanwhile, the broker requeues it at once.
 
 RabbitMQ pushes up to `prefetch` messages to a consumer whether or not anyone
-polls. The kernel stops polling when no channel receives from the queue and
-calls `wakeup()` to cut the current receive short; a receive that ends woken
-therefore pauses: it cancels the subscription and hands back what the broker
-pushed ahead (and what delayed nacks hold), so other consumers get those
-messages instead of this idle one. The next receive subscribes again.
+polls, so the broker's `basic.qos` is the flow control: the prefetch is at
+most the kernel's in-flight limit, and while the kernel holds (the limit is
+reached, the application is only slow) the broker has nothing more to push.
+`hold` keeps the subscription and every delivery: a requeue would count as a
+delivery on a quorum queue (`x-delivery-count`) and, after `max_attempts`,
+dead-letter messages the application never saw. Only `pause` (the kernel's
+`idle`: no channel receives from the queue any more) cancels the subscription
+and hands back what the broker pushed ahead (and what delayed nacks hold), so
+other consumers get those messages instead of this idle one; the next receive
+subscribes again. A `wakeup` only cuts the current call short.
 """
 
 from __future__ import annotations
@@ -93,6 +98,8 @@ class Consumer:
         self._cancelled = False
         #: The broker's name for our subscription; None while paused.
         self._consumer_tag: str | None = None
+        #: `basic.qos` prefetch: the setting, at most the kernel's in-flight limit (see bind).
+        self.prefetch = settings.prefetch
 
     # ---- any thread -------------------------------------------------------
 
@@ -121,21 +128,33 @@ class Consumer:
 
     def receive(self, max_items: int, wait: float) -> list[Bag]:
         """Up to max_items bags, waiting at most `wait` s for the first (or for a wakeup)."""
+        return self._drive(max_items, wait, pause=False)
+
+    def hold(self, wait: float) -> None:
+        """Service the connection for up to `wait` s; keep the subscription and every delivery."""
+        self._drive(0, wait, pause=False)
+
+    def pause(self, wait: float) -> None:
+        """Nobody receives: cancel the subscription, give back what is prefetched, then
+        service the connection (settlements, heartbeats) for up to `wait` s."""
+        self._drive(0, wait, pause=True)
+
+    def _drive(self, max_items: int, wait: float, pause: bool) -> list[Bag]:
         deadline = time.monotonic() + max(0.0, wait)
         with self._driving:
             if self._ch is None and not self._connect(deadline):
                 self._woken.clear()
                 return []
             try:
-                if max_items > 0:
+                if pause:
+                    self._pause()
+                elif max_items > 0:
                     self._subscribe()
                 self._pump(deadline, want=max_items > 0)
                 n = min(max(0, max_items), len(self._ready))
                 got = [self._ready.popleft() for _ in range(n)]
-                # Cleared only when acted on: a wakeup that comes later is never lost.
-                if self._woken.is_set():
-                    self._woken.clear()
-                    self._pause()
+                # Cleared only once the call returns: a later wakeup is never lost.
+                self._woken.clear()
             except pk.AMQPError as e:
                 self._lost(e)
                 return []
@@ -278,7 +297,7 @@ class Consumer:
         try:
             ch = conn.channel()
             declare(ch, self._s)
-            ch.basic_qos(prefetch_count=self._s.prefetch)
+            ch.basic_qos(prefetch_count=self.prefetch)
             self._generation += 1
             self._open.clear()
             ch.add_on_cancel_callback(self._on_cancel)
@@ -296,7 +315,7 @@ class Consumer:
         self._backoff = 0.0
         self._kick_pending = False
         self._cancelled = False
-        log.info("queue %s: connected (prefetch %d)", self._s.queue, self._s.prefetch)
+        log.info("queue %s: connected (prefetch %d)", self._s.queue, self.prefetch)
         return True
 
     def _schedule_retry(self) -> None:

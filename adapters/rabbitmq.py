@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from qchan.adapter import Adapter
+from qchan.adapter import Adapter, Hooks
 from qchan.errors import MessageError, describe
 from qchan.message import Bag
 
@@ -64,6 +64,17 @@ class RabbitMQAdapter(Adapter):
         self._publisher = Publisher(settings, self._report)
         self._consumer = Consumer(settings, self._report)
 
+    def bind(self, hooks: Hooks) -> None:
+        super().bind(hooks)
+        # The broker stops pushing at the kernel's in-flight limit: more prefetch would
+        # only sit in this process, invisible to other consumers, while the kernel holds.
+        limit = min(self.settings.prefetch, max(1, hooks.in_flight))
+        if limit < self.settings.prefetch:
+            log.info("queue %s: prefetch %d capped at the in-flight limit %d",
+                     self.settings.queue, self.settings.prefetch, limit)
+        self._consumer.prefetch = limit
+        self.max_receive = min(limit, type(self).max_receive)
+
     def _report(self, error: BaseException) -> None:
         self.hooks.report(error)
 
@@ -75,11 +86,17 @@ class RabbitMQAdapter(Adapter):
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         return self._consumer.receive(max_items, wait)
 
+    def hold(self, wait: float) -> bool:
+        """In-flight limit reached: keep the consumer connection's I/O going (acks reach the
+        broker, heartbeats are answered) and every delivery; `basic.qos` keeps the broker
+        from pushing more."""
+        self._consumer.hold(wait)
+        return True
+
     def idle(self, wait: float) -> bool:
-        """No channel open (or in-flight full): keep the consumer connection's I/O going,
-        so acks and releases handed over by the dispatcher reach the broker and
-        heartbeats are answered, without taking deliveries."""
-        self._consumer.receive(0, wait)
+        """No channel open: give back what the broker pushed ahead, then keep the
+        connection's I/O going (releases reach the broker, heartbeats are answered)."""
+        self._consumer.pause(wait)
         return True
 
     # acker thread: hand-offs to the poller thread's connection, none of them waits

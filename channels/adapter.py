@@ -8,8 +8,8 @@ calls the adapter from its worker threads:
 | method | called from | may run at the same time as |
 |---|---|---|
 | `send_batch`, `submit` | the emitter thread | `receive`, `ack`, `nack`, `reject`, `release` |
-| `receive`, `idle` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
-| `ack`, `nack`, `reject`, `release`, `extend` | the acker thread | `send_batch`, `receive` |
+| `receive`, `hold`, `idle` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
+| `ack`, `nack`, `reject`, `release`, `extend` | the dispatcher thread | `send_batch`, `receive` |
 | `wakeup` | any thread | anything |
 | `close` | the thread closing the queue, after the workers stopped | nothing |
 
@@ -23,6 +23,26 @@ accept: the kernel dead-letters it without retrying. Any other exception is
 retried with the queue's backoff policy. An exception raised by the method
 itself (connection refused) counts as a failure of every bag in the call.
 `receive` may raise: the kernel reports the error, backs off and polls again.
+
+Flow control: the poller thread tells the adapter which of three states the
+queue is in, by which method it calls, and never by `wakeup` alone:
+
+- room (a channel is open, fewer than `hooks.in_flight` messages are out):
+  `receive`, which takes up to `max_items`;
+- hold (the in-flight limit is reached: the application is slower than the
+  broker): `hold`, which keeps what the adapter has taken or prefetched, takes
+  nothing new, and neither gives back, requeues nor dead-letters anything. The
+  application has not refused those messages, and a message it has not
+  received is never a delivery attempt;
+- nobody listens (no channel open: before the first `dequeue`, after the
+  last one closed): `idle`, which may give back what was prefetched, so that
+  other consumers get it.
+
+`wakeup` only interrupts a `receive`, `hold` or `idle` in progress so the
+kernel can look at the state again (a channel opened or closed, acks freed
+room, the queue is closing); it says nothing about which state comes next. An
+adapter that prefetches (RabbitMQ's `basic.qos`) keeps its prefetch at most
+`hooks.in_flight`, so the broker itself stops pushing while the kernel holds.
 
 Pipelining (optional): an adapter whose client sends asynchronously (Kafka)
 sets `pipeline` above 1 and overrides `submit`, which starts sending a batch
@@ -48,6 +68,10 @@ log = logging.getLogger("qchan.adapter")
 
 class Hooks:
     """What an adapter may tell the kernel between calls (the kernel binds its own)."""
+
+    #: The most messages the kernel keeps received and not yet acked for this queue (the
+    #: queue's `in_flight` option); an adapter that prefetches stays at or below it.
+    in_flight: int = 500
 
     def report(self, error: BaseException) -> None:
         """Report an error no single message owns (a lost connection, a failed commit)."""
@@ -161,20 +185,38 @@ class Adapter(abc.ABC):
         visibility timeout). Brokers without visibility timeouts ignore it.
         """
 
-    def idle(self, wait: float) -> bool:
-        """Called on the poller thread instead of `receive` while nothing may be taken
-        (no channel open, or the in-flight limit reached).
+    def hold(self, wait: float) -> bool:
+        """Called on the poller thread instead of `receive` while the in-flight limit is
+        reached: the application has not settled enough of what it was given.
 
-        An adapter whose connection only does I/O inside calls on its own
-        thread (pika's BlockingConnection) services it here for up to `wait`
-        seconds: acks and releases handed over by other threads, heartbeats.
-        Return False when there is nothing to service (the default): the
-        kernel then waits without calling it until something changes.
+        Keep every message taken or prefetched so far (a later `receive` hands it
+        out); take nothing new; do not requeue, release or dead-letter anything, and
+        do not count anything as a delivery. An adapter whose connection does I/O
+        only inside calls on its own thread (pika's BlockingConnection) services
+        it here for up to `wait` seconds: settlements handed over by the
+        dispatcher, heartbeats. Return False when there is nothing to service
+        (the default): the kernel then waits without calling it until the state
+        changes.
+        """
+        return False
+
+    def idle(self, wait: float) -> bool:
+        """Called on the poller thread instead of `receive` while nobody listens: no channel
+        is open on the queue (before the first `dequeue`, or after the last one closed).
+
+        The adapter may give back what it prefetched (other consumers of the
+        queue get it) and services its connection for up to `wait` seconds, as
+        in `hold`. Return False when there is nothing to service (the default).
         """
         return False
 
     def wakeup(self) -> None:  # noqa: B027 - optional hook
-        """Make a `receive` or `idle` blocked in another thread return soon."""
+        """Make a `receive`, `hold` or `idle` blocked in another thread return soon.
+
+        Only an interrupt: the kernel then calls whichever of the three fits the
+        queue's state. It is sticky where it can be (a wakeup just before the call
+        starts still cuts it short) and must never be read as "give back".
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once, after the kernel's workers stopped."""

@@ -85,7 +85,7 @@ class Listener:
         self.routes: dict[str, Receiver] = {}
         self._cond = threading.Condition()
         self._count = 0  # in flight: received and not yet acked, nacked, released or rejected
-        self._idling = False  # the poller is in adapter.idle rather than receive
+        self._idling = False  # the poller is in adapter.hold or adapter.idle, not receive
         self._stopping = False
         self._reported: OrderedDict[str, None] = OrderedDict()  # unroutable ids said once
         self.ctl: Chan[tuple[str, Any]] = Chan(16, name=f"{queue.name}.listener.ctl")
@@ -115,7 +115,7 @@ class Listener:
             self._cond.notify_all()
             idling = self._idling
         self.ctl.send(("add", r))
-        if idling:  # the poller sits in adapter.idle: start receiving now
+        if idling:  # the poller sits in adapter.idle or hold: look at the state again
             self.adapter.wakeup()
 
     def remove(self, r: Receiver, timeout: float | None = None) -> None:
@@ -123,6 +123,7 @@ class Listener:
         with self._cond:
             if self.routes.get(r.category) is r:
                 self.routes = {k: v for k, v in self.routes.items() if v is not r}
+                self._cond.notify_all()
             idle = not self.routes
         if idle:  # nobody receives now: cut a waiting receive short
             self.adapter.wakeup()
@@ -165,7 +166,7 @@ class Listener:
                 self._count -= n
                 self._cond.notify_all()
                 wake = was_full and self._idling and self.routes
-            if wake:  # the poller sits in adapter.idle: room again, let it receive now
+            if wake:  # the poller sits in adapter.hold: room again, let it receive now
                 self.adapter.wakeup()
 
     # -- the poller thread ----------------------------------------------------
@@ -173,30 +174,40 @@ class Listener:
     def _is_stopping(self) -> bool:
         return self._stopping
 
-    def _held(self) -> bool:
-        """No channel to receive for, or the in-flight limit reached (the caller holds _cond)."""
-        return not self.routes or self._count >= self.limit
+    def _state(self) -> str:
+        """What the poller may do now (the caller holds _cond): "receive", "hold" (the
+        in-flight limit is reached) or "idle" (no channel to receive for)."""
+        if not self.routes:
+            return "idle"
+        return "hold" if self._count >= self.limit else "receive"
 
     def _poll(self) -> None:
         failures = 0
-        serviceable = True  # does the adapter want `idle` calls? (it says so by returning True)
+        state = ""
+        serviceable = True  # does the adapter want hold/idle calls? (it says so by returning True)
         while True:
             with self._cond:
-                while not self._stopping and self._held() and not serviceable:
+                while True:
+                    if self._stopping:
+                        return
+                    now = self._state()
+                    if now != state:  # a new state: ask the adapter (again) whether it tends it
+                        state, serviceable = now, True
+                    if state == "receive" or serviceable:
+                        break
                     self._cond.wait()
-                if self._stopping:
-                    return
-                held = self._held()
                 room = self.limit - self._count
-                self._idling = held
-            if held:  # nothing may be taken now: let the adapter tend its connection
+                self._idling = state != "receive"
+            if state != "receive":
+                # Two different signals, never one: hold keeps what the adapter took
+                # (the application is only slow); idle may give it back (nobody listens).
+                tend = self.adapter.hold if state == "hold" else self.adapter.idle
                 try:
-                    serviceable = bool(self.adapter.idle(self.poll_wait))
+                    serviceable = bool(tend(self.poll_wait))
                 except Exception as e:
                     self.q._report(e)
                     serviceable = False
                 continue
-            serviceable = True
             try:
                 bags = self.adapter.receive(min(self.adapter.max_receive, room), self.poll_wait)
                 failures = 0

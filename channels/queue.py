@@ -34,6 +34,7 @@ def _program() -> str:
 class _KernelHooks(Hooks):
     def __init__(self, queue: Queue) -> None:
         self._queue = weakref.ref(queue)
+        self.in_flight = queue.in_flight
 
     def report(self, error: BaseException) -> None:
         q = self._queue()

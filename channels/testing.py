@@ -108,6 +108,9 @@ class Wrapped(Adapter):
     def extend(self, bags: Sequence[Bag]) -> None:
         self.inner.extend(bags)
 
+    def hold(self, wait: float) -> bool:
+        return self.inner.hold(wait)
+
     def idle(self, wait: float) -> bool:
         return self.inner.idle(wait)
 

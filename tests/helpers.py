@@ -66,3 +66,37 @@ def start(target: Callable[..., Any], *args: Any, name: str | None = None, **kwa
 def join_all(workers: Iterable[Worker], timeout: float = 60.0) -> list[Any]:
     deadline = time.monotonic() + timeout
     return [w.outcome(max(0.0, deadline - time.monotonic())) for w in workers]
+
+
+def slow_consume(q: Any, n: int, work: float = 0.001, deadline: float = 120.0) -> list[str]:
+    """Send `n` Orders (ids "0".."n-1") through `q`, then receive them with `work` seconds
+    of simulated work per message, acking each one; the ids in the order received.
+
+    The consumer is slower than the broker, so the queue's in-flight limit is reached
+    and the kernel holds (issue 13). Fails if a message is missing after `deadline`.
+    """
+    from qchan import dequeue, enqueue
+    from qchan.testing import Order
+
+    with enqueue(Order, q) as (out, _):
+        for i in range(n):
+            out.send(Order(str(i), 1.0))
+    got: list[str] = []
+    seen: set[str] = set()
+    pause = threading.Event()
+    end = time.monotonic() + deadline
+    with dequeue(Order, q) as (rcv, ack):
+        while len(seen) < n:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                m = rcv.recv(timeout=min(left, 30.0))
+            except TimeoutError:
+                break
+            pause.wait(work)  # the handler's work
+            got.append(m.object.id)
+            seen.add(m.object.id)
+            ack.send(m)
+    assert len(seen) == n, f"received {len(seen)} of {n} distinct messages"
+    return got

@@ -127,6 +127,64 @@ def test_the_poller_idles_while_nothing_may_be_taken(
         ack.send(rcv.recv(timeout=5))
 
 
+class _FlowRecorder(Wrapped):
+    """Records which flow-control call the poller makes, and every release and nack."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.calls: list[str] = []
+        self.given_back = 0
+
+    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+        self.calls.append("receive")
+        return self.inner.receive(max_items, wait)
+
+    def hold(self, wait: float) -> bool:
+        self.calls.append("hold")
+        threading.Event().wait(min(wait, 0.02))  # as a connection to tend would block
+        return True
+
+    def idle(self, wait: float) -> bool:
+        self.calls.append("idle")
+        threading.Event().wait(min(wait, 0.02))
+        return True
+
+    def release(self, bags: Sequence[Bag]) -> None:
+        self.given_back += len(bags)
+        self.inner.release(bags)
+
+    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+        self.given_back += len(bags)
+        self.inner.nack(bags, delay)
+
+
+def test_a_slow_consumer_makes_the_poller_hold_never_idle(queues: list[Queue], name: str) -> None:
+    """Issue 13: "hold" (in-flight limit reached) and "nobody listens" are different
+    signals. While a dequeue is open and the application is only slow, the adapter is
+    told to hold, never to idle, and nothing is released or nacked; once the last
+    dequeue closes it is told to idle."""
+    rec = _FlowRecorder(EmbeddedAdapter(name))
+    q = open_q(queues, name, rec, in_flight=4, ack_linger=0.001)
+    n = 40
+    with enqueue(Order, q) as (out, _):
+        for i in range(n):
+            out.send(Order(str(i), 1.0))
+    got: list[str] = []
+    with dequeue(Order, q, capacity=0) as (rcv, ack):
+        for _ in range(n):
+            m = rcv.recv(timeout=10)
+            threading.Event().wait(0.005)  # slower than the broker
+            got.append(m.object.id)
+            ack.send(m)
+        open_calls = list(rec.calls)
+    wait_for(lambda: rec.calls[-1:] == ["idle"], what="idle once nobody listens")
+    assert got == [str(i) for i in range(n)]
+    assert "hold" in open_calls, "the in-flight limit was never reached"
+    assert "idle" not in open_calls[open_calls.index("receive"):], open_calls
+    assert rec.given_back == 0
+    assert q.stats().redelivered == 0
+
+
 def test_in_flight_limit_counts_buffered_messages(queues: list[Queue], name: str) -> None:
     q = open_q(queues, name, in_flight=5)
     with enqueue(Order, q, policy=AT_MOST_ONCE) as (out, _):

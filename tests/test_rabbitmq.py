@@ -40,7 +40,7 @@ from fixtures_rabbitmq import (  # noqa: F401 - the *_fixture names are pytest f
     stays,
     url_for,
 )
-from helpers import join_all, start, wait_for
+from helpers import join_all, slow_consume, start, wait_for
 
 from qchan import Adapter, Chan, ChannelClosed, connect, dequeue, enqueue
 from qchan.adapters.rabbitmq import (
@@ -335,19 +335,90 @@ def test_release_requeues_and_never_dead_letters(
 
 
 @integration
-def test_wakeup_cuts_a_blocked_receive_short_and_pauses(
+def test_wakeup_cuts_a_blocked_receive_short_and_gives_nothing_back(
     make_adapter: Any, queue_name: str, admin: Any
 ) -> None:
+    """A wakeup only interrupts: it does not pause the subscription nor requeue anything
+    (it used to, and a slow consumer's prefetched messages were requeued until
+    max_attempts dead-lettered them; issue 13)."""
     adapter = make_adapter(queue_name)
-    adapter.receive(1, 0)  # connect first
+    adapter.receive(1, 0)  # connect and subscribe
     waiting = start(adapter.receive, 10, 30.0, name="poller")
     time.sleep(0.2)  # let it block (the outcome is checked with its own deadline)
     adapter.wakeup()
     assert waiting.outcome(timeout=3.0) == []
     adapter.send_batch([bag(i) for i in range(3)])
-    assert stays(lambda: queue_depth(admin, queue_name) == 3)  # paused: nothing pushed to us
-    got = receive_n(adapter, 3)  # the next receive subscribes again
+    wait_for(lambda: queue_depth(admin, queue_name) == 0, 10.0, "pushed to the subscriber")
+    got = receive_n(adapter, 3)
+    assert [b.deliveries for b in got] == [1, 1, 1]
     adapter.ack(got)
+
+
+@integration
+def test_idle_pauses_and_gives_prefetched_deliveries_back(
+    make_adapter: Any, queue_name: str, admin: Any
+) -> None:
+    """Nobody listens (Adapter.idle): the subscription is cancelled and what the broker
+    pushed ahead goes back, so other consumers get it; the next receive subscribes again."""
+    adapter = make_adapter(queue_name)
+    adapter.send_batch([bag(i) for i in range(3)])
+    (first,) = receive_n(adapter, 1)  # subscribed: the other two are prefetched here
+    wait_for(lambda: queue_depth(admin, queue_name) == 0, 10.0, "pushed to the subscriber")
+    adapter.idle(0.1)
+    wait_for(lambda: queue_depth(admin, queue_name) == 2, 10.0, "the prefetched two back")
+    adapter.send_batch([bag(3)])
+    assert stays(lambda: queue_depth(admin, queue_name) == 3)  # paused: nothing pushed to us
+    adapter.ack([first])
+    adapter.ack(receive_n(adapter, 3))
+
+
+@integration
+def test_hold_keeps_every_prefetched_delivery_uncounted(
+    make_adapter: Any, queue_name: str, admin: Any
+) -> None:
+    """The in-flight limit reached (Adapter.hold): nothing is requeued, so no delivery
+    count grows, however long and however often the kernel holds and wakes."""
+    adapter = make_adapter(queue_name, max_attempts=2)
+    adapter.send_batch([bag(i) for i in range(5)])
+    (first,) = receive_n(adapter, 1)
+    for _ in range(5):  # hold, woken again and again as acks free room
+        adapter.wakeup()
+        assert adapter.hold(0.05) is True
+    assert queue_depth(admin, queue_name) == 0  # still ours, not requeued
+    rest = receive_n(adapter, 4)
+    assert [b.deliveries for b in [first, *rest]] == [1] * 5
+    adapter.ack([first, *rest])
+    assert stays(lambda: queue_depth(admin, f"{queue_name}.dlq") == 0)
+
+
+# ---- backpressure: a consumer slower than the broker (issue 13) ----------------------
+
+
+@integration
+@pytest.mark.parametrize("in_flight", [None, 100, 500, 1000])  # default, below, equal, above
+def test_a_slow_consumer_loses_nothing_and_nothing_is_redelivered(
+    queue_name: str, admin: Any, in_flight: int | None
+) -> None:
+    """3,000 messages, 1 ms of work each, prefetch 500: before the fix 1,380 of them were
+    dead-lettered unseen after 10 requeues each. Now: all received once, in order."""
+    errors: Chan[Exception] = Chan(10_000)
+    options = {} if in_flight is None else {"in_flight": in_flight}
+    with connect(url_for(queue_name), errors=errors, **options) as q:
+        got = slow_consume(q, 3000, work=0.001)
+        stats = q.stats()
+    assert got == [str(i) for i in range(3000)]  # one producer, one consumer: in order
+    assert stats.redelivered == 0
+    assert queue_depth(admin, f"{queue_name}.dlq") == 0
+    assert not [e for e in drain(errors) if isinstance(e, DeadLettered)]
+
+
+@integration
+def test_acking_one_by_one_redelivers_nothing(queue_name: str, admin: Any) -> None:
+    with connect(url_for(queue_name)) as q:
+        got = slow_consume(q, 2000, work=0.0)
+        stats = q.stats()
+    assert got == [str(i) for i in range(2000)]
+    assert (stats.received, stats.redelivered, stats.acked) == (2000, 0, 2000)
 
 
 # ---- poison messages -------------------------------------------------------------
@@ -491,8 +562,7 @@ def test_a_paused_idle_connection_dropped_by_the_broker_is_replaced_quietly(
 ) -> None:
     adapter = make_adapter(queue_name)
     adapter.receive(1, 0)
-    adapter.wakeup()
-    assert adapter.receive(1, 0.1) == []  # paused: nothing outstanding
+    adapter.idle(0.1)  # paused: nothing outstanding
     close_connection(f"qchan consumer {queue_name}")  # say, missed heartbeats while idle
     adapter.send_batch([bag(1)])
     (got,) = receive_n(adapter, 1, timeout=20.0)
