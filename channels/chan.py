@@ -393,6 +393,11 @@ class Chan(Generic[T]):
         finally:
             lock.release()
 
+    def _buffered(self) -> list[T]:
+        """A copy of the items buffered now (not yet received), oldest first."""
+        with _Locked(self._lock):
+            return list(self._buf)
+
     def _send_many(self, items: deque[T]) -> list[T]:
         """Send items from the left of `items` while that needs no waiting; return those sent."""
         lock = self._lock

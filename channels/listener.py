@@ -10,7 +10,8 @@ selects, in one call, over new batches, every category's `ack` channel, and a
 send case per category with a waiting message, so a category nobody reads
 never holds up the others (no head-of-line blocking). It batches acks (at
 most `ack_linger` seconds), nacks a message not acked within
-`time_to_flight` seconds of its hand-off, extends visibility every `heartbeat`
+`time_to_flight` seconds of the application receiving it (a message still in
+`rcv`'s buffer has not been received and never expires), extends visibility every `heartbeat`
 seconds when asked to, and at close releases everything not acked.
 """
 
@@ -336,6 +337,13 @@ class _Dispatcher:
         # tuple shared by the messages of a hand-off. time_to_flight is constant, so
         # the dict's insertion order is deadline order: the first entries expire first.
         self.flight: dict[Bag, tuple[Receiver, float]] = {}
+        # Messages handed into a buffered rcv: the application has not received them,
+        # so their time_to_flight has not started (an expiry nacks, and a nack counts as
+        # a delivery toward the dead-letter threshold). Looked at every park_interval;
+        # once received they move to `flight` with a full time_to_flight.
+        self.parked: dict[Bag, Receiver] = {}
+        self.park_interval = min(1.0, max(0.01, listener.ttf / 4))
+        self.park_due = 0.0
         self.to_ack: list[Bag] = []
         # delay -> the bags the application failed with it, and its errors
         self.to_nack: dict[float, tuple[list[Bag], list[BaseException]]] = {}
@@ -394,6 +402,8 @@ class _Dispatcher:
             due.append(self.ack_due)
         if self.flight:
             due.append(next(iter(self.flight.values()))[1])
+        if self.parked:
+            due.append(self.park_due)
         if self.l.heartbeat and (self.flight or any(r.pending for r in self.receivers)):
             due.append(self.next_beat)
         if not due:
@@ -447,15 +457,30 @@ class _Dispatcher:
         handed = [r.pending.popleft()]
         if r.pending:  # room in a buffered rcv: fill it without more selects
             handed += r.rcv._send_many(r.pending)
-        entry = (r, now + self.l.ttf)
-        flight = self.flight
-        for m in handed:
-            assert m.bag is not None
-            flight[m.bag] = entry
+        # The last len(rcv) messages handed to r wait in its buffer; the others were
+        # taken by the application already.
+        waiting = min(len(r.rcv), len(handed))
+        taken = len(handed) - waiting
+        if taken:
+            entry = (r, now + self.l.ttf)
+            flight = self.flight
+            for m in handed[:taken]:
+                assert m.bag is not None
+                flight[m.bag] = entry
+        if waiting:
+            if not self.parked:
+                self.park_due = now + self.park_interval
+            parked = self.parked
+            for m in handed[taken:]:
+                assert m.bag is not None
+                parked[m.bag] = r
 
     def _on_ack(self, msg: Msg[Any], now: float) -> None:
         bag = msg.bag
         entry = self.flight.pop(bag, None) if bag is not None else None
+        if entry is None and bag is not None and self.parked:
+            owner = self.parked.pop(bag, None)
+            entry = None if owner is None else (owner, 0.0)
         if entry is None:
             self.log.warning(
                 "queue %s: ack for a %r message that is not in flight (acked twice, expired "
@@ -505,27 +530,51 @@ class _Dispatcher:
                 break
             expired.append(bag)
         if expired:
-            for bag in expired:
-                del self.flight[bag]
-            self.log.warning(
-                "queue %s: %d message(s) not acked within time_to_flight=%ss; released for "
-                "redelivery", self.q.name, len(expired), self.l.ttf,
-            )
-            self.q._counters.expired += len(expired)
-            late = TimeoutError(f"not acked within time_to_flight={self.l.ttf} s")
-            try:
-                self.adapter.nack_failed(expired, [late] * len(expired), 0.0)
-            except Exception as e:
-                self.q._report(e)
-            self.l._resolved(len(expired))
+            self._expire(expired)
+        if self.parked and now >= self.park_due:
+            self._unpark(now)
         if self.l.heartbeat and now >= self.next_beat:
             self.next_beat = now + self.l.heartbeat
-            held = [*self.flight, *(m.bag for r in self.receivers for m in r.pending if m.bag)]
+            held = [*self.flight, *self.parked,
+                    *(m.bag for r in self.receivers for m in r.pending if m.bag)]
             if held:
                 try:
                     self.adapter.extend(held)
                 except Exception as e:
                     self.q._report(e)
+
+    def _expire(self, bags: list[Bag]) -> None:
+        """time_to_flight ran out for these: nack them (the application received each)."""
+        for bag in bags:
+            del self.flight[bag]
+        self.log.warning(
+            "queue %s: %d message(s) not acked within time_to_flight=%ss; released for "
+            "redelivery", self.q.name, len(bags), self.l.ttf,
+        )
+        self.q._counters.expired += len(bags)
+        error = TimeoutError(f"not acked within time_to_flight={self.l.ttf} s")
+        try:
+            self.adapter.nack_failed(bags, [error] * len(bags), 0.0)
+        except Exception as e:
+            self.q._report(e)
+        self.l._resolved(len(bags))
+
+    def _unpark(self, now: float) -> None:
+        """Parked messages the application has received since: in flight from now on.
+
+        They were received within the last park_interval, so each gets between
+        time_to_flight and time_to_flight + park_interval from its receipt. Appended
+        with now + ttf, `flight` stays in deadline order."""
+        buffered: dict[int, set[Bag]] = {}
+        deadline = now + self.l.ttf
+        for bag, r in list(self.parked.items()):
+            inside = buffered.get(id(r))
+            if inside is None:
+                inside = buffered[id(r)] = {m.bag for m in r.rcv._buffered() if m.bag}
+            if bag not in inside:
+                del self.parked[bag]
+                self.flight[bag] = (r, deadline)
+        self.park_due = now + self.park_interval
 
     def _revoke(self, predicate: Any, box: list[int], done: threading.Event) -> None:
         """Forget messages the adapter lost (a rebalance): no release, no ack; a new owner
@@ -538,6 +587,9 @@ class _Dispatcher:
             r.pending = keep
         for bag in [b for b in self.flight if predicate(b)]:
             del self.flight[bag]
+            dropped += 1
+        for bag in [b for b in self.parked if predicate(b)]:
+            del self.parked[bag]
             dropped += 1
         self.l._resolved(dropped)
         box.append(dropped)
@@ -565,7 +617,8 @@ class _Dispatcher:
         r.pending.clear()
         for m in r.rcv:  # buffered, never received by the application
             assert m.bag is not None
-            self.flight.pop(m.bag, None)
+            if self.flight.pop(m.bag, None) is None:
+                self.parked.pop(m.bag, None)
             held.append(m.bag)
         r.ack.close()
         now = time.monotonic()
@@ -575,6 +628,10 @@ class _Dispatcher:
         for bag, (owner, _) in list(self.flight.items()):
             if owner is r:  # delivered, not acked
                 del self.flight[bag]
+                held.append(bag)
+        for bag, owner in list(self.parked.items()):
+            if owner is r:  # received from the buffer since it was parked, not acked
+                del self.parked[bag]
                 held.append(bag)
         self._release(held)
         r.finished.set()

@@ -61,8 +61,9 @@ class Queue:
       its channel's dlq.
     - poll_wait: seconds one receive may wait for messages (default: the
       adapter's). in_flight: most messages received and not yet acked (500).
-    - time_to_flight: seconds the application may hold a message before it
-      counts as nacked (30). ack_linger: acks are batched for at most this
+    - time_to_flight: seconds the application may hold a message it received
+      before it counts as nacked (30); the clock starts when it leaves rcv's
+      buffer (checked at least once a second). ack_linger: acks are batched for at most this
       long (10 ms); a batch goes sooner once it holds half of in_flight (or
       the adapter's max_batch). heartbeat: seconds between visibility extensions of held
       messages (off by default; brokers without visibility ignore it).
