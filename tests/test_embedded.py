@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
+from helpers import slow_consume
 
 from qchan import Adapter, Bag, ConnectionLost, MessageTooLarge, connect
 from qchan.adapters.embedded import EmbeddedAdapter, broker, from_url
@@ -135,3 +137,16 @@ def test_url_options_and_unknown_option() -> None:
         from_url("mem://url-x?bogus=1")
     with connect("mem://url-y", visibility_timeout=7) as q:
         assert q.name == "url-y" and broker("url-y").visibility_timeout == 7
+
+
+@pytest.mark.parametrize("in_flight", [50, 500])
+def test_a_slow_consumer_gets_every_message_once_and_in_order(in_flight: int) -> None:
+    """Issue 13 on mem://: max_receives=1 dead-letters any message received twice; a
+    consumer slower than the broker makes the kernel hold, so none is."""
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    with connect(f"mem://{name}?max_receives=1", in_flight=in_flight) as q:
+        got = slow_consume(q, 1500, work=0.001)
+        stats = q.stats()
+    assert got == [str(i) for i in range(1500)]
+    assert (stats.redelivered, stats.expired) == (0, 0)
+    assert broker(name).dead_letters == []

@@ -31,7 +31,7 @@ from fixtures_kafka import (  # noqa: F401 - the *_fixture names are pytest fixt
     own_cluster_fixture,
     topic_fixture,
 )
-from helpers import start, wait_for
+from helpers import slow_consume, start, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -866,6 +866,21 @@ def test_enqueue_dequeue_over_a_kafka_url(kafka_queue: Callable[..., Queue]) -> 
     assert [m.object for m in got] == sent  # one category, one key, one partition: in order
     assert got[0].attributes["Source"] == "billing"
     assert got[0].attributes["System"] == "kafka"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("in_flight", [50, 500])
+def test_a_slow_consumer_gets_every_message_once_in_partition_order(
+    kafka_queue: Callable[..., Queue], in_flight: int
+) -> None:
+    """Issue 13 on Kafka: the kernel holds while the application is slow; nothing is
+    redelivered or counted toward max_attempts. One key: one partition, so in order."""
+    errors: Chan[Exception] = Chan(1000)
+    q = kafka_queue(key="category", max_attempts=1, in_flight=in_flight, errors=errors)
+    got = slow_consume(q, 2000, work=0.0005)
+    assert got == [str(i) for i in range(2000)]
+    assert q.stats().redelivered == 0
+    assert len(errors) == 0
 
 
 @pytest.mark.integration

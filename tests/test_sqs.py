@@ -22,7 +22,7 @@ import attrs
 import boto3
 import pytest
 from fixtures_sqs import MotoServer, free_port, sqs_endpoint  # noqa: F401
-from helpers import start, wait_for
+from helpers import slow_consume, start, wait_for
 
 from qchan import AT_MOST_ONCE, Adapter, Chan, Constant, DecodeError, connect, dequeue, enqueue
 from qchan.adapter import Hooks
@@ -810,6 +810,31 @@ def test_poison_is_left_for_the_redrive_policy(
         reported.append(errors.recv(timeout=0))
     assert len(reported) >= 2
     assert all(isinstance(e, DecodeError) and e.bag.body == poison for e in reported)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+@pytest.mark.parametrize("in_flight", [20, 500])
+def test_a_slow_consumer_never_sends_a_message_to_the_redrive_dlq(
+    fifo: bool, in_flight: int, make_queue: Any, sqs: Any, sqs_endpoint: str,  # noqa: F811
+    *, adapters: Any,
+) -> None:
+    """Issue 13 on SQS: with maxReceiveCount=2, a receive the application never saw (a
+    release at visibility 0 while the kernel holds) would send messages to the DLQ.
+    The kernel holds without receiving: every message once, none dead-lettered; in
+    order on a FIFO queue (one producer, one consumer, one message group)."""
+    dlq_name, dlq_url = make_queue(fifo=fifo)
+    arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    name, _ = make_queue(fifo=fifo, VisibilityTimeout="30", RedrivePolicy=json.dumps({
+        "deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 2}))
+    n = 600
+    with connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1, in_flight=in_flight) as q:
+        got = slow_consume(q, n, work=0.001)
+        stats = q.stats()
+    if fifo:
+        assert got == [str(i) for i in range(n)]
+    assert (stats.received, stats.redelivered) == (n, 0)
+    assert_empty(adapters(dlq_name))
 
 
 # -- the conformance suite ---------------------------------------------------------
