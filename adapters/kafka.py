@@ -246,6 +246,11 @@ class KafkaAdapter(Adapter):
         # Held around every consumer call; the acker only ever try-acquires it.
         self._consumer_lock = threading.Lock()
         self._wake = threading.Event()
+        #: Partitions paused by `hold`; the next `receive` resumes them.
+        self._paused: list[TopicPartition] = []
+        #: When the consumer last polled, and how long the group lets it go without.
+        self._polled = 0.0
+        self._poll_interval = 300.0
         self._closing = False
         self._fatal: KafkaError | None = None
         self._commit_failing = False
@@ -441,6 +446,8 @@ class KafkaAdapter(Adapter):
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         """Redeliveries that are due, then fresh messages; waits at most `wait` s for the first."""
         consumer = self._consumer or self._open_consumer()
+        if self._paused:
+            self._resume(consumer)
         deadline = time.monotonic() + wait
         while True:
             now = time.monotonic()
@@ -462,6 +469,7 @@ class KafkaAdapter(Adapter):
                     if not e.args[0].fatal():
                         raise
                     self._fatal = e.args[0]
+            self._polled = now
             if msgs:
                 out += self._accept(msgs, can_raise=not out)
             if self._fatal is not None:
@@ -474,6 +482,78 @@ class KafkaAdapter(Adapter):
                 return out
             if time.monotonic() >= deadline:
                 return out
+
+    def hold(self, wait: float) -> bool:
+        """The kernel's in-flight limit is reached: take nothing, keep the group's trust.
+
+        A consumer that does not poll within `max.poll.interval.ms` (5 min by
+        default) is evicted: its partitions go to another member, which redelivers
+        what this one holds, although the application was only slow. A short
+        hold just waits (for up to `wait` s, or a wakeup); once a third of that
+        interval has passed without a poll, it polls with every assigned
+        partition paused (nothing is fetched; rebalance callbacks and commits
+        run), and the next `receive` resumes them. Pausing drops librdkafka's
+        prefetched messages, so it is kept for holds that need it.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return False  # not consuming yet: no membership to keep
+        deadline = time.monotonic() + wait
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return True
+            due = self._polled + self._poll_interval / 3
+            if now < due:
+                if self._wake.wait(min(deadline, due) - now):
+                    self._wake.clear()
+                    return True
+                continue
+            with self._consumer_lock:
+                self._commit_pending(consumer)
+                try:
+                    self._pause(consumer)
+                    m = consumer.poll(self._slice(now, deadline))
+                    self._polled = time.monotonic()
+                    if m is not None and m.error() is not None:
+                        log.debug("kafka consumer of %r while holding: %s", self.topic, m.error())
+                    elif m is not None:
+                        # From a partition assigned after the pause: give it back, unread.
+                        consumer.seek(TopicPartition(
+                            m.topic() or self.topic, m.partition() or 0, m.offset() or 0
+                        ))
+                        self._pause(consumer)
+                except KafkaException as e:
+                    if e.args[0].fatal():
+                        self._fatal = e.args[0]
+                    else:
+                        log.warning("kafka consumer of %r while holding: %s", self.topic, e)
+            if self._fatal is not None:
+                self._reset_consumer()
+                return False
+            if self._wake.is_set():
+                self._wake.clear()
+                return True
+
+    def _pause(self, consumer: Consumer) -> None:
+        """Pause every assigned partition not paused yet (the caller holds the lock)."""
+        paused = {(tp.topic, tp.partition) for tp in self._paused}
+        new = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in paused]
+        if new:
+            consumer.pause(new)
+            self._paused.extend(new)
+
+    def _resume(self, consumer: Consumer) -> None:
+        """Resume what `hold` paused and is still ours."""
+        with self._consumer_lock:
+            mine = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            paused, self._paused = self._paused, []
+            again = [tp for tp in paused if (tp.topic, tp.partition) in mine]
+            if again:
+                try:
+                    consumer.resume(again)
+                except KafkaException as e:
+                    log.warning("kafka consumer of %r: resume failed: %s", self.topic, e)
 
     def _slice(self, now: float, deadline: float) -> float:
         timeout = min(_SLICE, max(0.0, deadline - now))
@@ -562,6 +642,7 @@ class KafkaAdapter(Adapter):
 
     def _open_consumer(self) -> Consumer:
         conf = consumer_config(self.options, log, self._client_error, self._on_commit)
+        self._poll_interval = int(conf.get("max.poll.interval.ms", 300_000)) / 1000
         consumer = self._client(Consumer, conf)
         try:
             with self._consumer_lock:
@@ -586,6 +667,7 @@ class KafkaAdapter(Adapter):
         """
         err, self._fatal = self._fatal, None
         consumer, self._consumer = self._consumer, None
+        self._paused = []
         if consumer is not None:
             with self._consumer_lock:
                 self._revoke(None, self._inflight.assigned())
@@ -619,6 +701,9 @@ class KafkaAdapter(Adapter):
 
     def _revoke(self, consumer: Consumer | None, tps: list[TP]) -> None:
         """Commit what is settled (when `consumer` is given), forget `tps`, tell the kernel."""
+        if self._paused:  # a partition assigned again later starts unpaused
+            gone_now = set(tps)
+            self._paused = [tp for tp in self._paused if (tp.topic, tp.partition) not in gone_now]
         final = self._inflight.revoke(tps)
         if consumer is not None and final:
             self._commit(consumer, final, asynchronous=False)

@@ -884,6 +884,42 @@ def test_a_slow_consumer_gets_every_message_once_in_partition_order(
 
 
 @pytest.mark.integration
+def test_holding_longer_than_max_poll_interval_keeps_the_partitions(
+    kafka_cluster: Cluster, topic: str
+) -> None:
+    """The kernel holds (in-flight limit reached) while the application works on what it
+    has: the consumer must still poll within max.poll.interval.ms, or the group evicts
+    it, revokes its partitions and redelivers what it holds. Adapter.hold polls with
+    every partition paused, so it takes nothing and keeps its place."""
+    # The classic protocol: the mock cluster's KIP-848 groups do not evict a member that
+    # stops polling (measured: the old adapter passed there). 6 s is the smallest
+    # session a stock broker accepts, and max.poll.interval.ms may not be below it.
+    config = {"group.protocol": "classic", "session.timeout.ms": 6000,
+              "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 6000}
+    url = f"kafka://{kafka_cluster.bootstrap}/{topic}"
+    with connect(url, consumer_config=config, key="category", in_flight=4) as q:
+        with enqueue(Order, q) as (out, _):
+            for i in range(8):
+                out.send(Order(str(i), 1.0))
+        got = []
+        with dequeue(Order, q, capacity=0) as (rcv, ack):
+            first = [rcv.recv(timeout=30) for _ in range(4)]  # the in-flight limit
+            stall = time.monotonic() + 9.0  # a slow handler: beyond max.poll.interval.ms
+            while time.monotonic() < stall:
+                threading.Event().wait(0.1)
+            for m in first:
+                ack.send(m)
+            got = [m.object.id for m in first]
+            for _ in range(4):
+                m = rcv.recv(timeout=30)
+                got.append(m.object.id)
+                ack.send(m)
+        stats = q.stats()
+    assert got == [str(i) for i in range(8)]
+    assert stats.redelivered == 0
+
+
+@pytest.mark.integration
 def test_failed_messages_are_redelivered_then_dead_lettered_through_the_kernel(
     kafka_cluster: Cluster, topic: str, kafka_queue: Callable[..., Queue]
 ) -> None:
