@@ -11,8 +11,9 @@ send case per category with a waiting message, so a category nobody reads
 never holds up the others (no head-of-line blocking). It batches acks (at
 most `ack_linger` seconds), nacks a message not acked within
 `time_to_flight` seconds of the application receiving it (a message still in
-`rcv`'s buffer has not been received and never expires), extends visibility every `heartbeat`
-seconds when asked to, and at close releases everything not acked.
+`rcv`'s buffer has not been received and never expires), extends visibility
+every `heartbeat` seconds when asked to, and at close releases everything not
+acked.
 """
 
 from __future__ import annotations
@@ -404,7 +405,9 @@ class _Dispatcher:
             due.append(next(iter(self.flight.values()))[1])
         if self.parked:
             due.append(self.park_due)
-        if self.l.heartbeat and (self.flight or any(r.pending for r in self.receivers)):
+        if self.l.heartbeat and (
+            self.flight or self.parked or any(r.pending for r in self.receivers)
+        ):
             due.append(self.next_beat)
         if not due:
             return None

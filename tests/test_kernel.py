@@ -353,6 +353,26 @@ def test_heartbeat_keeps_a_held_message_invisible(queues: list[Queue], name: str
     assert q.stats().received == 1
 
 
+def test_heartbeat_keeps_messages_waiting_in_the_rcv_buffer_invisible(
+    queues: list[Queue], name: str
+) -> None:
+    """Messages in rcv's buffer are held too (not yet received, so not in flight): the
+    heartbeat must extend them even when nothing else is held."""
+    EmbeddedAdapter(name, visibility_timeout=0.3)
+    q = open_q(queues, name, heartbeat=0.1)
+    with enqueue(Order, q) as (out, _):
+        for i in range(3):
+            out.send(Order(str(i), 1.0))
+    with dequeue(Order, q, capacity=8) as (rcv, ack):
+        wait_for(lambda: len(rcv) == 3, what="three buffered")
+        threading.Event().wait(1.0)  # three visibility timeouts, nothing received
+        for _ in range(3):
+            ack.send(rcv.recv(timeout=5))
+        with pytest.raises(TimeoutError):
+            rcv.recv(timeout=0.5)
+    assert (q.stats().received, q.stats().redelivered) == (3, 0)
+
+
 def test_nack_with_delay_redelivers_after_the_delay(queues: list[Queue], name: str) -> None:
     q = open_q(queues, name)
     with enqueue(Order, q) as (out, _):
