@@ -44,7 +44,7 @@ from .retry import Backoff, Constant, Exponential, Linear
 from .select import Selected, select
 from .stats import Stats, observe
 from .urls import URLError, redact, register_scheme
-from .worker import Served, serve
+from .worker import Served, serve, stop_on_signals
 
 __all__ = [
     "ANY",
@@ -95,5 +95,6 @@ __all__ = [
     "register_scheme",
     "select",
     "serve",
+    "stop_on_signals",
 ]
 __version__ = "0.1.0"

@@ -22,12 +22,13 @@ broker, and the queue closes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -114,28 +115,59 @@ class _SignalStop:
     A Python signal handler runs in the main thread between two bytecodes,
     possibly while that thread holds the very lock `stop.set()` needs (inside
     `stop.wait()`, entering or leaving it): setting the event there would
-    deadlock. So the handler only writes a byte to a pipe (no lock), and this
-    thread, blocked reading it, sets the event.
+    deadlock. So the handler only writes the signal's number to a pipe (no
+    lock), and this thread, blocked reading it, records it and sets the event.
     """
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, received: list[signal.Signals]) -> None:
         self._read, self._write = os.pipe()
         self._stop = stop
+        self._received = received
         self._thread = threading.Thread(target=self._watch, name="qchan-serve-signals", daemon=True)
         self._thread.start()
 
     def handler(self, signum: int, frame: Any) -> None:
-        os.write(self._write, b"s")
+        os.write(self._write, bytes([signum]))
 
     def _watch(self) -> None:
-        while os.read(self._read, 1) == b"s":
+        while (byte := os.read(self._read, 1)) != b"\0":
+            self._received.append(signal.Signals(byte[0]))
             self._stop.set()
 
     def close(self) -> None:
-        os.write(self._write, b"q")
+        os.write(self._write, b"\0")
         self._thread.join()
         os.close(self._read)
         os.close(self._write)
+
+
+@contextlib.contextmanager
+def stop_on_signals(
+    stop: threading.Event,
+    signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> Iterator[list[signal.Signals]]:
+    """While inside, each of `signals` sets `stop`; yields the list of signals received.
+
+    The previous handlers come back on exit. The handler itself takes no lock
+    (it writes to a pipe; a thread of its own sets the event), so a signal that
+    arrives while the main thread is inside `stop.wait()` cannot deadlock it.
+    `serve` does this itself; use it to install the handlers earlier, e.g.
+    before a worker prints that it is ready. Outside the main thread (where
+    Python delivers no signals) it installs nothing.
+    """
+    received: list[signal.Signals] = []
+    wanted = list(signals)
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    watcher = _SignalStop(stop, received)
+    previous = {sig: signal.signal(sig, watcher.handler) for sig in wanted}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        watcher.close()
 
 
 def serve(
@@ -164,15 +196,28 @@ def serve(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, not {workers}")
     stop = stop or threading.Event()
+    # The handlers only have the event set: the stop itself runs below, in this
+    # thread, outside any signal handler.
+    with stop_on_signals(stop, signals):
+        return _serve(
+            handler, type_, q, workers=workers, category=category, with_msg=with_msg,
+            stop=stop, close_queue=close_queue, timeout=timeout,
+        )
+
+
+def _serve(
+    handler: Callable[[T], object] | Callable[[Msg[T]], object],
+    type_: type[T],
+    q: Queue,
+    *,
+    workers: int,
+    category: str | None,
+    with_msg: bool,
+    stop: threading.Event,
+    close_queue: bool,
+    timeout: float | None,
+) -> Served:
     started = time.monotonic()
-    installed: dict[int, Any] = {}
-    watcher: _SignalStop | None = None
-    if threading.current_thread() is threading.main_thread():
-        watcher = _SignalStop(stop)
-        for sig in signals:
-            # The handler only has the event set: the stop itself runs below, in
-            # this thread, outside the signal handler.
-            installed[sig] = signal.signal(sig, watcher.handler)
     halt: Chan[None] = Chan(0, name=f"{q.name}.serve.stop")
     rcv, ack = dequeue(type_, q, category=category, capacity=workers)
     pool: _Pool[T] = _Pool(
@@ -199,8 +244,4 @@ def serve(
         Dequeued(rcv, ack).close()  # acks applied, un-handled messages released
         if close_queue:
             q.close(max(0.0, deadline - time.monotonic()))
-        for signum, previous in installed.items():
-            signal.signal(signum, previous)
-        if watcher is not None:
-            watcher.close()
     return Served(pool.counts.handled, pool.counts.failed, time.monotonic() - started)

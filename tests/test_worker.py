@@ -17,7 +17,7 @@ from helpers import start, wait_for
 from qchan import AT_MOST_ONCE, Queue, enqueue, serve
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.testing import Order
-from qchan.worker import _SignalStop
+from qchan.worker import _SignalStop, stop_on_signals
 
 
 def test_handles_acks_and_stops_on_the_event() -> None:
@@ -125,7 +125,8 @@ def test_a_signal_that_lands_while_the_main_thread_holds_the_stop_events_lock() 
     `stop.wait()` holding the event's lock: `stop.set()` there deadlocked (seen on CI,
     a worker process that never exited after SIGTERM)."""
     stop = threading.Event()
-    watcher = _SignalStop(stop)
+    received: list[signal.Signals] = []
+    watcher = _SignalStop(stop, received)
     try:
         def signal_inside_wait() -> None:
             with stop._cond:  # type: ignore[attr-defined]  # as inside Event.wait
@@ -134,8 +135,20 @@ def test_a_signal_that_lands_while_the_main_thread_holds_the_stop_events_lock() 
         landed = start(signal_inside_wait)
         landed.outcome(5.0)  # returns: the handler did not wait for the lock
         assert stop.wait(5.0)
+        assert received == [signal.SIGTERM]
     finally:
         watcher.close()
+
+
+def test_stop_on_signals_sets_the_event_names_the_signal_and_restores_handlers() -> None:
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGUSR1)
+    with stop_on_signals(stop, (signal.SIGUSR1,)) as received:
+        assert signal.getsignal(signal.SIGUSR1) is not before
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.wait(5.0)
+    assert received == [signal.SIGUSR1]
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_queue_closed_elsewhere_ends_serve() -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 from argparse import ArgumentParser
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -64,7 +62,9 @@ class Command(BaseCommand):
             q = qchan.connect(url, **settings.QCHAN_OPTIONS)
         except (qchan.QchanError, TypeError, ValueError) as e:  # bad URL, option or broker
             raise CommandError(f"cannot open {qchan.redact(url)}: {e}") from e
-        with _stop_on_signals(stop) as received:
+        # Installed before the ready line (not left to serve): a script that sends SIGTERM
+        # as soon as it reads that line must get a graceful stop, not the default (kill).
+        with qchan.stop_on_signals(stop, STOP_SIGNALS) as received:
             self.stdout.write(
                 f"qchan_worker: handling orders from {q.url} with {workers} worker(s); "
                 f"SIGTERM or Ctrl-C stops"
@@ -72,7 +72,7 @@ class Command(BaseCommand):
             self.stdout.flush()  # scripts wait for this line
             served = qchan.serve(
                 _counting(handler, count, stop), Order, q, workers=workers, stop=stop,
-                signals=(),  # _stop_on_signals already handles them (see there)
+                signals=(),  # stop_on_signals above handles them
             )
         why = f" (stopped by {received[0].name})" if received else ""
         return (
@@ -101,28 +101,3 @@ def _counting(
     return handle
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[list[signal.Signals]]:
-    """SIGTERM and SIGINT set `stop` while inside; the previous handlers come back after.
-
-    The command installs these itself, before it prints that it is running,
-    rather than leaving it to `serve`: a script that sends SIGTERM as soon as it
-    reads that line must get a graceful stop, not the default (kill). Only the
-    main thread can install handlers; elsewhere (call_command in a thread), use
-    the `stop` event.
-    """
-    received: list[signal.Signals] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def on_signal(signum: int, _: FrameType | None) -> None:
-        received.append(signal.Signals(signum))  # just flag it: serve does the stopping
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
