@@ -813,8 +813,9 @@ def test_poison_is_left_for_the_redrive_policy(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
-@pytest.mark.parametrize("in_flight", [20, 500])
+@pytest.mark.parametrize(
+    ("fifo", "in_flight"), [(False, 500), (True, 20)], ids=["standard-default", "fifo-20"]
+)
 def test_a_slow_consumer_never_sends_a_message_to_the_redrive_dlq(
     fifo: bool, in_flight: int, make_queue: Any, sqs: Any, sqs_endpoint: str,  # noqa: F811
     *, adapters: Any,
