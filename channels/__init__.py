@@ -33,6 +33,7 @@ from .errors import (
     MessageError,
     MessageTooLarge,
     QchanError,
+    QueueFailed,
     RejectedError,
     UnroutableError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "Policy",
     "QchanError",
     "Queue",
+    "QueueFailed",
     "RecvChan",
     "RejectedError",
     "Selected",

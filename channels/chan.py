@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import ChannelClosed
+from .errors import ChannelClosed, QchanError, QueueFailed
 
 __all__ = ["Chan", "RecvChan", "SendChan"]
 
@@ -136,7 +136,8 @@ class Chan(Generic[T]):
     """
 
     __slots__ = (
-        "__weakref__", "_buf", "_cap", "_capacity", "_closed", "_lock", "_recvq", "_sendq", "name"
+        "__weakref__", "_buf", "_cap", "_capacity", "_closed", "_failure", "_lock", "_recvq",
+        "_sendq", "name",
     )
 
     def __init__(self, capacity: int = 0, *, name: str | None = None) -> None:
@@ -151,6 +152,7 @@ class Chan(Generic[T]):
         self._recvq: deque[_Entry] = deque()
         self._sendq: deque[_Entry] = deque()
         self._closed = False
+        self._failure: QueueFailed | None = None  # set by _fail: closed because its queue failed
         self.name = name
 
     # -- state ---------------------------------------------------------------
@@ -171,11 +173,28 @@ class Chan(Generic[T]):
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
-        state = " closed" if self._closed else ""
+        state = " failed" if self._failure else " closed" if self._closed else ""
         return f"<Chan{name} capacity={self._capacity} len={len(self._buf)}{state}>"
 
-    def _closed_error(self) -> ChannelClosed:
+    def _closed_error(self) -> QchanError:
+        """What a send on this closed channel raises."""
+        if self._failure is not None:
+            return self._failed_error()
         return ChannelClosed(f"send on closed channel {self!r}")
+
+    def _drained_error(self) -> QchanError:
+        """What a receive on this closed and drained channel raises."""
+        if self._failure is not None:
+            return self._failed_error()
+        return ChannelClosed(f"recv on closed channel {self!r}")
+
+    def _failed_error(self) -> QueueFailed:
+        # A fresh exception per raise (threads raising one instance share its traceback).
+        failure = self._failure
+        assert failure is not None
+        error = QueueFailed(str(failure))
+        error.__cause__ = failure.__cause__
+        return error
 
     # -- non-blocking cores (caller holds the lock) --------------------------
 
@@ -297,14 +316,14 @@ class Chan(Generic[T]):
             lock.release()
         if done:
             if not ok:
-                raise ChannelClosed(f"recv on closed channel {self!r}")
+                raise self._drained_error()
             return value  # type: ignore[no-any-return]
         if not self._park(w, self._recvq, timeout, receiving=True):
             raise TimeoutError(f"recv on {self!r} timed out after {timeout} s")
         ok, value = w.ok, w.value
         _release(w)
         if not ok:
-            raise ChannelClosed(f"recv on closed channel {self!r}")
+            raise self._drained_error()
         return value  # type: ignore[no-any-return]
 
     def _park(
@@ -337,9 +356,19 @@ class Chan(Generic[T]):
 
     def close(self) -> None:
         """Close the channel (idempotent) and wake every blocked sender, receiver and select."""
+        self._close(None)
+
+    def _fail(self, failure: QueueFailed) -> None:
+        """Close the channel because its queue failed: as `close()`, except that a send, and
+        a receive once the buffer is drained, raise `QueueFailed` instead of `ChannelClosed`
+        (so `for x in ch` raises too). A channel closed before keeps its plain close."""
+        self._close(failure)
+
+    def _close(self, failure: QueueFailed | None) -> None:
         with _Locked(self._lock):
             if self._closed:
                 return
+            self._failure = failure
             self._closed = True
             rq, self._recvq = self._recvq, deque()
             sq, self._sendq = self._sendq, deque()
@@ -422,7 +451,7 @@ class Chan(Generic[T]):
             lock.release()
 
     def __iter__(self) -> Iterator[T]:
-        """Receive until the channel is closed and drained."""
+        """Receive until the channel is closed and drained (`QueueFailed` if its queue failed)."""
         while True:
             try:
                 yield self.recv()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .adapter import Sending
 from .chan import Chan
 from .codec import Codec, EncodeError
-from .errors import ChannelClosed, QchanError, RejectedError
+from .errors import ChannelClosed, QchanError, QueueFailed, RejectedError
 from .event import Event, stamp
 from .message import Bag, Msg
 from .select import select
@@ -154,7 +154,7 @@ class Emitter:
         self._stopping = False
         self.abort = threading.Event()
         self._abort_chan: Chan[None] = Chan(0)
-        self.undelivered: list[Msg[Any]] = []
+        self.undelivered: list[Msg[Any]] = []  # appended by this thread, taken under _lock
         self._warned_full: set[str] = set()
         # A daemon only where CPython's threading exit hook exists: queue.py registers
         # one that closes (flushes) every open queue before the interpreter exits,
@@ -164,6 +164,10 @@ class Emitter:
             daemon=hasattr(threading, "_register_atexit"),
         )
         self._inflight: _Batch | None = None  # the batch inside adapter.send_batch now
+        # What the thread holds that is not settled (for a crash to name): the batch being
+        # gathered, and the part of a batch being retried.
+        self._gathering: _Batch | None = None
+        self._settling: _Batch | None = None
         # Submitted batches whose outcomes are not settled yet, oldest first.
         self.depth = max(1, int(queue.adapter.pipeline))
         self._pipe: deque[tuple[_Batch, Sending, float]] = deque()
@@ -202,8 +206,23 @@ class Emitter:
             self._abort_chan.close()
             self.thread.join(min(1.0, timeout))
         if self.thread.is_alive():
-            return self.undelivered + self._abandon(senders, timeout)
-        return self.undelivered
+            abandoned = self._abandon(senders, timeout)
+            return self.take_undelivered(None) + abandoned
+        return self.take_undelivered(None)
+
+    def take_undelivered(self, category: str | None) -> list[Msg[Any]]:
+        """Take the undelivered messages (of `category`, or all)."""
+        with self._lock:
+            if category is None:
+                mine, self.undelivered = self.undelivered, []
+            else:
+                mine = [m for m in self.undelivered if m.category == category]
+                self.undelivered = [m for m in self.undelivered if m.category != category]
+        return mine
+
+    def _undeliverable(self, msg: Msg[Any]) -> None:
+        with self._lock:
+            self.undelivered.append(msg)
 
     def _abandon(self, senders: list[Sender], timeout: float) -> list[Msg[Any]]:
         """The emitter is stuck inside the adapter (a stalled link): stop waiting for it.
@@ -228,20 +247,30 @@ class Emitter:
                     abandoned.append(Msg(object=obj, category=bag.category,
                                          attributes=bag.attributes, error=unknown, bag=bag))
         unsent = RuntimeError(f"not sent: close_timeout={timeout} s passed first")
-        for put in self.puts._recv_many(1 << 30):
-            put.resolve(unsent)
-        for s in senders:
-            if s.out is not None:
-                abandoned.extend(
-                    Msg(object=obj, category=s.category, attributes=s.attributes, error=unsent)
-                    for obj in s.out._recv_many(1 << 30)
-                )
+        abandoned.extend(self._unsent(senders, unsent))
         self.log.error(
             "queue %s: the emitter is blocked in %r past close_timeout; %d message(s) with "
             "an unknown outcome or not sent are reported", self.q.name, self.adapter,
             len(abandoned),
         )
         return abandoned
+
+    def _unsent(self, senders: list[Sender], error: BaseException) -> list[Msg[Any]]:
+        """What is still buffered in the out channels, and the puts not taken: never sent.
+        Then every sender is finished: its dlq closes, and leaving `with enqueue` returns."""
+        unsent: list[Msg[Any]] = []
+        for put in self.puts._recv_many(1 << 30):
+            put.resolve(error)
+        for s in senders:
+            if s.out is not None:
+                unsent.extend(
+                    Msg(object=obj, category=s.category, attributes=s.attributes, error=error)
+                    for obj in s.out._recv_many(1 << 30)
+                )
+            if s.dlq is not None:
+                s.dlq.close()
+            s.finished.close()
+        return unsent
 
     def _ring(self) -> None:
         try:
@@ -266,12 +295,47 @@ class Emitter:
                     if s.dlq is not None:
                         s.dlq.close()
                     s.finished.close()
+                failure = self.q.failure
+                if failure is not None:  # another thread failed the queue: take no more
+                    self._collect(wait_all=True)
+                    self._finish_all(failure)
+                    return
                 if self._drained():
                     return
-        except BaseException as e:  # a bug in qchan: say so loudly, fail what is pending
-            self.log.critical("queue %s: emitter crashed", self.q.name, exc_info=True)
-            self.q._report(QchanError(f"emitter of queue {self.q.name!r} crashed: {e!r}"))
-            raise
+        except BaseException as e:
+            self._crashed(e)
+
+    def _finish_all(self, error: BaseException) -> None:
+        """Stop for good: everything not yet sent is undelivered, every sender finished."""
+        with self._lock:
+            self._stopping = True
+            senders = [*self._added, *self._senders]
+            self._added = []
+        self._senders = []
+        self._puts_open = False
+        for msg in self._unsent(senders, error):
+            self._undeliverable(msg)
+
+    def _crashed(self, error: BaseException) -> None:
+        """This thread raised: fail the queue, and name every message it held."""
+        self.q._fail(error, "emitter")
+        failure = self.q.failure or QueueFailed(f"queue {self.q.name!r} failed")
+        batches = [b for b, _, _ in self._pipe]
+        for b in (self._settling, self._inflight, self._gathering):
+            if b is not None and b not in batches:
+                batches.append(b)
+        self._pipe.clear()
+        for batch in batches:
+            for origin, obj, bag in zip(batch.origins, batch.objs, batch.bags, strict=True):
+                if origin is None:
+                    obj.resolve(failure)
+                else:
+                    self._undeliverable(Msg(object=obj, category=bag.category,
+                                            attributes=bag.attributes, error=failure, bag=bag))
+        try:
+            self._finish_all(failure)
+        except BaseException as e:
+            self.log.critical("emitter could not wind down: %s", e, exc_info=e)
 
     def _drained(self) -> bool:
         """Stopping, and every channel this emitter reads is closed and flushed."""
@@ -311,7 +375,7 @@ class Emitter:
                 lent.append(s.out)
 
     def _gather_lent(self, closed: list[Sender], lent: list[Chan[Any]]) -> _Batch:
-        batch = _Batch()
+        batch = self._gathering = _Batch()
         deadline: float | None = None
         cases, senders, first_out = self._layout()
         while len(batch) < self.batch_size:
@@ -320,11 +384,16 @@ class Emitter:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
-            sel = select(*cases, timeout=timeout)
+            try:
+                sel = select(*cases, timeout=timeout)
+            except QueueFailed:  # the queue failed: its channels raise now
+                break
             if sel is None:
                 break
             index = sel.index
-            if index == 0:  # the doorbell: new senders or stopping
+            if index == 0:  # the doorbell: new senders, stopping, or the queue failed
+                if self.q.failure is not None:
+                    break
                 with self._lock:
                     added, self._added = self._added, []
                 self._senders.extend(added)
@@ -355,6 +424,7 @@ class Emitter:
                            batch)
             if batch and deadline is None:
                 deadline = time.monotonic() + self.linger
+        self._gathering = None
         return batch
 
     def _take(self, sender: Sender, objs: list[Any], batch: _Batch) -> None:
@@ -455,11 +525,21 @@ class Emitter:
     ) -> None:
         """Settle the batch (sending it first unless its outcomes are known); retry the
         failures in order; dead-letter what the policy gives up on."""
+        self._settle(batch, started, outcomes)
+        self._settling = None  # (left set if that raised: a crash names what it held)
+
+    def _settle(
+        self,
+        batch: _Batch,
+        started: float,
+        outcomes: Sequence[BaseException | None] | None,
+    ) -> None:
         stats = self.q._counters
         attempt = 0
         pending = batch
         while pending:
             attempt += 1
+            self._settling = pending
             if outcomes is None:
                 results = self._send(pending)
             else:
@@ -487,6 +567,8 @@ class Emitter:
                     errors.append(err)
             if not failed:
                 return
+            self._settling = pending = pending.subset(failed)
+            failed = list(range(len(failed)))
             wait = None if self.abort.is_set() else self.retry.next(
                 attempt, time.monotonic() - started
             )
@@ -504,7 +586,6 @@ class Emitter:
                 self.q.name, len(failed), errors[0], attempt, wait,
             )
             self.abort.wait(wait)
-            pending = pending.subset(failed)
 
     @staticmethod
     def _resolve_puts(batch: _Batch) -> None:
@@ -528,15 +609,15 @@ class Emitter:
         )
         dlq = sender.dlq
         if dlq is None:
-            self.undelivered.append(msg)
+            self._undeliverable(msg)
             return
         try:
             dlq.send(msg, timeout=0)
             return
         except TimeoutError:
             pass
-        except ChannelClosed:
-            self.undelivered.append(msg)
+        except (ChannelClosed, QueueFailed):
+            self._undeliverable(msg)
             return
         if sender.category not in self._warned_full and not self.abort.is_set():
             self._warned_full.add(sender.category)
@@ -548,6 +629,6 @@ class Emitter:
             sel = select((dlq, msg), self._abort_chan)
             if sel is not None and sel.index == 0:
                 return
-        except ChannelClosed:
+        except (ChannelClosed, QueueFailed):
             pass
-        self.undelivered.append(msg)
+        self._undeliverable(msg)

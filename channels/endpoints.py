@@ -16,7 +16,7 @@ from . import tracing
 from .chan import Chan, RecvChan, SendChan
 from .codec import Codec, category_for, codec_for
 from .emitter import Sender
-from .errors import EnqueueError
+from .errors import EnqueueError, QueueFailed
 from .event import Event
 from .listener import Receiver
 from .message import Msg
@@ -92,16 +92,23 @@ class Enqueued(NamedTuple, Generic[T]):
             f"{len(failed)} {failed[0].category!r} message(s) were not delivered and not "
             f"received from dlq (first error: {failed[0].error!r})"
         )
-        if exc_type is None:
-            raise EnqueueError(summary + "; see .failed", failed)
+        if exc_type is None or isinstance(exc, QueueFailed):
+            # On a failed queue this error, with the list, replaces the block's QueueFailed
+            # (its cause): the messages it names are what the application needs.
+            cause = exc if isinstance(exc, QueueFailed) else next(
+                (m.error for m in failed if isinstance(m.error, QueueFailed)), None
+            )
+            raise EnqueueError(summary + "; see .failed", failed) from cause
         log.error("%s; the block raised %s first", summary, exc_type.__name__)
 
     def close(self) -> list[Msg[T]]:
-        """Close `out`, wait for its flush, and return what ended on `dlq` unreceived."""
+        """Close `out`, wait for its flush, and return what ended on `dlq` unreceived, and
+        what is not known to be delivered (a failed queue, a close that timed out)."""
         entry = _SENDERS.pop(self.out._chan, None)
         self.out.close()
+        dlq = self.dlq._chan
         if entry is None:  # closed before
-            return list(self.dlq)
+            return dlq._recv_many(1 << 30)
         queue, sender = entry
         failed: list[Msg[T]] = []
         # Drain the dlq while waiting: the emitter may be waiting for room on it.
@@ -109,16 +116,21 @@ class Enqueued(NamedTuple, Generic[T]):
         while True:
             cases: list[Any] = [sender.finished]
             if dlq_open:
-                cases.append(self.dlq)
-            sel = select(*cases)
+                cases.append(dlq)
+            try:
+                sel = select(*cases)
+            except QueueFailed:  # the queue failed: the emitter finishes this sender now
+                dlq_open = False
+                continue
             assert sel is not None
             if sel.index == 0:
-                failed.extend(self.dlq)
                 break
             if sel.ok:
                 failed.append(sel.value)
             else:
                 dlq_open = False
+        failed.extend(dlq._recv_many(1 << 30))
+        failed.extend(queue._undelivered(sender.category))
         queue._drop_sender(sender)
         return failed
 
@@ -274,6 +286,9 @@ class SyncEnqueuer(Generic[T]):
                 f"no answer from {self._q!r} within {timeout} s; the message may still be "
                 f"delivered"
             )
+        if isinstance(put.error, QueueFailed):
+            failed = QueueFailed(str(put.error))
+            raise failed from put.error.__cause__
         if put.error is not None:
             raise EnqueueError(
                 f"{self._q!r} did not accept a {self.category!r} message: {put.error}",

@@ -14,6 +14,17 @@ class ChannelClosed(QchanError):
     """The channel is closed: nothing more can be sent, or nothing is left to receive."""
 
 
+class QueueFailed(QchanError):
+    """A worker thread of the queue failed unexpectedly, so the queue stopped.
+
+    Raised by every call blocked on (or made on) one of the queue's channels;
+    `__cause__` is the original error. Messages sent and not known to be
+    delivered are named by the `EnqueueError` that leaving `with enqueue(...)`
+    or `q.close()` raises; messages received and not acked stay on the broker,
+    which redelivers them.
+    """
+
+
 class EnqueueError(QchanError):
     """Messages could not be handed to the broker.
 

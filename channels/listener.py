@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from .chan import Chan
 from .codec import Codec, JSONCodec
-from .errors import ChannelClosed, ConnectionLost, DecodeError, MessageError, UnroutableError
+from .errors import (
+    ChannelClosed,
+    ConnectionLost,
+    DecodeError,
+    MessageError,
+    QchanError,
+    QueueFailed,
+    UnroutableError,
+)
 from .message import Bag, Msg
 from .select import select
 
@@ -140,11 +148,15 @@ class Listener:
             self._stopping = True
             self._cond.notify_all()
         self.adapter.wakeup()
+        deadline = time.monotonic() + timeout
         self._poller.join(timeout)
         if self._poller.is_alive():
             self.log.warning("queue %s: poller still in receive after %.1f s", self.q.name, timeout)
-        self.ctl.send(("stop", None))
-        self._dispatcher.join(timeout)
+        try:
+            self.ctl.send(("stop", None), timeout=max(0.0, deadline - time.monotonic()))
+        except (ChannelClosed, TimeoutError):
+            pass  # the dispatcher has stopped (it closes ctl), or is stuck: joined below
+        self._dispatcher.join(max(0.0, deadline - time.monotonic()))
         if self._dispatcher.is_alive():
             self.log.warning(
                 "queue %s: dispatcher did not stop within %.1f s", self.q.name, timeout
@@ -184,13 +196,19 @@ class Listener:
         return "hold" if self._count >= self.limit else "receive"
 
     def _poll(self) -> None:
+        try:
+            self._poll_loop()
+        except BaseException as e:
+            self.q._fail(e, "poller")
+
+    def _poll_loop(self) -> None:
         failures = 0
         state = ""
         serviceable = True  # does the adapter want hold/idle calls? (it says so by returning True)
         while True:
             with self._cond:
                 while True:
-                    if self._stopping:
+                    if self._stopping or self.q._failure is not None:
                         return
                     now = self._state()
                     if now != state:  # a new state: ask the adapter (again) whether it tends it
@@ -291,12 +309,16 @@ class Listener:
     # -- the dispatcher thread -------------------------------------------------
 
     def _dispatch(self) -> None:
+        dispatcher = _Dispatcher(self)
         try:
-            _Dispatcher(self).run()
+            dispatcher.run()
         except BaseException as e:
-            self.log.critical("queue %s: dispatcher crashed", self.q.name, exc_info=True)
-            self.q._report(ConnectionLost(f"dispatcher of queue {self.q.name!r} crashed: {e!r}"))
-            raise
+            # What it held stays un-acked on the broker, which redelivers it.
+            self.q._fail(e, "dispatcher")
+            self.ctl.close()
+            self.inbox.close()
+            for r in [*dispatcher.receivers, *self.routes.values()]:
+                r.finished.set()
 
     def report_unroutable(self, p: _Poison) -> None:
         """Say once per message id that it is unroutable (the broker will bring it back)."""
@@ -358,6 +380,18 @@ class _Dispatcher:
         # collections: fewer messages are allocated before the first ones are freed.
         self.ack_batch = max(1, min(self.adapter.max_batch, listener.limit // 2))
         self.next_beat = time.monotonic() + (listener.heartbeat or 0.0)
+        self.failed = False  # the queue failed: its rcv and ack channels raise now
+
+    def _failed(self) -> None:
+        """The queue failed: apply the acks already sent, hand out nothing more, and wait
+        for the wind-down's stop (which releases what is held)."""
+        self.failed = True
+        now = time.monotonic()
+        for r in self.acks_open:
+            for m in r.ack._recv_many(1 << 30):
+                self._on_ack(m, now)
+        self.acks_open = []
+        self._flush_acks()
 
     def run(self) -> None:
         ctl, inbox = self.l.ctl, self.l.inbox
@@ -365,9 +399,13 @@ class _Dispatcher:
             cases: list[Any] = [ctl, inbox]
             cases.extend(r.ack for r in self.acks_open)
             first_send = len(cases)
-            sending = [r for r in self.receivers if r.pending]
+            sending = [r for r in self.receivers if r.pending] if not self.failed else []
             cases.extend((r.rcv, r.pending[0]) for r in sending)
-            sel = select(*cases, timeout=self._timeout())
+            try:
+                sel = select(*cases, timeout=self._timeout())
+            except QueueFailed:
+                self._failed()
+                continue
             now = time.monotonic()
             if sel is not None:
                 i = sel.index
@@ -416,7 +454,8 @@ class _Dispatcher:
     def _open(self, r: Receiver) -> None:
         if r not in self.receivers:
             self.receivers.append(r)
-            self.acks_open.append(r)
+            if not self.failed:
+                self.acks_open.append(r)
 
     def _take(self, batch: _Batch) -> None:
         for item in batch:
@@ -478,7 +517,13 @@ class _Dispatcher:
                 assert m.bag is not None
                 parked[m.bag] = r
 
-    def _on_ack(self, msg: Msg[Any], now: float) -> None:
+    def _on_ack(self, msg: Msg[Any] | object, now: float) -> None:
+        if type(msg) is not Msg and not isinstance(msg, Msg):  # the application's mistake
+            self.q._report(QchanError(
+                f"queue {self.q.name!r}: the ack channel got {_short(msg)}, not a Msg received "
+                f"from rcv; ignored (send the Msg itself, or msg.fail(err))"
+            ))
+            return
         bag = msg.bag
         entry = self.flight.pop(bag, None) if bag is not None else None
         if entry is None and bag is not None and self.parked:
@@ -618,14 +663,14 @@ class _Dispatcher:
         r.rcv.close()
         held: list[Bag] = [m.bag for m in r.pending if m.bag is not None]
         r.pending.clear()
-        for m in r.rcv:  # buffered, never received by the application
+        for m in r.rcv._recv_many(1 << 30):  # buffered, never received by the application
             assert m.bag is not None
             if self.flight.pop(m.bag, None) is None:
                 self.parked.pop(m.bag, None)
             held.append(m.bag)
         r.ack.close()
         now = time.monotonic()
-        for m in r.ack:  # acks the application sent before closing
+        for m in r.ack._recv_many(1 << 30):  # acks the application sent before closing
             self._on_ack(m, now)
         self._flush_acks()
         for bag, (owner, _) in list(self.flight.items()):

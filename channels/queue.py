@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import types
 import weakref
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from typing import Any
 from .adapter import Adapter, Hooks
 from .chan import Chan, SendChan
 from .emitter import Emitter, Put, Sender
-from .errors import ChannelClosed, EnqueueError, QchanError
+from .errors import ChannelClosed, EnqueueError, QchanError, QueueFailed, describe
 from .listener import Listener, Receiver
 from .message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
 from .retry import Backoff, Exponential
@@ -123,11 +124,18 @@ class Queue:
         self._listener: Listener | None = None
         self._closing = False
         self._closed = threading.Event()
+        self._failure: QueueFailed | None = None
+        self._down = threading.Event()  # closed, or failed: what q.wait() waits for
+        # Messages not known to be delivered, left when a failed queue wound down:
+        # `with enqueue` takes its category's, close() raises the rest.
+        self._leftover: list[Any] = []
         adapter.bind(_KernelHooks(self))
         _OPEN.add(self)
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed.is_set() else ""
+        state = (
+            " failed" if self._failure is not None else " closed" if self._closed.is_set() else ""
+        )
         return f"<Queue {self.url}{state}>"
 
     # -- state -----------------------------------------------------------------
@@ -136,10 +144,17 @@ class Queue:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def failure(self) -> QueueFailed | None:
+        """Why the queue failed (a worker thread raised; see `QueueFailed`), or None."""
+        return self._failure
+
     def stats(self) -> Stats:
         """Counters since the queue opened, and how many messages are in flight now."""
         listener = self._listener
-        return self._counters.snapshot(listener.in_flight if listener else 0)
+        return self._counters.snapshot(
+            listener.in_flight if listener else 0, self._failure is not None
+        )
 
     def attributes(self, category: str) -> Mapping[str, str]:
         """The wire attributes this queue sends with a message of `category`."""
@@ -205,8 +220,17 @@ class Queue:
             listener.remove(receiver, self.close_timeout)
 
     def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure_now()
         if self._closing:
             raise ChannelClosed(f"{self!r} is closed")
+
+    def _failure_now(self) -> QueueFailed:
+        """A fresh QueueFailed to raise (the queue has failed)."""
+        assert self._failure is not None
+        error = QueueFailed(str(self._failure))
+        error.__cause__ = self._failure.__cause__
+        return error
 
     # -- errors ---------------------------------------------------------------
 
@@ -224,6 +248,72 @@ class Queue:
         else:
             self.log.error("queue %s: %s", self.name, error, exc_info=error)
 
+    def _fail(self, error: BaseException, thread: str) -> None:
+        """A worker thread of this queue raised unexpectedly: fail the queue, loudly.
+
+        The one rule for every kernel thread (emitter, poller, dispatcher, serve's
+        workers): the error is logged with its traceback and put on `errors`; every
+        channel of the queue fails, so each call blocked on one raises `QueueFailed`;
+        a thread of its own then winds the queue down as close() does (within
+        close_timeout), naming the messages not known to be delivered.
+        """
+        with self._lock:
+            if self._failure is not None or self._closed.is_set():
+                first = False
+            else:
+                first = True
+                failure = QueueFailed(
+                    f"queue {self.name!r} failed: its {thread} thread raised "
+                    f"{describe(error)}"
+                )
+                failure.__cause__ = error
+                self._failure = failure
+                closing = self._closing
+                self._closing = True
+                senders = list(self._senders.values())
+                receivers = list(self._receivers.values())
+                emitter = self._emitter
+        if not first:  # failed (or closed) already: still say what happened
+            self.log.error("%s thread raised after the queue stopped", thread, exc_info=error)
+            return
+        self.log.critical("%s; it winds down now", failure, exc_info=error)
+        if self.errors is not None:
+            try:
+                self.errors.send(failure, timeout=0)
+            except (TimeoutError, QchanError):
+                self.log.error("the errors channel did not take the failure (full or closed)")
+        self._down.set()
+        for sender in senders:
+            for ch in (sender.out, sender.dlq):
+                if ch is not None:
+                    ch._fail(failure)
+        for receiver in receivers:
+            receiver.rcv._fail(failure)
+            receiver.ack._fail(failure)
+        if emitter is not None:
+            emitter.puts._fail(failure)
+            emitter._ring()
+        if not closing:  # nobody is closing it yet: wind down now, off this thread
+            threading.Thread(
+                target=self._wind_down, name=f"qchan-failed-{self.name}", daemon=True
+            ).start()
+
+    def _wind_down(self) -> None:
+        try:
+            self._shut(self.close_timeout)
+        except Exception as e:
+            self.log.error("winding down after the failure: %s", e, exc_info=e)
+
+    def _undelivered(self, category: str) -> list[Any]:
+        """Take the messages of `category` not known to be delivered (see `_leftover`)."""
+        with self._lock:
+            emitter = self._emitter
+            mine = [m for m in self._leftover if m.category == category]
+            self._leftover = [m for m in self._leftover if m.category != category]
+        if emitter is not None:
+            mine += emitter.take_undelivered(category)
+        return mine
+
     def _revoke(self, predicate: Any) -> int:
         listener = self._listener
         return listener.revoke(predicate) if listener is not None else 0
@@ -233,43 +323,57 @@ class Queue:
     def close(self, timeout: float | None = None) -> None:
         """Stop receiving, release un-acked messages, flush what was sent, join every thread.
 
-        Raises `EnqueueError` listing the messages that were neither delivered
-        nor handed back on a dlq (its `failed` attribute holds them).
+        Returns within `timeout` (default close_timeout) and a little more. Raises
+        `EnqueueError` listing the messages that were neither delivered nor handed
+        back on a dlq (its `failed` attribute holds them); on a failed queue its
+        `__cause__` is the `QueueFailed`.
         """
-        with self._lock:
-            if self._closing:
-                closing_elsewhere = True
-            else:
-                closing_elsewhere = False
-                self._closing = True
-            listener, emitter = self._listener, self._emitter
-        if closing_elsewhere:
-            self._closed.wait()
-            return
         timeout = self.close_timeout if timeout is None else timeout
-        undelivered: list[Any] = []
-        try:
-            if listener is not None:
-                listener.stop(timeout)
-            if emitter is not None:
-                undelivered = emitter.stop(timeout)
-        finally:
-            try:
-                self.adapter.close()
-            except Exception as e:
-                self.log.warning("queue %s: closing the adapter failed: %s", self.name, e)
-            _OPEN.discard(self)
-            self._closed.set()
+        with self._lock:
+            closing_elsewhere = self._closing
+            self._closing = True
+        if closing_elsewhere:
+            # Another thread (or a failure's wind-down) closes it: wait for that.
+            if not self._closed.wait(timeout + 2.0):
+                self.log.warning("still closing after %.1f s; not waiting longer", timeout)
+        else:
+            self._shut(timeout)
+        with self._lock:
+            undelivered, self._leftover = self._leftover, []
         if undelivered:
-            raise EnqueueError(
+            error = EnqueueError(
                 f"{self!r} closed with {len(undelivered)} message(s) neither delivered nor "
                 f"handed back on a dlq (first: {undelivered[0].error!r}); see .failed",
                 undelivered,
             )
+            raise error from self._failure
+
+    def _shut(self, timeout: float) -> None:
+        """The close itself (one thread runs it): listener, emitter, adapter, in that order."""
+        with self._lock:
+            listener, emitter = self._listener, self._emitter
+        deadline = time.monotonic() + timeout
+        try:
+            if listener is not None:
+                listener.stop(timeout)
+            if emitter is not None:
+                # Some time for the flush, even if the listener took it all.
+                left = emitter.stop(max(deadline - time.monotonic(), min(1.0, timeout)))
+                with self._lock:
+                    self._leftover.extend(left)
+        finally:
+            try:
+                self.adapter.close()
+            except Exception as e:
+                self.log.warning("closing the adapter failed: %s", e)
+            _OPEN.discard(self)
+            self._closed.set()
+            self._down.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the queue is closed (by another thread or a signal handler)."""
-        return self._closed.wait(timeout)
+        """Block until the queue is closed (by another thread or a signal handler) or has
+        failed (see `failure`); False if `timeout` seconds passed first."""
+        return self._down.wait(timeout)
 
     def __enter__(self) -> Queue:
         return self

@@ -78,6 +78,8 @@ def _perform(op: _Op, index: int) -> Selected | None:
     if sending:
         return _selected(index, None, True) if c._offer(value) else None
     done, got, ok = c._take()
+    if done and not ok and c._failure is not None:
+        raise c._failed_error()
     return _selected(index, got, ok) if done else None
 
 
@@ -86,8 +88,10 @@ def select(*cases: Case, timeout: float | None = None) -> Selected | None:
 
     A case is a channel to receive from, or a `(channel, value)` pair to send.
     When several are ready one is chosen uniformly at random. A send case on a
-    closed channel raises `ChannelClosed`. Returns None once `timeout` seconds
-    pass with no case ready (`timeout=0` polls once).
+    closed channel raises `ChannelClosed`; a case on a channel of a failed
+    queue raises `QueueFailed` (a receive case once its buffer is drained).
+    Returns None once `timeout` seconds pass with no case ready (`timeout=0`
+    polls once).
     """
     n = len(cases)
     if n == 0:
@@ -231,4 +235,6 @@ def _wait(w: Any, ops: list[_Op], chans: list[Chan[Any]], timeout: float | None)
         if not ok:
             raise c._closed_error()
         return _selected(index, None, True)
+    if not ok and c._failure is not None:
+        raise c._failed_error()
     return _selected(index, value, ok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Stats", "observe"]
 
+log = logging.getLogger("qchan.stats")
+
 
 @attrs.frozen
 class Stats:
@@ -23,7 +26,8 @@ class Stats:
     from the broker. redelivered: received although the broker had delivered it
     before. acked / nacked: acknowledgements applied. expired: not acked within
     `time_to_flight`, so released. poison: undecodable or unroutable. in_flight:
-    received and not yet acked, nacked or released.
+    received and not yet acked, nacked or released. failed: a worker thread raised
+    and the queue stopped (`Queue.failure` says why).
     """
 
     sent: int = 0
@@ -36,6 +40,7 @@ class Stats:
     expired: int = 0
     poison: int = 0
     in_flight: int = 0
+    failed: bool = False
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name (for a metrics exporter)."""
@@ -55,11 +60,12 @@ class Counters:
         self.received = self.redelivered = self.poison = 0  # poller thread
         self.acked = self.nacked = self.expired = 0  # dispatcher thread
 
-    def snapshot(self, in_flight: int) -> Stats:
+    def snapshot(self, in_flight: int, failed: bool = False) -> Stats:
         return Stats(
             sent=self.sent, retried=self.retried, dead_lettered=self.dead_lettered,
             received=self.received, redelivered=self.redelivered, acked=self.acked,
             nacked=self.nacked, expired=self.expired, poison=self.poison, in_flight=in_flight,
+            failed=failed,
         )
 
 
@@ -69,15 +75,32 @@ def observe(
     """Call `export(queue_name, stats)` every `every` seconds, and once more when the
     queue closes; returns a function that stops it. Runs on a daemon thread of its own
     (`qchan-metrics-<queue>`): hand the numbers to Prometheus, StatsD, logs...
+
+    An `export` that raises is logged (with its traceback the first time, then once
+    per 100 failures) and called again at the next tick: the exporter holds no
+    message, so its failure does not fail the queue.
     """
     if every <= 0:
         raise ValueError(f"every must be > 0 s, not {every}")
     stop = threading.Event()
+    failures = 0
+
+    def tick() -> None:
+        nonlocal failures
+        try:
+            export(q.name, q.stats())
+        except Exception as e:
+            failures += 1
+            if failures == 1 or failures % 100 == 0:
+                log.error(
+                    "queue %s: export %r raised (%d time(s) so far): %s", q.name, export,
+                    failures, e, exc_info=e if failures == 1 else None,
+                )
 
     def run() -> None:
         while not stop.is_set():
-            closed = q.wait(every)  # wakes at once when the queue closes
-            export(q.name, q.stats())
+            closed = q.wait(every)  # wakes at once when the queue closes (or fails)
+            tick()
             if closed:
                 return
 

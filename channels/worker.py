@@ -36,7 +36,7 @@ import attrs
 from . import tracing
 from .chan import Chan
 from .endpoints import Dequeued, dequeue
-from .errors import ChannelClosed
+from .errors import ChannelClosed, QueueFailed
 from .message import Msg
 from .queue import Queue
 from .select import select
@@ -66,8 +66,9 @@ class _Counts:
 class _Pool(Generic[T]):
     def __init__(
         self, *, handler: Callable[[Any], object], rcv: Any, ack: Any, stop: Chan[None],
-        with_msg: bool, name: str, stopped: threading.Event,
+        with_msg: bool, name: str, stopped: threading.Event, q: Queue,
     ) -> None:
+        self.q = q
         self.stopped = stopped
         self.handler = handler
         self.rcv = rcv
@@ -78,6 +79,15 @@ class _Pool(Generic[T]):
         self.counts = _Counts()
 
     def work(self) -> None:
+        try:
+            self._work()
+        except QueueFailed:
+            self.stopped.set()  # the queue failed (serve raises it once stopped)
+        except BaseException as e:  # noqa: BLE001 - supervised: the queue fails loudly
+            self.q._fail(e, "serve worker")
+            self.stopped.set()
+
+    def _work(self) -> None:
         while True:
             sel = select(self.stop, self.rcv)
             if sel is None or sel.index == 0:
@@ -191,7 +201,9 @@ def serve(
     thread, on any of `signals` (previous handlers are restored on return).
     Then each worker finishes its current message, un-handled messages go
     back to the broker, and the queue is closed (unless `close_queue=False`)
-    within `timeout` seconds (default: the queue's close_timeout).
+    within `timeout` seconds (default: the queue's close_timeout). If the queue
+    fails (a worker thread of it raised, see `QueueFailed`), serve stops the same
+    way and raises `QueueFailed`.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, not {workers}")
@@ -222,7 +234,7 @@ def _serve(
     rcv, ack = dequeue(type_, q, category=category, capacity=workers)
     pool: _Pool[T] = _Pool(
         handler=handler, rcv=rcv, ack=ack, stop=halt, with_msg=with_msg, name=q.name,
-        stopped=stop,
+        stopped=stop, q=q,
     )
     threads = [
         threading.Thread(target=pool.work, name=f"qchan-worker-{q.name}-{i}")
@@ -244,4 +256,6 @@ def _serve(
         Dequeued(rcv, ack).close()  # acks applied, un-handled messages released
         if close_queue:
             q.close(max(0.0, deadline - time.monotonic()))
+    if q.failure is not None:
+        raise q._failure_now()
     return Served(pool.counts.handled, pool.counts.failed, time.monotonic() - started)
