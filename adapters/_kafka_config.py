@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import attrs
 
 from qchan.message import Bag
+from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, unknown
 from qchan.urls import SECRET_KEY, URLError, redact
 
 __all__ = [
@@ -159,9 +160,9 @@ def parse_url(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
             except ValueError:
                 raise URLError(f"kafka URL option {name}={value!r} is not valid") from None
         else:
-            raise URLError(
-                f"unknown kafka URL option {name!r} in {redact(url)!r}; known: "
-                f"{', '.join(sorted(_QUERY_TYPES))} (librdkafka properties contain a dot)"
+            raise unknown(
+                f"kafka URL {redact(url)!r} (librdkafka properties contain a dot)", [name],
+                {*_QUERY_TYPES, *QUEUE_URL_OPTIONS}, URLOptionError,
             )
     if options.get("dlq") == "":
         options["dlq"] = None

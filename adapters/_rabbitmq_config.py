@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
+from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, unknown
 from qchan.urls import URLError, redact
 
 from . import _rabbitmq_pika as pk
@@ -89,6 +90,8 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 # Options that only make sense as Python objects.
 _KW_ONLY = frozenset({"queue_arguments", "ssl_context"})
+#: The keyword options of `from_url`.
+OPTIONS = frozenset({*_OPTIONS, *_KW_ONLY})
 
 
 @attrs.frozen
@@ -151,12 +154,7 @@ class Settings:
 
 def settings_from_url(url: str, options: Mapping[str, Any]) -> Settings:
     """Parse and validate; TypeError for an unknown keyword, URLError/ValueError for bad values."""
-    unknown = set(options) - set(_OPTIONS) - _KW_ONLY
-    if unknown:
-        raise TypeError(
-            f"unknown RabbitMQ option(s) {', '.join(sorted(unknown))}; known: "
-            f"{', '.join(sorted({*_OPTIONS, *_KW_ONLY}))}"
-        )
+    check_keywords("amqp://", options, OPTIONS)
     shown = redact(url)
     try:
         parts = urlsplit(url)
@@ -177,9 +175,9 @@ def settings_from_url(url: str, options: Mapping[str, Any]) -> Settings:
             except ValueError:
                 raise URLError(f"bad value {value!r} for {key}= in {shown!r}") from None
         else:
-            raise URLError(
-                f"unknown query key {key!r} in {shown!r}; ours: {', '.join(sorted(_OPTIONS))}; "
-                f"pika's: {', '.join(sorted(_PIKA_KEYS))}"
+            raise unknown(
+                f"RabbitMQ URL {shown!r}", [key], {*_OPTIONS, *QUEUE_URL_OPTIONS, *_PIKA_KEYS},
+                URLOptionError,
             )
     ours.update(options)
 

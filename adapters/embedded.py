@@ -24,6 +24,15 @@ from urllib.parse import parse_qs, urlsplit
 from qchan.adapter import Adapter
 from qchan.errors import ConnectionLost, MessageTooLarge, QchanError
 from qchan.message import Bag
+from qchan.options import (
+    QUEUE_URL_OPTIONS,
+    URLOptionError,
+    check_count,
+    check_keywords,
+    check_seconds,
+    unknown,
+)
+from qchan.urls import URLError
 
 __all__ = ["Broker", "EmbeddedAdapter", "QueueFull", "Wake", "broker", "from_url"]
 
@@ -298,19 +307,19 @@ class EmbeddedAdapter(Adapter):
         super().__init__(name)
         self.broker = broker(name)
         self._wake = Wake()
+        where = f"mem://{name}"
+        check_seconds("visibility_timeout", visibility_timeout, positive=True, optional=True,
+                      where=where)
+        check_count("max_receives", max_receives, optional=True, where=where)
+        check_count("max_message_size", max_message_size, optional=True, where=where)
+        check_count("max_depth", max_depth, optional=True, where=where)
         if visibility_timeout is not None:
-            if visibility_timeout <= 0:
-                raise ValueError(f"visibility_timeout must be > 0 s, not {visibility_timeout}")
             self.broker.visibility_timeout = visibility_timeout
         if max_receives is not None:
-            if max_receives < 1:
-                raise ValueError(f"max_receives must be >= 1, not {max_receives}")
             self.broker.max_receives = max_receives
         if max_message_size is not None:
             self.broker.max_message_size = max_message_size
         if max_depth is not None:
-            if max_depth < 1:
-                raise ValueError(f"max_depth must be >= 1, not {max_depth}")
             self.broker.max_depth = max_depth
 
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
@@ -332,17 +341,24 @@ class EmbeddedAdapter(Adapter):
         self.broker.wakeup(self._wake)
 
 
+_QUERY: dict[str, Any] = {
+    "visibility_timeout": float, "max_receives": int, "max_message_size": int, "max_depth": int,
+}
+#: The keyword options of `from_url` (the same names as the URL query keys).
+OPTIONS = frozenset(_QUERY)
+
+
 def from_url(url: str, **options: Any) -> EmbeddedAdapter:
     """`mem://name[?visibility_timeout=5&max_receives=3&max_message_size=1024]`."""
     parts = urlsplit(url)
     name = (parts.netloc + parts.path).strip("/")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    conv: dict[str, Any] = {
-        "visibility_timeout": float, "max_receives": int, "max_message_size": int,
-        "max_depth": int,
-    }
+    check_keywords(f"mem://{name}", options, OPTIONS)
     for k, v in query.items():
-        if k not in conv:
-            raise TypeError(f"mem:// does not take the option {k!r}; known: {sorted(conv)}")
-        options.setdefault(k, conv[k](v))
+        if k not in _QUERY:
+            raise unknown(f"mem:// URL {url!r}", [k], {*_QUERY, *QUEUE_URL_OPTIONS}, URLOptionError)
+        try:
+            options.setdefault(k, _QUERY[k](v))
+        except ValueError:
+            raise URLError(f"bad value {v!r} for {k}= in {url!r}: a number is needed") from None
     return EmbeddedAdapter(name, **options)

@@ -939,6 +939,10 @@ class KafkaAdapter(Adapter):
         self._producer = self._dlq_producer = None
 
 
+#: The keyword options of `from_url` (KafkaOptions, less what the URL itself names).
+OPTIONS = frozenset(a.name for a in attrs.fields(KafkaOptions)) - {"topic", "bootstrap"}
+
+
 def from_url(url: str, **options: Any) -> KafkaAdapter:
     """`kafka://host:9092[,host:9092]/topic?group=billing&dlq=orders.dead&partitions=4`."""
     parsed, config = parse_url(url)

@@ -36,6 +36,7 @@ from botocore.exceptions import (
 from qchan.adapter import Adapter
 from qchan.errors import ConnectionLost, MessageError, MessageTooLarge, QchanError, RejectedError
 from qchan.message import Bag
+from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, unknown
 from qchan.urls import URLError, redact
 
 from . import _sqs_wire as wire
@@ -540,6 +541,8 @@ _QUERY: dict[str, Callable[[str], Any]] = {
     "max_pool_connections": int,
 }
 _KEYWORDS = frozenset({*_QUERY, "queue_attributes", "group_id", "session", "client_cert"})
+#: The keyword options of `from_url`.
+OPTIONS = _KEYWORDS
 
 
 def from_url(url: str, **options: Any) -> SQSAdapter:
@@ -552,10 +555,7 @@ def from_url(url: str, **options: Any) -> SQSAdapter:
     up at once: a missing queue raises QueueNotFound (unless create=True); an
     unreachable endpoint is logged and retried on first use.
     """
-    unknown = set(options) - _KEYWORDS
-    if unknown:
-        raise TypeError(f"unknown SQS option(s): {', '.join(sorted(unknown))}; "
-                        f"known: {', '.join(sorted(_KEYWORDS))}")
+    check_keywords("sqs://", options, _KEYWORDS)
     name, params = _parse(url)
     params.update(options)
     adapter = SQSAdapter(name, **params)
@@ -579,8 +579,9 @@ def _parse(url: str) -> tuple[str, dict[str, Any]]:
     params: dict[str, Any] = {}
     for key, value in query:
         if key not in _QUERY:
-            raise URLError(f"unknown SQS URL parameter {key!r} in {redact(url)!r}; "
-                           f"known: {', '.join(sorted(_QUERY))}")
+            raise unknown(
+                f"SQS URL {redact(url)!r}", [key], {*_QUERY, *QUEUE_URL_OPTIONS}, URLOptionError
+            )
         try:
             params[key] = _QUERY[key](value)
         except (KeyError, ValueError):

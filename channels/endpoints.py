@@ -20,6 +20,7 @@ from .errors import EnqueueError, QueueFailed
 from .event import Event
 from .listener import Receiver
 from .message import Msg
+from .options import OptionError, check_count
 from .queue import Queue
 from .select import select
 
@@ -155,6 +156,20 @@ class Dequeued(NamedTuple, Generic[T]):
             queue._drop_receiver(receiver)
 
 
+def _check(call: str, type_: Any, q: Any, **counts: tuple[Any, int]) -> None:
+    """The arguments every endpoint shares: a type, a Queue, counts (value, minimum)."""
+    if not isinstance(q, Queue):
+        hint = " (open one with qchan.connect(url))" if isinstance(q, str) else ""
+        raise OptionError(f"{call} needs a qchan.Queue as its second argument, not {q!r}{hint}")
+    if not isinstance(type_, type) and get_origin(type_) is None:
+        raise OptionError(
+            f"{call} needs the type of the objects as its first argument (a class such as "
+            f"Order, or str, bytes, Event[Meta, Order]), not {type_!r}"
+        )
+    for name, (value, minimum) in counts.items():
+        check_count(name, value, minimum=minimum, optional=True, where=call)
+
+
 def _is_event(type_: Any) -> bool:
     return type_ is Event or get_origin(type_) is Event
 
@@ -189,6 +204,9 @@ def enqueue(
     sender's OpenTelemetry context as `traceparent` (default: when
     OpenTelemetry is installed; `select` send cases carry none).
     """
+    _check("enqueue", type_, q, capacity=(capacity, 0), dlq_capacity=(dlq_capacity, 0))
+    if not isinstance(policy, Policy):
+        raise OptionError(f"enqueue: policy must be AT_LEAST_ONCE or AT_MOST_ONCE, not {policy!r}")
     cat, cod = _resolve(type_, category, codec, converter)
     if policy is AT_LEAST_ONCE:
         if capacity:
@@ -247,6 +265,7 @@ def dequeue(
     Acknowledge each message with `ack.send(msg)`, or refuse it with
     `ack.send(msg.fail(err))` for redelivery.
     """
+    _check("dequeue", type_, q, capacity=(capacity, 0), ack_capacity=(ack_capacity, 1))
     cat, cod = _resolve(type_, category, codec, converter)
     rcv: Chan[Msg[T]] = Chan(capacity, name=f"{q.name}/{cat}.rcv")
     ack: Chan[Msg[T]] = Chan(ack_capacity, name=f"{q.name}/{cat}.ack")
@@ -315,6 +334,7 @@ def enqueue_sync(
     converter: cattrs.Converter | None = None,
 ) -> SyncEnqueuer[T]:
     """Open a synchronous sender of `type_` objects: `put(obj)` returns once the broker has it."""
+    _check("enqueue_sync", type_, q)
     cat, cod = _resolve(type_, category, codec, converter)
     sender = Sender(
         category=cat, codec=cod, attributes=q.attributes(cat), out=None, dlq=None, key=key,

@@ -19,9 +19,16 @@ from .emitter import Emitter, Put, Sender
 from .errors import ChannelClosed, EnqueueError, QchanError, QueueFailed, describe
 from .listener import Listener, Receiver
 from .message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
+from .options import (
+    QUEUE_OPTIONS,
+    OptionError,
+    QueueOptions,
+    check_keywords,
+    split_query,
+)
 from .retry import Backoff, Exponential
 from .stats import Counters, Stats
-from .urls import open_adapter, redact
+from .urls import adapter_options, open_adapter, redact
 
 __all__ = ["Queue", "connect"]
 
@@ -92,14 +99,17 @@ class Queue:
         close_timeout: float = 10.0,
         url: str | None = None,
     ) -> None:
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-        if in_flight < 1:
-            raise ValueError(f"in_flight must be >= 1, not {in_flight}")
-        for label, value in (("linger", linger), ("time_to_flight", time_to_flight),
-                             ("ack_linger", ack_linger), ("close_timeout", close_timeout)):
-            if value < 0:
-                raise ValueError(f"{label} must be >= 0 s, not {value}")
+        if not isinstance(adapter, Adapter):  # a caller without a type checker
+            hint = (  # type: ignore[unreachable]
+                " (for a URL, use qchan.connect(url))" if isinstance(adapter, str) else ""
+            )
+            raise OptionError(f"Queue needs a qchan.Adapter, not {adapter!r}{hint}")
+        QueueOptions(  # checks every option: type, range (OptionError names the option)
+            agent=agent, system=system, batch_size=batch_size, linger=linger, retry=retry,
+            poll_wait=poll_wait, in_flight=in_flight, time_to_flight=time_to_flight,
+            ack_linger=ack_linger, heartbeat=heartbeat, errors=errors,
+            close_timeout=close_timeout,
+        )
         self.adapter = adapter
         self.name = adapter.name
         self.log = logging.LoggerAdapter(log, {"queue": adapter.name})
@@ -399,18 +409,27 @@ _register_atexit = getattr(threading, "_register_atexit", None)
 if _register_atexit is not None:
     _register_atexit(_close_all_at_exit)
 
-_QUEUE_OPTIONS = frozenset({
-    "agent", "system", "batch_size", "linger", "retry", "poll_wait", "in_flight",
-    "time_to_flight", "ack_linger", "heartbeat", "errors", "close_timeout",
-})
-
-
 def connect(url: str, **options: Any) -> Queue:
     """Open the queue a URL names: `mem://orders`, `sqs://orders?region=...`, `amqp://...`.
 
-    Options the queue knows (see `Queue`) configure it; the rest go to the
-    transport's adapter, which rejects what it does not know.
+    Options the queue knows (see `Queue`) configure it, as keywords or, for the
+    numbers and names among them, as URL query keys (`mem://orders?in_flight=100`;
+    a keyword wins). The rest go to the transport's adapter. An unknown name, a
+    value of the wrong type or out of range raises `OptionError` (a TypeError and
+    a ValueError) naming it, with the valid names and the nearest one; in the URL
+    query, `URLError`.
     """
-    kernel = {k: options.pop(k) for k in list(options) if k in _QUEUE_OPTIONS}
-    adapter = open_adapter(url, **options)
+    if not isinstance(url, str):
+        raise OptionError(f"connect needs a queue URL string, not {url!r}")
+    url_for_adapter, from_query = split_query(url)
+    kernel = {**from_query, **{k: options.pop(k) for k in list(options) if k in QUEUE_OPTIONS}}
+    where = f"connect({redact(url)!r})"
+    try:
+        QueueOptions(**kernel)  # before the adapter opens (it may reach the network)
+    except OptionError as e:
+        raise OptionError(f"{where}: {e}") from None
+    own = adapter_options(url_for_adapter)
+    if own is not None:
+        check_keywords(where, options, {*QUEUE_OPTIONS, *own})
+    adapter = open_adapter(url_for_adapter, **options)
     return Queue(adapter, url=url, **kernel)

@@ -11,11 +11,12 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from .adapter import Adapter
 from .errors import QchanError
 
-__all__ = ["SECRET_KEY", "open_adapter", "redact", "register_scheme"]
+__all__ = ["SECRET_KEY", "adapter_options", "open_adapter", "redact", "register_scheme"]
 
 # scheme -> (module, extra to install). Each module defines
-# `from_url(url: str, **options) -> Adapter` and raises TypeError on an
-# option it does not know.
+# `from_url(url: str, **options) -> Adapter`, which raises on an option it does
+# not know, and `OPTIONS`, the names of its keyword options (for connect's
+# "did you mean" across the kernel's options and the adapter's).
 _BUILTIN: dict[str, tuple[str, str]] = {
     "mem": ("qchan.adapters.embedded", ""),
     "sqs": ("qchan.adapters.sqs", "sqs"),
@@ -70,6 +71,23 @@ def redact(url: str) -> str:
         )
         url = urlunsplit(SplitResult(*parts[:3], query, parts.fragment))
     return url
+
+
+def adapter_options(url: str) -> frozenset[str] | None:
+    """The keyword options the adapter of `url`'s scheme takes, or None when it does not
+    say (a registered scheme) or cannot be imported (open_adapter then says why)."""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return None
+    if scheme in _REGISTERED or scheme not in _BUILTIN:
+        return None
+    try:
+        mod = importlib.import_module(_BUILTIN[scheme][0])
+    except ImportError:
+        return None
+    names = getattr(mod, "OPTIONS", None)
+    return frozenset(names) if names is not None else None
 
 
 def open_adapter(url: str, **options: Any) -> Adapter:

@@ -38,6 +38,7 @@ from .chan import Chan
 from .endpoints import Dequeued, dequeue
 from .errors import ChannelClosed, QueueFailed
 from .message import Msg
+from .options import OptionError, check_count, check_seconds
 from .queue import Queue
 from .select import select
 
@@ -205,8 +206,12 @@ def serve(
     fails (a worker thread of it raised, see `QueueFailed`), serve stops the same
     way and raises `QueueFailed`.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, not {workers}")
+    if not callable(handler):
+        raise OptionError(f"serve needs a handler function as its first argument, not {handler!r}")
+    if not isinstance(q, Queue):
+        raise OptionError(f"serve needs a qchan.Queue as its third argument, not {q!r}")
+    check_count("workers", workers, where="serve")
+    check_seconds("timeout", timeout, optional=True, where="serve")
     stop = stop or threading.Event()
     # The handlers only have the event set: the stop itself runs below, in this
     # thread, outside any signal handler.

@@ -1,0 +1,144 @@
+"""Options are checked where they are given (issue 14, point 2; DESIGN.md section 9).
+
+Each misuse raises at the call that made it, with the option's name in the
+message, the valid names and the nearest one; nothing is opened, nothing hangs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from qchan import Chan, Constant, Queue, URLError, connect, dequeue, enqueue, enqueue_sync, serve
+from qchan.adapters.embedded import EmbeddedAdapter
+from qchan.options import OptionError
+from qchan.testing import Order
+
+
+@pytest.fixture
+def url() -> str:
+    return f"mem://opt-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"batchsize": 10}, "unknown option 'batchsize' (did you mean 'batch_size'?)"),
+        ({"in_fligth": 10}, "did you mean 'in_flight'?"),
+        ({"visiblity_timeout": 5}, "did you mean 'visibility_timeout'?"),
+        ({"linger": "5ms"}, "linger must be a number of seconds (e.g. 0.005 for 5 ms), not '5ms'"),
+        ({"batch_size": "10"}, "batch_size must be an int >= 1 or None, not '10'"),
+        ({"batch_size": 0}, "batch_size must be >= 1, not 0"),
+        ({"in_flight": 2.5}, "in_flight must be an int >= 1, not 2.5"),
+        ({"in_flight": True}, "in_flight must be an int >= 1, not True"),
+        ({"time_to_flight": 0}, "time_to_flight must be > 0 s, not 0"),
+        ({"heartbeat": -1}, "heartbeat must be > 0 s, not -1"),
+        ({"close_timeout": float("nan")}, "close_timeout must be a finite number"),
+        ({"retry": 3}, "retry must be a qchan.Backoff policy"),
+        ({"errors": []}, "errors must be a qchan.Chan"),
+        ({"visibility_timeout": "5"}, "visibility_timeout must be a number of seconds"),
+        ({"max_receives": 0}, "max_receives must be >= 1, not 0"),
+    ],
+)
+def test_connect_names_the_bad_keyword(url: str, options: dict[str, Any], said: str) -> None:
+    with pytest.raises(OptionError) as info:
+        connect(url, **options)
+    assert said in str(info.value)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+def test_an_unknown_name_lists_the_valid_ones(url: str) -> None:
+    with pytest.raises(TypeError) as info:
+        connect(url, colour="blue")
+    text = str(info.value)
+    for name in ("batch_size", "in_flight", "visibility_timeout", "max_receives"):
+        assert name in text
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "said"),
+    [
+        ("batchsize=10", URLError, "did you mean 'batch_size'?"),
+        ("visibility=5", URLError, "did you mean 'visibility_timeout'?"),
+        ("linger=5ms", URLError, "bad value '5ms' for linger="),
+        ("in_flight=0", OptionError, "in_flight must be >= 1, not 0"),
+        ("max_receives=x", URLError, "bad value 'x' for max_receives="),
+    ],
+)
+def test_url_query_keys_are_checked_alike(
+    url: str, query: str, error: type[Exception], said: str
+) -> None:
+    with pytest.raises(error) as info:
+        connect(f"{url}?{query}")
+    assert said in str(info.value)
+
+
+def test_queue_options_may_come_from_the_url_and_a_keyword_wins(url: str) -> None:
+    with connect(f"{url}?in_flight=100&linger=0.02&visibility_timeout=5", in_flight=7) as q:
+        assert (q.in_flight, q.linger) == (7, 0.02)
+        assert q.adapter.broker.visibility_timeout == 5.0  # type: ignore[attr-defined]
+    with connect(f"{url}?in_flight=100") as q:
+        assert q.in_flight == 100
+
+
+@pytest.mark.parametrize(
+    ("target", "options", "said"),
+    [
+        ("kafka://127.0.0.1:1/t", {"grup": "g"}, "did you mean 'group'?"),
+        ("kafka://127.0.0.1:1/t?grup=g", {}, "did you mean 'group'?"),
+        ("amqp://guest:guest@127.0.0.1:1/%2F?queue=q", {"prefetchh": 5}, "did you mean 'prefetch'?"),
+        ("amqp://guest:guest@127.0.0.1:1/%2F?queue=q&prefetchh=5", {}, "did you mean 'prefetch'?"),
+        ("sqs://q?endpoint=http://127.0.0.1:1", {"regoin": "x"}, "did you mean 'region'?"),
+        ("sqs://q?endpoint=http://127.0.0.1:1&regoin=x", {}, "did you mean 'region'?"),
+    ],
+)
+def test_every_transport_suggests_the_nearest_name(
+    target: str, options: dict[str, Any], said: str
+) -> None:
+    pytest.importorskip({"kafka": "confluent_kafka", "amqp": "pika", "sqs": "boto3"}[
+        target.split(":", maxsplit=1)[0]
+    ])
+    with pytest.raises(TypeError) as info:  # OptionError for a keyword, URLOptionError in a URL
+        connect(target, **options)
+    assert said in str(info.value)
+
+
+def test_queue_refuses_a_url_and_says_what_to_use() -> None:
+    with pytest.raises(OptionError, match=r"use qchan.connect\(url\)"):
+        Queue("mem://x")  # type: ignore[arg-type]
+
+
+def test_endpoints_check_their_arguments(url: str) -> None:
+    with pytest.raises(OptionError, match=r"enqueue needs a qchan.Queue .*qchan.connect"):
+        enqueue(Order, url)  # type: ignore[arg-type]
+    with connect(url) as q:
+        with pytest.raises(OptionError, match="enqueue needs the type of the objects"):
+            enqueue(Order(id="1", amount=1.0), q)  # type: ignore[arg-type]
+        with pytest.raises(OptionError, match="capacity must be >= 0"):
+            enqueue(Order, q, capacity=-1)
+        with pytest.raises(OptionError, match="policy must be AT_LEAST_ONCE or AT_MOST_ONCE"):
+            enqueue(Order, q, policy="at-most-once")  # type: ignore[arg-type]
+        with pytest.raises(OptionError, match="dequeue: capacity must be an int"):
+            dequeue(Order, q, capacity="32")  # type: ignore[arg-type]
+        with pytest.raises(OptionError, match="enqueue_sync needs a qchan.Queue"):
+            enqueue_sync(Order, None)  # type: ignore[arg-type]
+        with pytest.raises(OptionError, match="serve: workers must be >= 1"):
+            serve(print, Order, q, workers=0)
+        with pytest.raises(OptionError, match="serve needs a handler function"):
+            serve(None, Order, q)  # type: ignore[arg-type]
+        # None of it opened a channel: the queue still works.
+        with enqueue(Order, q) as (out, _), dequeue(Order, q) as (rcv, ack):
+            out.send(Order(id="1", amount=1.0))
+            ack.send(rcv.recv(timeout=5.0))
+
+
+def test_a_good_queue_with_every_option_opens(url: str) -> None:
+    errors: Chan[Exception] = Chan(10)
+    q = Queue(
+        EmbeddedAdapter(url[6:]), agent="a", system="s", batch_size=10, linger=0, retry=Constant(),
+        poll_wait=0.1, in_flight=10, time_to_flight=1, ack_linger=0, heartbeat=0.5,
+        errors=errors, close_timeout=1,
+    )
+    q.close()
