@@ -17,6 +17,9 @@ from qchan.options import OptionError
 from qchan.testing import Order
 
 
+AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
+
+
 @pytest.fixture
 def url() -> str:
     return f"mem://opt-{uuid.uuid4().hex[:10]}"
@@ -88,8 +91,8 @@ def test_queue_options_may_come_from_the_url_and_a_keyword_wins(url: str) -> Non
     [
         ("kafka://127.0.0.1:1/t", {"grup": "g"}, "did you mean 'group'?"),
         ("kafka://127.0.0.1:1/t?grup=g", {}, "did you mean 'group'?"),
-        ("amqp://guest:guest@127.0.0.1:1/%2F?queue=q", {"prefetchh": 5}, "did you mean 'prefetch'?"),
-        ("amqp://guest:guest@127.0.0.1:1/%2F?queue=q&prefetchh=5", {}, "did you mean 'prefetch'?"),
+        (f"{AMQP}?queue=q", {"prefetchh": 5}, "did you mean 'prefetch'?"),
+        (f"{AMQP}?queue=q&prefetchh=5", {}, "did you mean 'prefetch'?"),
         ("sqs://q?endpoint=http://127.0.0.1:1", {"regoin": "x"}, "did you mean 'region'?"),
         ("sqs://q?endpoint=http://127.0.0.1:1&regoin=x", {}, "did you mean 'region'?"),
     ],
@@ -122,7 +125,7 @@ def test_endpoints_check_their_arguments(url: str) -> None:
             enqueue(Order, q, policy="at-most-once")  # type: ignore[arg-type]
         with pytest.raises(OptionError, match="dequeue: capacity must be an int"):
             dequeue(Order, q, capacity="32")  # type: ignore[arg-type]
-        with pytest.raises(OptionError, match="enqueue_sync needs a qchan.Queue"):
+        with pytest.raises(OptionError, match=r"enqueue_sync needs a qchan\.Queue"):
             enqueue_sync(Order, None)  # type: ignore[arg-type]
         with pytest.raises(OptionError, match="serve: workers must be >= 1"):
             serve(print, Order, q, workers=0)
