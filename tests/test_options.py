@@ -16,7 +16,6 @@ from qchan.adapters.embedded import EmbeddedAdapter
 from qchan.options import OptionError
 from qchan.testing import Order
 
-
 AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
 
 
