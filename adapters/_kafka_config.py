@@ -42,7 +42,8 @@ _SECRET = SECRET_KEY  # the one list of secret option names, shared with qchan.u
 _QUERY_TYPES: dict[str, Callable[[str], Any]] = {
     "group": str,
     "dlq": str,
-    "max_attempts": int,
+    "max_deliveries": int,
+    "max_attempts": int,  # deprecated: max_deliveries
     "key": str,
     "partitions": int,
     "replication": int,
@@ -95,7 +96,8 @@ class KafkaOptions:
     group: str = attrs.field(default=attrs.Factory(lambda o: f"qchan-{o.topic}", takes_self=True))
     #: Dead-letter topic; None: poison messages are reported and skipped.
     dlq: str | None = attrs.field(default=attrs.Factory(_dlq_name, takes_self=True))
-    max_attempts: int = attrs.field(default=5, validator=_positive)
+    #: Deliveries before a failing message goes to the dead-letter topic.
+    max_deliveries: int = attrs.field(default=5, validator=_positive)
     key: KeyPolicy = attrs.field(default="none", validator=_key_policy)
     #: Create missing topics with this many partitions (None: a missing topic is an error).
     partitions: int | None = attrs.field(default=None, validator=_positive)

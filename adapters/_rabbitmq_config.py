@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, unknown
+from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, renamed, unknown
 from qchan.urls import URLError, redact
 
 from . import _rabbitmq_pika as pk
@@ -76,7 +76,8 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "routing_key": _opt_str_or_none,
     "bindings": _opt_list,
     "dead_letter": _opt_str_or_none,
-    "max_attempts": _opt_int_or_none,
+    "max_deliveries": _opt_int_or_none,
+    "max_attempts": _opt_int_or_none,  # deprecated: max_deliveries
     "prefetch": int,
     "reject_delay": _opt_float,
     "confirm_timeout": _opt_float,
@@ -108,7 +109,7 @@ class Settings:
     routing_key: str | None = None
     bindings: tuple[str, ...] | None = None
     dead_letter: str | None = None
-    max_attempts: int | None = 10
+    max_deliveries: int | None = 10
     prefetch: int = 500
     reject_delay: float = 5.0
     confirm_timeout: float = 30.0
@@ -180,6 +181,7 @@ def settings_from_url(url: str, options: Mapping[str, Any]) -> Settings:
                 URLOptionError,
             )
     ours.update(options)
+    renamed(f"RabbitMQ URL {shown!r}", ours, "max_attempts", "max_deliveries")
 
     queue = ours.pop("queue", None)
     if not queue:
@@ -233,16 +235,16 @@ def _validate(s: Settings) -> None:
         raise bad(f"declare must be 'declare', 'passive' or 'none', not {s.declare!r}")
     if not 1 <= s.prefetch <= 65535:
         raise bad(f"prefetch must be 1..65535, not {s.prefetch}")
-    if s.max_attempts is not None and s.max_attempts < 1:
-        raise bad(f"max_attempts must be >= 1 or None, not {s.max_attempts}")
+    if s.max_deliveries is not None and s.max_deliveries < 1:
+        raise bad(f"max_deliveries must be >= 1 or None, not {s.max_deliveries}")
     if not 1 <= s.max_batch <= 10000:
         raise bad(f"max_batch must be 1..10000, not {s.max_batch}")
     if s.confirm_timeout <= 0 or s.reject_delay < 0:
         raise bad("confirm_timeout must be > 0 and reject_delay >= 0")
-    if s.declare == "declare" and s.dead_letter is None and s.max_attempts is not None:
+    if s.declare == "declare" and s.dead_letter is None and s.max_deliveries is not None:
         raise bad(
-            "max_attempts without a dead-letter queue would make RabbitMQ discard poison "
-            "messages; give dead_letter='NAME' or set max_attempts=None (requeue forever)"
+            "max_deliveries without a dead-letter queue would make RabbitMQ discard poison "
+            "messages; give dead_letter='NAME' or set max_deliveries=None (requeue forever)"
         )
     if s.dead_letter == s.queue:
         raise bad("dead_letter must not be the queue itself")

@@ -23,7 +23,7 @@ polls, so the broker's `basic.qos` is the flow control: the prefetch is at
 most the kernel's in-flight limit, and while the kernel holds (the limit is
 reached, the application is only slow) the broker has nothing more to push.
 `hold` keeps the subscription and every delivery: a requeue would count as a
-delivery on a quorum queue (`x-delivery-count`) and, after `max_attempts`,
+delivery on a quorum queue (`x-delivery-count`) and, after `max_deliveries`,
 dead-letter messages the application never saw. Only `pause` (the kernel's
 `idle`: no channel receives from the queue any more) cancels the subscription
 and hands back what the broker pushed ahead (and what delayed nacks hold), so
@@ -61,7 +61,7 @@ _BACKOFF_MAX = 5.0
 
 
 class DeadLettered(MessageError):
-    """A delivery was sent to the queue's dead-letter exchange (max_attempts reached)."""
+    """A delivery was sent to the queue's dead-letter exchange (max_deliveries reached)."""
 
 
 @attrs.frozen
@@ -260,9 +260,9 @@ class Consumer:
         self, ch: Any, method: pk.Deliver, props: pk.BasicProperties, body: bytes
     ) -> None:
         bag = bag_from_delivery(self._generation, method, props, body, self._s.queue)
-        limit = self._s.max_attempts
+        limit = self._s.max_deliveries
         if limit is not None and bag.deliveries > limit:
-            # Delivered max_attempts times already and never settled: the consumer
+            # Delivered max_deliveries times already and never settled: the consumer
             # process probably dies on it. Do not hand it out once more.
             ch.basic_nack(method.delivery_tag, requeue=False)
             self.dead_lettered(bag, f"delivered {bag.deliveries - 1} times without an ack")
@@ -274,7 +274,7 @@ class Consumer:
         where = self._s.dead_letter or "its dead-letter exchange"
         err = DeadLettered(
             f"queue {self._s.queue!r}: message {bag.id!r} (category {bag.category!r}) "
-            f"dead-lettered to {where}: {why} (max_attempts={self._s.max_attempts})",
+            f"dead-lettered to {where}: {why} (max_deliveries={self._s.max_deliveries})",
             bag,
         )
         log.warning("%s", err)

@@ -4,9 +4,9 @@ A queue named `orders` is the same queue for every connection in the process
 and lives until the process exits. Delivery works like SQS: a received
 message is invisible for `visibility_timeout` seconds (default 30) and comes
 back if it is not deleted (acked) by then; a nack makes it visible again at
-once or after a delay. With `max_receives`, a message received that many
+once or after a delay. With `max_deliveries`, a message delivered that many
 times without an ack moves to the queue's dead letters (like an SQS redrive
-policy). Fault injection (`fail_sends`, `fail_receives`) lets tests exercise
+policy's maxReceiveCount). Fault injection (`fail_sends`, `fail_receives`) lets tests exercise
 retries and dead letters without a network.
 """
 
@@ -30,6 +30,7 @@ from qchan.options import (
     check_count,
     check_keywords,
     check_seconds,
+    renamed,
     unknown,
 )
 from qchan.urls import URLError
@@ -68,7 +69,7 @@ class Broker:
     def __init__(self, name: str) -> None:
         self.name = name
         self.visibility_timeout = DEFAULT_VISIBILITY
-        self.max_receives: int | None = None
+        self.max_deliveries: int | None = None
         self.max_message_size = DEFAULT_MAX_SIZE
         self.max_depth: int | None = None
         self._cond = threading.Condition()
@@ -182,7 +183,7 @@ class Broker:
             while self._ready and len(out) < max_items:
                 s = self._ready.popleft()
                 s.receives += 1
-                if self.max_receives is not None and s.receives > self.max_receives:
+                if self.max_deliveries is not None and s.receives > self.max_deliveries:
                     self.dead_letters.append(s.bag)
                     continue
                 receipt = next(self._receipts)
@@ -196,6 +197,23 @@ class Broker:
                     key=b.key, content_type=b.content_type, digest=receipt, deliveries=s.receives,
                 ))
             return out
+
+    @property
+    def max_receives(self) -> int | None:
+        """The former name of `max_deliveries`."""
+        return self.max_deliveries
+
+    @max_receives.setter
+    def max_receives(self, value: int | None) -> None:
+        self.max_deliveries = value
+
+    def dead_letter(self, receipts: Sequence[int]) -> None:
+        """Move these received messages to `dead_letters` now (the application gave up)."""
+        with self._cond:
+            for r in receipts:
+                entry = self._invisible.pop(r, None)
+                if entry is not None:
+                    self.dead_letters.append(entry[0].bag)
 
     def delete(self, receipts: Sequence[int]) -> None:
         with self._cond:
@@ -280,12 +298,12 @@ def broker(name: str) -> Broker:
 class EmbeddedAdapter(Adapter):
     """The adapter for `mem://name` queues (nothing to install, nothing leaves the process).
 
-    Options: visibility_timeout (s, default 30), max_receives (redrive to
-    `broker(name).dead_letters` after that many receives without an ack;
-    default: never), max_message_size (bytes, default 256 KiB), max_depth
-    (refuse sends, retryably, while that many messages wait: backpressure
-    all the way to the producer; default: unbounded, like SQS). Options
-    given here reconfigure the named queue.
+    Options: visibility_timeout (s, default 30), max_deliveries (redrive to
+    `broker(name).dead_letters` after that many deliveries without an ack;
+    default: never; `max_receives` is its deprecated name), max_message_size
+    (bytes, default 256 KiB), max_depth (refuse sends, retryably, while that
+    many messages wait: backpressure all the way to the producer; default:
+    unbounded, like SQS). Options given here reconfigure the named queue.
     """
 
     scheme = "mem"
@@ -298,25 +316,32 @@ class EmbeddedAdapter(Adapter):
         name: str,
         *,
         visibility_timeout: float | None = None,
-        max_receives: int | None = None,
+        max_deliveries: int | None = None,
         max_message_size: int | None = None,
         max_depth: int | None = None,
+        max_receives: int | None = None,
     ) -> None:
         if not name:
             raise ValueError("an embedded queue needs a name: mem://orders")
+        if max_receives is not None:
+            moved: dict[str, Any] = {"max_receives": max_receives}
+            if max_deliveries is not None:
+                moved["max_deliveries"] = max_deliveries
+            renamed(f"mem://{name}", moved, "max_receives", "max_deliveries")
+            max_deliveries = moved["max_deliveries"]
         super().__init__(name)
         self.broker = broker(name)
         self._wake = Wake()
         where = f"mem://{name}"
         check_seconds("visibility_timeout", visibility_timeout, positive=True, optional=True,
                       where=where)
-        check_count("max_receives", max_receives, optional=True, where=where)
+        check_count("max_deliveries", max_deliveries, optional=True, where=where)
         check_count("max_message_size", max_message_size, optional=True, where=where)
         check_count("max_depth", max_depth, optional=True, where=where)
         if visibility_timeout is not None:
             self.broker.visibility_timeout = visibility_timeout
-        if max_receives is not None:
-            self.broker.max_receives = max_receives
+        if max_deliveries is not None:
+            self.broker.max_deliveries = max_deliveries
         if max_message_size is not None:
             self.broker.max_message_size = max_message_size
         if max_depth is not None:
@@ -334,6 +359,9 @@ class EmbeddedAdapter(Adapter):
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         self.broker.change_visibility([b.digest for b in bags], delay)
 
+    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        self.broker.dead_letter([b.digest for b in bags])
+
     def extend(self, bags: Sequence[Bag]) -> None:
         self.broker.extend([b.digest for b in bags])
 
@@ -342,14 +370,15 @@ class EmbeddedAdapter(Adapter):
 
 
 _QUERY: dict[str, Any] = {
-    "visibility_timeout": float, "max_receives": int, "max_message_size": int, "max_depth": int,
+    "visibility_timeout": float, "max_deliveries": int, "max_message_size": int, "max_depth": int,
+    "max_receives": int,  # deprecated: max_deliveries
 }
 #: The keyword options of `from_url` (the same names as the URL query keys).
 OPTIONS = frozenset(_QUERY)
 
 
 def from_url(url: str, **options: Any) -> EmbeddedAdapter:
-    """`mem://name[?visibility_timeout=5&max_receives=3&max_message_size=1024]`."""
+    """`mem://name[?visibility_timeout=5&max_deliveries=3&max_message_size=1024]`."""
     parts = urlsplit(url)
     name = (parts.netloc + parts.path).strip("/")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}

@@ -16,7 +16,7 @@ maintainer must not break:
   waiting; otherwise the poller commits between its short polls
   (`_SLICE`, 50 ms). Commits are asynchronous except on revocation and close.
 * A nack is redelivered from memory and its offset stays uncommitted (no
-  seek). After `max_attempts` deliveries the message goes to the dead-letter
+  seek). After `max_deliveries` deliveries the message goes to the dead-letter
   topic, and only once the broker confirmed that copy does its offset count
   as settled, so the partition moves on and nothing is ever skipped.
 * Rebalances: revoked partitions commit what is settled, drop their state and
@@ -48,6 +48,7 @@ from qchan.errors import (
     describe,
 )
 from qchan.message import ATTR_CATEGORY, Bag
+from qchan.options import renamed
 
 from ._kafka_config import (
     KafkaOptions,
@@ -231,6 +232,7 @@ class KafkaAdapter(Adapter):
     poll_wait = 1.0
 
     def __init__(self, topic: str, *, bootstrap: str, **options: Any) -> None:
+        renamed(f"kafka topic {topic!r}", options, "max_attempts", "max_deliveries")
         try:
             self.options = KafkaOptions(topic=topic, bootstrap=bootstrap, **options)
         except TypeError as e:
@@ -786,7 +788,7 @@ class KafkaAdapter(Adapter):
             self._try_commit()
 
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        """Redeliver from memory after `delay` s; dead-letter after `max_attempts` deliveries."""
+        """Redeliver from memory after `delay` s; dead-letter after `max_deliveries` deliveries."""
         self._redeliver(bags, delay, None)
 
     def nack_failed(
@@ -800,13 +802,19 @@ class KafkaAdapter(Adapter):
     ) -> None:
         at = time.monotonic() + delay
         for i, bag in enumerate(bags):
-            if bag.deliveries >= self.options.max_attempts:
+            if bag.deliveries >= self.options.max_deliveries:
                 why = f"failed {bag.deliveries} deliveries"
                 if errors is not None:
                     why += f"; the last: {describe(errors[i])}"
                 self._dead_letter(bag, why)
             else:
                 self._inflight.schedule(bag, at, redelivery)
+
+    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        """The application gave up: copy each to the dead-letter topic now (as poison)."""
+        for bag, error in zip(bags, errors, strict=True):
+            self._dead_letter(bag, f"given up after {bag.deliveries} deliveries: "
+                                   f"{describe(error)}")
 
     def release(self, bags: Sequence[Bag]) -> None:
         """Deliveries the application never processed: offered again at once.
@@ -827,7 +835,7 @@ class KafkaAdapter(Adapter):
         policy = self.options.unroutable
         if policy == "skip":
             self.ack([bag])
-        elif policy == "dlq" or bag.deliveries >= self.options.max_attempts:
+        elif policy == "dlq" or bag.deliveries >= self.options.max_deliveries:
             self._dead_letter(bag, str(error))
         else:
             self._inflight.schedule(bag, time.monotonic() + self.options.retry_delay, redelivery)
@@ -940,7 +948,9 @@ class KafkaAdapter(Adapter):
 
 
 #: The keyword options of `from_url` (KafkaOptions, less what the URL itself names).
-OPTIONS = frozenset(a.name for a in attrs.fields(KafkaOptions)) - {"topic", "bootstrap"}
+OPTIONS = (
+    frozenset(a.name for a in attrs.fields(KafkaOptions)) - {"topic", "bootstrap"}
+) | {"max_attempts"}  # deprecated: max_deliveries
 
 
 def from_url(url: str, **options: Any) -> KafkaAdapter:

@@ -13,7 +13,7 @@ connections are not thread-safe):
 
 Poison policy: deliveries are counted by the broker (`x-delivery-count` on
 quorum queues, the default queue type); a delivery that has used up
-`max_attempts` is dead-lettered (`basic_nack(requeue=False)`) to the queue's
+`max_deliveries` is dead-lettered (`basic_nack(requeue=False)`) to the queue's
 dead-letter queue, `<queue>.dlq` unless configured otherwise. Everything is
 documented in docs/rabbitmq.md.
 """
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qchan.adapter import Adapter, Hooks
-from qchan.errors import MessageError, describe
+from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
 
 from ._rabbitmq_config import Settings, settings_from_url
@@ -113,12 +113,28 @@ class RabbitMQAdapter(Adapter):
         """As `nack`; the `DeadLettered` report also gives the application's last error."""
         self._retry(bags, delay, "failed", errors)
 
+    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        """The application gave up: to the dead-letter exchange now (`basic_nack`, no
+        requeue); without one RabbitMQ drops the message, so then it is requeued."""
+        if self.settings.dead_letter is None:
+            self.hooks.report(QchanError(
+                f"queue {self.settings.queue!r} has no dead-letter exchange: {len(bags)} "
+                f"message(s) given up on are requeued, not dropped"
+            ))
+            self._consumer.settle([Settle("requeue", _receipt(b)) for b in bags])
+            return
+        for bag, error in zip(bags, errors, strict=True):
+            self._consumer.dead_lettered(
+                bag, f"given up on delivery {bag.deliveries}: {describe(error)}"
+            )
+        self._consumer.settle([Settle("dead", _receipt(b)) for b in bags])
+
     def release(self, bags: Sequence[Bag]) -> None:
         """Requeue at once; never dead-letters (the application did not refuse them)."""
         self._consumer.settle([Settle("requeue", _receipt(b)) for b in bags])
 
     def reject(self, bag: Bag, error: MessageError) -> None:
-        """Undecodable or unroutable: requeue after `reject_delay` s, counting toward max_attempts.
+        """Undecodable or unroutable: requeue after `reject_delay` s; counts as a delivery.
 
         The delay keeps a message that no consumer here can handle (a category
         nobody listens to) from looping hot between the broker and us, while
@@ -133,7 +149,7 @@ class RabbitMQAdapter(Adapter):
         why: str,
         errors: Sequence[BaseException] | None = None,
     ) -> None:
-        limit = self.settings.max_attempts
+        limit = self.settings.max_deliveries
         due = time.monotonic() + delay if delay > 0 else 0.0
         ops = []
         for i, bag in enumerate(bags):
@@ -171,7 +187,7 @@ def from_url(url: str, **options: Any) -> RabbitMQAdapter:
 
     Options (keyword or query string; keywords win): queue, queue_type
     ("quorum" | "classic"), declare ("declare" | "passive" | "none"), exchange,
-    exchange_type, routing_key, bindings, dead_letter, max_attempts, prefetch,
+    exchange_type, routing_key, bindings, dead_letter, max_deliveries, prefetch,
     reject_delay, confirm_timeout, max_batch, max_message_size,
     connection_name, cafile, certfile, keyfile, server_hostname; keyword only:
     queue_arguments (extra x-arguments), ssl_context. pika's own query keys

@@ -14,6 +14,7 @@ task role, ...); they never appear in URLs, repr, logs or errors.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -34,7 +35,14 @@ from botocore.exceptions import (
 )
 
 from qchan.adapter import Adapter
-from qchan.errors import ConnectionLost, MessageError, MessageTooLarge, QchanError, RejectedError
+from qchan.errors import (
+    ConnectionLost,
+    MessageError,
+    MessageTooLarge,
+    QchanError,
+    RejectedError,
+    describe,
+)
 from qchan.message import Bag
 from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, unknown
 from qchan.urls import URLError, redact
@@ -151,6 +159,8 @@ class SQSAdapter(Adapter):
         self._max_message_bytes = wire.DEFAULT_MAX_REQUEST_BYTES
         self._queue_visibility = 30
         self._queue_content_dedup = False
+        self._dead_letter_arn: str | None = None  # from the queue's RedrivePolicy
+        self._dead_letter_url: str | None = None
 
         session = session or boto3.session.Session(profile_name=profile)
         # The kernel retries sends with its own backoff, so botocore only gets
@@ -286,6 +296,51 @@ class SQSAdapter(Adapter):
 
     def release(self, bags: Sequence[Bag]) -> None:
         self._change_visibility(bags, 0, "release")
+
+    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        """The application gave up: copy each to the queue's redrive dead-letter queue, then
+        delete it here (a copy that fails leaves the message to be redelivered). Without a
+        redrive policy, the messages are nacked: they come back until the retention ends."""
+        target = self._dead_letter_queue()
+        if target is None:
+            self.hooks.report(QchanError(
+                f"queue {self.name}: no RedrivePolicy, so {len(bags)} message(s) given up on "
+                f"cannot be dead-lettered; they are redelivered"
+            ))
+            self.nack(bags)
+            return
+        fifo = target.endswith(".fifo")
+        copied: list[Bag] = []
+        for bag, error in zip(bags, errors, strict=True):
+            try:
+                entry, _ = wire.entry(bag, "0", limit=wire.DEFAULT_MAX_REQUEST_BYTES, fifo=fifo,
+                                      group=self._group(bag), dedup=bag.id)
+                message: dict[str, Any] = {k: v for k, v in entry.items() if k != "Id"}
+                self._client.send_message(QueueUrl=target, **message)
+            except (BotoCoreError, ClientError, QchanError) as e:
+                self._report_call("dead-letter (SendMessage)", 1, e)
+                continue
+            log.warning("queue %s: message %s moved to its dead-letter queue: %s", self.name,
+                        bag.id, describe(error))
+            copied.append(bag)
+        if copied:
+            self.ack(copied)
+        rest = [b for b in bags if b not in copied]
+        if rest:
+            self.nack(rest)
+
+    def _dead_letter_queue(self) -> str | None:
+        if self._dead_letter_url is None and self._dead_letter_arn:
+            # arn:aws:sqs:REGION:ACCOUNT:NAME
+            parts = self._dead_letter_arn.split(":")
+            try:
+                self._dead_letter_url = self._client.get_queue_url(
+                    QueueName=parts[-1], QueueOwnerAWSAccountId=parts[-2]
+                )["QueueUrl"]
+            except (BotoCoreError, ClientError, IndexError) as e:
+                log.warning("queue %s: dead-letter queue %s not found: %s", self.name,
+                            self._dead_letter_arn, e)
+        return self._dead_letter_url
 
     def extend(self, bags: Sequence[Bag]) -> None:
         timeout = self.visibility_timeout
@@ -469,7 +524,7 @@ class SQSAdapter(Adapter):
                 attrs = self._client.get_queue_attributes(
                     QueueUrl=self._queue_url,
                     AttributeNames=["MaximumMessageSize", "VisibilityTimeout",
-                                    "ContentBasedDeduplication"],
+                                    "ContentBasedDeduplication", "RedrivePolicy"],
                 ).get("Attributes", {})
             except (BotoCoreError, ClientError) as e:
                 raise self._error("queue lookup", e) from e
@@ -477,6 +532,11 @@ class SQSAdapter(Adapter):
                                                     wire.DEFAULT_MAX_REQUEST_BYTES))
             self._queue_visibility = int(attrs.get("VisibilityTimeout", 30))
             self._queue_content_dedup = attrs.get("ContentBasedDeduplication") == "true"
+            try:
+                redrive = json.loads(attrs.get("RedrivePolicy") or "{}")
+                self._dead_letter_arn = redrive.get("deadLetterTargetArn") or None
+            except (ValueError, AttributeError):
+                self._dead_letter_arn = None
             self._resolved.set()
             log.debug("queue %s: resolved to %s (max message %d bytes, visibility %d s)",
                       self.name, self._queue_url, self._max_message_bytes,

@@ -41,7 +41,7 @@ from .event import Event, Meta
 from .listener import ANY
 from .message import Bag, Msg
 from .queue import Queue, connect
-from .retry import Backoff, Constant, Exponential, Linear
+from .retry import Backoff, Constant, Exponential, Linear, Retries
 from .select import Selected, select
 from .stats import Stats, observe
 from .urls import URLError, redact, register_scheme
@@ -80,6 +80,7 @@ __all__ = [
     "QueueFailed",
     "RecvChan",
     "RejectedError",
+    "Retries",
     "Selected",
     "SendChan",
     "Served",

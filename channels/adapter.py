@@ -165,6 +165,16 @@ class Adapter(abc.ABC):
         """
         self.nack(bags, delay)
 
+    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        """Deliveries the application gave up on (`ack.send(msg.dead_letter(err))`: a
+        `give_up_on` error in `serve`, or `max_deliveries` reached): move them to the
+        broker's dead-letter queue or topic now; `errors[i]` says why for `bags[i]`.
+
+        The default, for a broker without one, is `nack_failed(bags, errors)`: the
+        broker's own threshold (a redrive policy) dead-letters them later.
+        """
+        self.nack_failed(bags, errors, 0.0)
+
     def release(self, bags: Sequence[Bag]) -> None:
         """Give back deliveries the application never acknowledged (queue closing)."""
         self.nack(bags, 0.0)

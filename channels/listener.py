@@ -370,6 +370,8 @@ class _Dispatcher:
         self.to_ack: list[Bag] = []
         # delay -> the bags the application failed with it, and its errors
         self.to_nack: dict[float, tuple[list[Bag], list[BaseException]]] = {}
+        # the bags the application gave up on, and its errors
+        self.to_dead: tuple[list[Bag], list[BaseException]] = ([], [])
         self.ack_due: float | None = None
         # Acks go to the broker in batches of at most max_batch, and at half the
         # in-flight limit: the poller receives again while the application works on
@@ -540,6 +542,9 @@ class _Dispatcher:
         assert bag is not None
         if msg.error is None:
             self.to_ack.append(bag)
+        elif msg.dead:
+            self.to_dead[0].append(bag)
+            self.to_dead[1].append(msg.error)
         else:
             bags, errors = self.to_nack.setdefault(msg.delay or 0.0, ([], []))
             bags.append(bag)
@@ -553,6 +558,7 @@ class _Dispatcher:
         stats = self.q._counters
         acks, self.to_ack = self.to_ack, []
         nacks, self.to_nack = self.to_nack, {}
+        dead, self.to_dead = self.to_dead, ([], [])
         self.ack_due = None
         if acks:
             try:
@@ -568,6 +574,13 @@ class _Dispatcher:
             except Exception as e:
                 self.q._report(e)
             self.l._resolved(len(bags))
+        if dead[0]:
+            try:
+                self.adapter.dead_letter(*dead)
+                stats.gave_up += len(dead[0])
+            except Exception as e:
+                self.q._report(e)
+            self.l._resolved(len(dead[0]))
 
     def _timers(self, now: float) -> None:
         if self.ack_due is not None and now >= self.ack_due:

@@ -53,7 +53,10 @@ class Msg(Generic[T]):
     """A received message: the decoded `object` plus what the broker said about it.
 
     Acknowledge it with `ack.send(msg)`; refuse it (redeliver) with
-    `ack.send(msg.fail(err))`. `digest` is the broker's receipt for this
+    `ack.send(msg.fail(err))`, after a delay with `msg.fail(err, delay=s)` (or
+    with a policy's: `ack.send(retries.failed(msg, err))`, see `qchan.Retries`);
+    give up on it (to the dead-letter queue now) with `ack.send(msg.dead_letter(err))`.
+    `digest` is the broker's receipt for this
     delivery; `attributes` are the message's string attributes (`Category`,
     `Source`, ...). On a dead-letter channel, `object` is what the application
     sent and `error` says why it was not delivered.
@@ -66,6 +69,18 @@ class Msg(Generic[T]):
     error: BaseException | None = None
     delay: float | None = None
     bag: Bag | None = attrs.field(default=None, eq=False, repr=False)
+    #: Set by `dead_letter`: the application gave up on this message.
+    dead: bool = attrs.field(default=False, kw_only=True)
+
+    @property
+    def deliveries(self) -> int:
+        """How many times the broker has delivered this message (1 the first time)."""
+        return self.bag.deliveries if self.bag is not None else 1
+
+    def dead_letter(self, err: BaseException) -> Msg[T]:
+        """Give up: the message goes to the broker's dead-letter queue or topic now (where
+        the transport has one; `broker(name).dead_letters` on mem://), not redelivered."""
+        return attrs.evolve(self, error=err, delay=None, dead=True)
 
     def fail(self, err: BaseException, delay: float | None = None) -> Msg[T]:
         """A negative acknowledgement: redeliver this message, at once or after `delay` s."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
@@ -30,6 +32,7 @@ __all__ = [
     "URLOptionError",
     "check_count",
     "check_seconds",
+    "renamed",
     "split_query",
     "unknown",
 ]
@@ -217,3 +220,28 @@ def check_keywords(where: str, given: Mapping[str, Any], valid: Collection[str])
     bad = [k for k in given if k not in valid]
     if bad:
         raise unknown(where, bad, valid)
+
+
+def _outside_qchan() -> int:
+    """The stacklevel of the first frame outside qchan (so a warning names the user's line)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if module != "qchan" and not module.startswith("qchan."):
+            break
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
+def renamed(where: str, options: dict[str, Any], old: str, new: str) -> None:
+    """Accept the deprecated name `old` of option `new` in `options` (in place), with a
+    DeprecationWarning that points at the caller's line."""
+    if old not in options:
+        return
+    if new in options:
+        raise OptionError(f"{where}: give {new}= only ({old}= is its deprecated name)")
+    warnings.warn(
+        f"{where}: {old}= is deprecated, use {new}= (the one name for the dead-letter "
+        f"threshold on every transport)", DeprecationWarning, stacklevel=_outside_qchan(),
+    )
+    options[new] = options.pop(old)

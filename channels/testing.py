@@ -99,6 +99,9 @@ class Wrapped(Adapter):
     ) -> None:
         self.inner.nack_failed(bags, errors, delay)
 
+    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        self.inner.dead_letter(bags, errors)
+
     def release(self, bags: Sequence[Bag]) -> None:
         self.inner.release(bags)
 

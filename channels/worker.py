@@ -15,7 +15,8 @@ is the same as writing, per worker thread::
             else:
                 ack.send(msg)
 
-plus the stop: on a signal (or `stop.set()`), each worker finishes the message
+(with `retries.failed(msg, e)`, the policy's delayed nack or dead letter, in place
+of `msg.fail(e)`), plus the stop: on a signal (or `stop.set()`), each worker finishes the message
 it holds and acks it, messages not yet handed to a worker go back to the
 broker, and the queue closes.
 """
@@ -40,6 +41,7 @@ from .errors import ChannelClosed, QueueFailed
 from .message import Msg
 from .options import OptionError, check_count, check_seconds
 from .queue import Queue
+from .retry import Retries
 from .select import select
 
 __all__ = ["Served", "serve"]
@@ -67,9 +69,10 @@ class _Counts:
 class _Pool(Generic[T]):
     def __init__(
         self, *, handler: Callable[[Any], object], rcv: Any, ack: Any, stop: Chan[None],
-        with_msg: bool, name: str, stopped: threading.Event, q: Queue,
+        with_msg: bool, name: str, stopped: threading.Event, q: Queue, retries: Retries,
     ) -> None:
         self.q = q
+        self.retries = retries
         self.stopped = stopped
         self.handler = handler
         self.rcv = rcv
@@ -100,18 +103,32 @@ class _Pool(Generic[T]):
             try:
                 with tracing.consumer_span(msg, f"{msg.category} process"):
                     self.handler(msg if self.with_msg else msg.object)
-            except Exception as e:
-                log.exception(
-                    "queue %s: handler failed on a %r message (%s); it will be redelivered",
-                    self.name, msg.category, msg.bag.id if msg.bag else "?",
-                )
-                self._send_ack(msg.fail(e))
+            except Exception as e:  # noqa: BLE001 - logged with its traceback, nacked by policy
+                nack = self.retries.failed(msg, e)
+                self._log_failure(msg, nack, e)
+                self._send_ack(nack)
                 with self.counts.lock:
                     self.counts.failed += 1
             else:
                 self._send_ack(msg)
                 with self.counts.lock:
                     self.counts.handled += 1
+
+    def _log_failure(self, msg: Msg[T], nack: Msg[T], error: Exception) -> None:
+        """One record per failure, with the traceback."""
+        limit = self.retries.max_deliveries
+        where = (f"a {msg.category!r} message ({msg.bag.id if msg.bag else '?'}, delivery "
+                 f"{msg.deliveries}{f' of {limit}' if limit else ''})")
+        if nack.dead:
+            why = "give_up_on" if isinstance(error, self.retries.give_up_on) else (
+                "not retry_on" if not isinstance(error, self.retries.retry_on) else
+                "max_deliveries reached"
+            )
+            log.error("queue %s: handler failed on %s; giving up (%s): to the dead-letter "
+                      "queue", self.name, where, why, exc_info=error)
+        else:
+            log.warning("queue %s: handler failed on %s; redelivered in %.1f s", self.name,
+                        where, nack.delay or 0.0, exc_info=error)
 
     def _send_ack(self, msg: Msg[T]) -> None:
         try:
@@ -181,6 +198,13 @@ def stop_on_signals(
         watcher.close()
 
 
+class _Default:
+    """The type of `_DEFAULT`: an argument not given (None means something)."""
+
+
+_DEFAULT = _Default()
+
+
 def serve(
     handler: Callable[[T], object] | Callable[[Msg[T]], object],
     type_: type[T],
@@ -193,12 +217,20 @@ def serve(
     signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
     close_queue: bool = True,
     timeout: float | None = None,
+    retries: Retries | None = None,
+    max_deliveries: int | _Default | None = _DEFAULT,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
 ) -> Served:
     """Handle every `type_` message of `q` with `handler` in `workers` threads, until stopped.
 
     The handler gets the object (or the `Msg`, with `with_msg=True`). Return
-    normally to ack; raise to nack (the exception is logged and the message
-    redelivered). Stops when `stop` is set or, when called from the main
+    normally to ack; raise to nack: the exception is logged (one record, with
+    the traceback) and the message redelivered after a delay that grows per
+    delivery, or dead-lettered, by `retries` (default `Retries()`: from 1 s,
+    doubling, with jitter, at most 5 min; dead-lettered on the 10th delivery).
+    `max_deliveries`, `retry_on` and `give_up_on` are shorthands that change
+    those of the default policy. Stops when `stop` is set or, when called from the main
     thread, on any of `signals` (previous handlers are restored on return).
     Then each worker finishes its current message, un-handled messages go
     back to the broker, and the queue is closed (unless `close_queue=False`)
@@ -212,14 +244,40 @@ def serve(
         raise OptionError(f"serve needs a qchan.Queue as its third argument, not {q!r}")
     check_count("workers", workers, where="serve")
     check_seconds("timeout", timeout, optional=True, where="serve")
+    retries = _retries(retries, max_deliveries, retry_on, give_up_on)
     stop = stop or threading.Event()
     # The handlers only have the event set: the stop itself runs below, in this
     # thread, outside any signal handler.
     with stop_on_signals(stop, signals):
         return _serve(
             handler, type_, q, workers=workers, category=category, with_msg=with_msg,
-            stop=stop, close_queue=close_queue, timeout=timeout,
+            stop=stop, close_queue=close_queue, timeout=timeout, retries=retries,
         )
+
+
+def _retries(
+    retries: Retries | None, max_deliveries: int | _Default | None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None,
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...] | None,
+) -> Retries:
+    changes: dict[str, Any] = {}
+    if not isinstance(max_deliveries, _Default):
+        changes["max_deliveries"] = max_deliveries
+    if retry_on is not None:
+        changes["retry_on"] = retry_on
+    if give_up_on is not None:
+        changes["give_up_on"] = give_up_on
+    if retries is not None and not isinstance(retries, Retries):
+        raise OptionError(f"serve: retries must be a qchan.Retries policy, not {retries!r}")
+    if retries is not None and changes:
+        raise OptionError(
+            f"serve: give retries= or {', '.join(f'{k}=' for k in changes)}, not both "
+            f"(set them on the Retries policy)"
+        )
+    try:
+        return attrs.evolve(Retries(), **changes) if retries is None else retries
+    except (TypeError, ValueError) as e:
+        raise OptionError(f"serve: {e}") from None
 
 
 def _serve(
@@ -233,13 +291,14 @@ def _serve(
     stop: threading.Event,
     close_queue: bool,
     timeout: float | None,
+    retries: Retries,
 ) -> Served:
     started = time.monotonic()
     halt: Chan[None] = Chan(0, name=f"{q.name}.serve.stop")
     rcv, ack = dequeue(type_, q, category=category, capacity=workers)
     pool: _Pool[T] = _Pool(
         handler=handler, rcv=rcv, ack=ack, stop=halt, with_msg=with_msg, name=q.name,
-        stopped=stop, q=q,
+        stopped=stop, q=q, retries=retries,
     )
     threads = [
         threading.Thread(target=pool.work, name=f"qchan-worker-{q.name}-{i}")

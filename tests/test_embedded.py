@@ -67,8 +67,8 @@ def test_nack_with_delay_and_extend() -> None:
     a.ack(again)
 
 
-def test_redrive_to_dead_letters_after_max_receives() -> None:
-    a = EmbeddedAdapter("redrive-x", max_receives=2)
+def test_redrive_to_dead_letters_after_max_deliveries() -> None:
+    a = EmbeddedAdapter("redrive-x", max_deliveries=2)
     a.send_batch([_bag()])
     for _ in range(2):
         got = a.receive(1, 0)
@@ -129,8 +129,8 @@ def test_a_wakeup_is_for_its_own_adapter() -> None:
 
 
 def test_url_options_and_unknown_option() -> None:
-    a = from_url("mem://url-x?visibility_timeout=5&max_receives=3")
-    assert (a.name, broker("url-x").visibility_timeout, broker("url-x").max_receives) == (
+    a = from_url("mem://url-x?visibility_timeout=5&max_deliveries=3")
+    assert (a.name, broker("url-x").visibility_timeout, broker("url-x").max_deliveries) == (
         "url-x", 5.0, 3,
     )
     with pytest.raises(TypeError, match="bogus"):
@@ -141,10 +141,10 @@ def test_url_options_and_unknown_option() -> None:
 
 @pytest.mark.parametrize("in_flight", [50, 500])
 def test_a_slow_consumer_gets_every_message_once_and_in_order(in_flight: int) -> None:
-    """Issue 13 on mem://: max_receives=1 dead-letters any message received twice; a
+    """Issue 13 on mem://: max_deliveries=1 dead-letters any message received twice; a
     consumer slower than the broker makes the kernel hold, so none is."""
     name = f"slow-{uuid.uuid4().hex[:8]}"
-    with connect(f"mem://{name}?max_receives=1", in_flight=in_flight) as q:
+    with connect(f"mem://{name}?max_deliveries=1", in_flight=in_flight) as q:
         got = slow_consume(q, 1500, work=0.001)
         stats = q.stats()
     assert got == [str(i) for i in range(1500)]

@@ -143,7 +143,7 @@ class Listening:
     def __init__(self) -> None:
         self.name = f"hostile-{uuid.uuid4().hex[:8]}"
         # Poison policy of this broker: after one receive without an ack, dead letters.
-        EmbeddedAdapter(self.name, visibility_timeout=0.3, max_receives=1,
+        EmbeddedAdapter(self.name, visibility_timeout=0.3, max_deliveries=1,
                         max_message_size=8 * 1024 * 1024)
         self.errors: Chan[Exception] = Chan(4096)
         self.q = Queue(EmbeddedAdapter(self.name), errors=self.errors, poll_wait=0.05,

@@ -172,13 +172,13 @@ def committed(bootstrap: str, topic: str, group: str) -> list[int]:
 
 def test_url_gives_brokers_topic_group_and_librdkafka_properties() -> None:
     options, config = parse_url(
-        "kafka://h1:9092,h2:9093/orders?group=billing&max_attempts=3&security.protocol=SSL"
+        "kafka://h1:9092,h2:9093/orders?group=billing&max_deliveries=3&security.protocol=SSL"
     )
     assert options == {
         "topic": "orders",
         "bootstrap": "h1:9092,h2:9093",
         "group": "billing",
-        "max_attempts": 3,
+        "max_deliveries": 3,
     }
     assert config == {"security.protocol": "SSL"}
 
@@ -202,7 +202,7 @@ def test_url_credentials_become_sasl_and_never_show() -> None:
         ("kafka://h1:9092/", "topic"),
         ("kafka:///orders", "brokers"),
         ("kafka://h1:9092/orders?colour=blue", "unknown kafka URL option 'colour'"),
-        ("kafka://h1:9092/orders?max_attempts=many", "max_attempts"),
+        ("kafka://h1:9092/orders?max_deliveries=many", "max_deliveries"),
         ("kafka://u:hunter2@h1:9092/orders?bogus=1", "u:***@h1"),
     ],
 )
@@ -549,7 +549,7 @@ def test_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on
         kafka_bootstrap, topic, [b"a", b"poison", b"c"], 0, headers=[("Category", b"Order")]
     )
     group = f"g-{uuid.uuid4().hex[:8]}"
-    a = adapter(kafka_bootstrap, topic, group=group, max_attempts=3)
+    a = adapter(kafka_bootstrap, topic, group=group, max_deliveries=3)
     adapters.append(a)
     deliveries = []
     while len(deliveries) < 3:
@@ -613,7 +613,7 @@ def test_unroutable_messages_are_retried_then_dead_lettered_or_skipped(
     kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
 ) -> None:
     group = f"g-{uuid.uuid4().hex[:8]}"
-    a = adapter(kafka_bootstrap, topic, group=group, retry_delay=0.05, max_attempts=2)
+    a = adapter(kafka_bootstrap, topic, group=group, retry_delay=0.05, max_deliveries=2)
     adapters.append(a)
     produce_plain(kafka_bootstrap, topic, [b"nobody"], 0, headers=[("Category", b"Nobody")])
     (b,) = receive_n(a, 1)
@@ -638,11 +638,11 @@ def test_release_redelivers_now_and_after_close(
     kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
 ) -> None:
     group = f"g-{uuid.uuid4().hex[:8]}"
-    a = adapter(kafka_bootstrap, topic, group=group, max_attempts=1)
+    a = adapter(kafka_bootstrap, topic, group=group, max_deliveries=1)
     adapters.append(a)
     a.send_batch([bag(b"held")])
     (b,) = receive_n(a, 1)
-    a.release([b])  # not an attempt: never dead-letters, even at max_attempts
+    a.release([b])  # not an attempt: never dead-letters, even at max_deliveries
     (again,) = receive_n(a, 1)
     assert (again.body, again.deliveries) == (b"held", 1)
     assert again is not b  # a new delivery: acks of the released one are ignored
@@ -874,9 +874,9 @@ def test_a_slow_consumer_gets_every_message_once_in_partition_order(
     kafka_queue: Callable[..., Queue], in_flight: int
 ) -> None:
     """Issue 13 on Kafka: the kernel holds while the application is slow; nothing is
-    redelivered or counted toward max_attempts. One key: one partition, so in order."""
+    redelivered or counted toward max_deliveries. One key: one partition, so in order."""
     errors: Chan[Exception] = Chan(1000)
-    q = kafka_queue(key="category", max_attempts=1, in_flight=in_flight, errors=errors)
+    q = kafka_queue(key="category", max_deliveries=1, in_flight=in_flight, errors=errors)
     got = slow_consume(q, 2000, work=0.0005)
     assert got == [str(i) for i in range(2000)]
     assert q.stats().redelivered == 0
@@ -924,7 +924,7 @@ def test_failed_messages_are_redelivered_then_dead_lettered_through_the_kernel(
     kafka_cluster: Cluster, topic: str, kafka_queue: Callable[..., Queue]
 ) -> None:
     errors: Chan[Exception] = Chan(16)
-    q = kafka_queue(max_attempts=2, errors=errors)
+    q = kafka_queue(max_deliveries=2, errors=errors)
     with enqueue(Order, q) as (out, _):
         out.send(Order("bad", 1.0))
         out.send(Order("good", 2.0))

@@ -189,9 +189,9 @@ def test_time_to_flight_starts_when_the_application_receives(
     queues: list[Queue], name: str
 ) -> None:
     """A message waiting in rcv's buffer has not been received: it never expires there
-    (an expiry nacks, and counts toward max_receives); it expired after time_to_flight
+    (an expiry nacks, and counts toward max_deliveries); it expired after time_to_flight
     from its hand-off to the buffer before (issue 13: 51 of 60 redelivered)."""
-    q = open_q(queues, name, EmbeddedAdapter(name, max_receives=1), time_to_flight=0.3)
+    q = open_q(queues, name, EmbeddedAdapter(name, max_deliveries=1), time_to_flight=0.3)
     with enqueue(Order, q) as (out, _):
         for i in range(12):
             out.send(Order(str(i), 1.0))

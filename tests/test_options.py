@@ -41,7 +41,7 @@ def url() -> str:
         ({"retry": 3}, "retry must be a qchan.Backoff policy"),
         ({"errors": []}, "errors must be a qchan.Chan"),
         ({"visibility_timeout": "5"}, "visibility_timeout must be a number of seconds"),
-        ({"max_receives": 0}, "max_receives must be >= 1, not 0"),
+        ({"max_deliveries": 0}, "max_deliveries must be >= 1, not 0"),
     ],
 )
 def test_connect_names_the_bad_keyword(url: str, options: dict[str, Any], said: str) -> None:
@@ -55,7 +55,7 @@ def test_an_unknown_name_lists_the_valid_ones(url: str) -> None:
     with pytest.raises(TypeError) as info:
         connect(url, colour="blue")
     text = str(info.value)
-    for name in ("batch_size", "in_flight", "visibility_timeout", "max_receives"):
+    for name in ("batch_size", "in_flight", "visibility_timeout", "max_deliveries"):
         assert name in text
 
 
@@ -66,7 +66,7 @@ def test_an_unknown_name_lists_the_valid_ones(url: str) -> None:
         ("visibility=5", URLError, "did you mean 'visibility_timeout'?"),
         ("linger=5ms", URLError, "bad value '5ms' for linger="),
         ("in_flight=0", OptionError, "in_flight must be >= 1, not 0"),
-        ("max_receives=x", URLError, "bad value 'x' for max_receives="),
+        ("max_deliveries=x", URLError, "bad value 'x' for max_deliveries="),
     ],
 )
 def test_url_query_keys_are_checked_alike(
@@ -144,3 +144,29 @@ def test_a_good_queue_with_every_option_opens(url: str) -> None:
         errors=errors, close_timeout=1,
     )
     q.close()
+
+
+def test_the_old_names_of_max_deliveries_still_work_and_warn(url: str) -> None:
+    from qchan.adapters.embedded import broker
+
+    deprecated = "max_receives= is deprecated, use max_deliveries="
+    with pytest.warns(DeprecationWarning, match=deprecated) as w:
+        connect(f"{url}?max_receives=3").close()
+    assert w[0].filename == __file__  # the warning names the caller's line
+    assert broker(url[6:]).max_deliveries == 3
+    with pytest.warns(DeprecationWarning, match="max_receives="):
+        connect(url, max_receives=4).close()
+    assert broker(url[6:]).max_deliveries == 4
+    with pytest.raises(OptionError, match="give max_deliveries= only"):
+        connect(url, max_receives=4, max_deliveries=5)
+    pytest.importorskip("confluent_kafka")
+    from qchan.adapters import kafka
+
+    with pytest.warns(DeprecationWarning, match="max_attempts= is deprecated"):
+        assert kafka.from_url("kafka://127.0.0.1:1/t?max_attempts=3").options.max_deliveries == 3
+    pytest.importorskip("pika")
+    from qchan.adapters import rabbitmq
+
+    with pytest.warns(DeprecationWarning, match="max_attempts= is deprecated"):
+        adapter = rabbitmq.from_url(f"{AMQP}?queue=q", max_attempts=3)
+    assert adapter.settings.max_deliveries == 3

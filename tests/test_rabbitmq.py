@@ -97,16 +97,16 @@ def test_repr_redacts_the_password() -> None:
 
 def test_query_options_and_keywords() -> None:
     adapter = from_url(
-        "amqp://h/vhost?queue=orders&prefetch=50&max_attempts=3&heartbeat=30&queue_type=classic",
+        "amqp://h/vhost?queue=orders&prefetch=50&max_deliveries=3&heartbeat=30&queue_type=classic",
         prefetch=70,
     )
     s = adapter.settings
-    assert (s.queue, s.prefetch, s.max_attempts, s.queue_type) == ("orders", 70, 3, "classic")
+    assert (s.queue, s.prefetch, s.max_deliveries, s.queue_type) == ("orders", 70, 3, "classic")
     assert s.dead_letter == "orders.dlq"
     assert adapter.name == "orders"
     assert adapter.max_receive == 70  # never more than the prefetch window
-    unlimited = from_url("amqp://h/?queue=q&dead_letter=none&max_attempts=none")
-    assert (unlimited.settings.dead_letter, unlimited.settings.max_attempts) == (None, None)
+    unlimited = from_url("amqp://h/?queue=q&dead_letter=none&max_deliveries=none")
+    assert (unlimited.settings.dead_letter, unlimited.settings.max_deliveries) == (None, None)
 
 
 def test_invalid_combinations_are_refused_up_front() -> None:
@@ -322,7 +322,7 @@ def test_nack_with_delay_holds_the_message_then_requeues_it(
 def test_release_requeues_and_never_dead_letters(
     make_adapter: Any, queue_name: str, admin: Any
 ) -> None:
-    adapter = make_adapter(queue_name, max_attempts=2)
+    adapter = make_adapter(queue_name, max_deliveries=2)
     adapter.send_batch([bag(1)])
     (got,) = receive_n(adapter, 1)
     adapter.nack([got])
@@ -340,7 +340,7 @@ def test_wakeup_cuts_a_blocked_receive_short_and_gives_nothing_back(
 ) -> None:
     """A wakeup only interrupts: it does not pause the subscription nor requeue anything
     (it used to, and a slow consumer's prefetched messages were requeued until
-    max_attempts dead-lettered them; issue 13)."""
+    max_deliveries dead-lettered them; issue 13)."""
     adapter = make_adapter(queue_name)
     adapter.receive(1, 0)  # connect and subscribe
     waiting = start(adapter.receive, 10, 30.0, name="poller")
@@ -378,7 +378,7 @@ def test_hold_keeps_every_prefetched_delivery_uncounted(
 ) -> None:
     """The in-flight limit reached (Adapter.hold): nothing is requeued, so no delivery
     count grows, however long and however often the kernel holds and wakes."""
-    adapter = make_adapter(queue_name, max_attempts=2)
+    adapter = make_adapter(queue_name, max_deliveries=2)
     adapter.send_batch([bag(i) for i in range(5)])
     (first,) = receive_n(adapter, 1)
     for _ in range(5):  # hold, woken again and again as acks free room
@@ -425,10 +425,10 @@ def test_acking_one_by_one_redelivers_nothing(queue_name: str, admin: Any) -> No
 
 
 @integration
-def test_poison_is_dead_lettered_after_max_attempts(
+def test_poison_is_dead_lettered_after_max_deliveries(
     make_adapter: Any, queue_name: str, admin: Any
 ) -> None:
-    adapter = make_adapter(queue_name, max_attempts=3)
+    adapter = make_adapter(queue_name, max_deliveries=3)
     adapter.send_batch([bag(1)])
     for attempt in (1, 2, 3):
         (got,) = receive_n(adapter, 1)
@@ -447,7 +447,7 @@ def test_poison_is_dead_lettered_after_max_attempts(
 def test_reject_holds_an_unroutable_message_then_dead_letters_it(
     make_adapter: Any, queue_name: str, admin: Any
 ) -> None:
-    adapter = make_adapter(queue_name, max_attempts=2, reject_delay=0.4)
+    adapter = make_adapter(queue_name, max_deliveries=2, reject_delay=0.4)
     adapter.send_batch([bag(1, category="Nobody")])
     (got,) = receive_n(adapter, 1)
     adapter.reject(got, UnroutableError("no channel for 'Nobody'", got))
@@ -465,13 +465,13 @@ def test_reject_holds_an_unroutable_message_then_dead_letters_it(
 def test_a_message_that_keeps_killing_consumers_is_dead_lettered_on_receive(
     make_adapter: Any, queue_name: str, admin: Any
 ) -> None:
-    first = make_adapter(queue_name, max_attempts=2)
+    first = make_adapter(queue_name, max_deliveries=2)
     first.send_batch([bag(1)])
     for _ in range(2):  # two consumers "crash": they close without settling
-        consumer = make_adapter(queue_name, max_attempts=2)
+        consumer = make_adapter(queue_name, max_deliveries=2)
         receive_n(consumer, 1)
         consumer.close()
-    last = make_adapter(queue_name, max_attempts=2)
+    last = make_adapter(queue_name, max_deliveries=2)
     assert last.receive(1, 0.5) == []
     assert [type(e) for e in hooks(last).errors] == [DeadLettered]
     _, props, _ = get_one(admin, f"{queue_name}.dlq")
@@ -814,7 +814,7 @@ def test_poison_payload_from_a_foreign_producer_ends_on_the_dlq(
 ) -> None:
     errors: Chan[Exception] = Chan(64)
     declare(queue_name)  # before plain pika publishes to it
-    q = connect(url_for(queue_name), errors=errors, max_attempts=3, reject_delay=0.1)
+    q = connect(url_for(queue_name), errors=errors, max_deliveries=3, reject_delay=0.1)
     with q, dequeue(Order, q) as (rcv, ack):
         admin.basic_publish("", queue_name, b"\xff{not json", pika.BasicProperties(
             headers={"Category": "Order"}, message_id="poison-1"))
@@ -835,7 +835,7 @@ def test_a_message_the_application_keeps_failing_is_dead_lettered(
     queue_name: str, admin: Any
 ) -> None:
     errors: Chan[Exception] = Chan(64)
-    with connect(url_for(queue_name), errors=errors, max_attempts=3) as q:
+    with connect(url_for(queue_name), errors=errors, max_deliveries=3) as q:
         with enqueue(Order, q) as (out, _):
             out.send(Order("doomed", 1.0))
         with dequeue(Order, q) as (rcv, ack):

@@ -14,7 +14,7 @@ import uuid
 import pytest
 from helpers import start, wait_for
 
-from qchan import AT_MOST_ONCE, Queue, enqueue, serve
+from qchan import AT_MOST_ONCE, Queue, Retries, enqueue, serve
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.testing import Order
 from qchan.worker import _SignalStop, stop_on_signals
@@ -57,8 +57,9 @@ def test_a_raising_handler_nacks_and_logs(caplog: pytest.LogCaptureFixture) -> N
             raise ValueError("first time fails")
         stop.set()
 
-    with caplog.at_level(logging.ERROR, logger="qchan.worker"):
-        served = start(serve, handle, Order, q, workers=2, stop=stop).outcome(30)
+    with caplog.at_level(logging.WARNING, logger="qchan.worker"):
+        served = start(serve, handle, Order, q, workers=2, stop=stop,
+                       retries=Retries(delay=0.01)).outcome(30)
     assert (served.handled, served.failed, len(attempts)) == (1, 1, 2)
     assert "first time fails" in caplog.text and "redelivered" in caplog.text
 
