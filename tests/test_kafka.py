@@ -9,6 +9,7 @@ threads do; the kernel-level tests and the conformance suite are at the end.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -35,7 +36,7 @@ from helpers import slow_consume, start, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qchan import Chan, Queue, connect, dequeue, enqueue
+from qchan import Chan, Queue, Retries, connect, dequeue, enqueue, serve
 from qchan.adapter import Adapter, Hooks
 from qchan.adapters._kafka_config import parse_url, redact_config, scrub
 from qchan.adapters._kafka_inflight import (
@@ -985,3 +986,33 @@ class TestKafkaConformance(Conformance):
             )
 
         return make
+
+
+@pytest.mark.integration
+def test_serve_retries_with_a_delay_then_gives_up_to_the_dead_letter_topic(
+    kafka_cluster: Cluster, topic: str, kafka_queue: Callable[..., Queue]
+) -> None:
+    """Issue 14: a failing handler's message is redelivered after the policy's delay
+    (Kafka: from the adapter's memory, the offset uncommitted), and a give_up_on error
+    copies it to <topic>.dlq at once."""
+    calls: list[float] = []
+    stop = threading.Event()
+
+    def handle(order: Order) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ConnectionError("downstream is down")
+        raise ValueError("invalid after all")
+
+    q = kafka_queue(max_deliveries=5)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("x", 1.0))
+    retries = Retries(delay=0.5, jitter=False, give_up_on=ValueError)
+    worker = start(serve, handle, Order, q, workers=1, stop=stop, signals=(), retries=retries,
+                   close_queue=False)
+    (dead,) = consume_plain(kafka_cluster.bootstrap, f"{topic}.dlq", 1)
+    stop.set()
+    worker.outcome(30)
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.45
+    assert json.loads(dead.value())["id"] == "x"
+    assert dict(dead.headers())["Error"].startswith(b"given up after 2 deliveries: ValueError")

@@ -7,6 +7,7 @@ the broker side with plain pika (`admin`), so qchan never vouches for itself.
 
 from __future__ import annotations
 
+import itertools
 import json
 import ssl
 import threading
@@ -42,7 +43,7 @@ from fixtures_rabbitmq import (  # noqa: F401 - the *_fixture names are pytest f
 )
 from helpers import join_all, slow_consume, start, wait_for
 
-from qchan import Adapter, Chan, ChannelClosed, connect, dequeue, enqueue
+from qchan import Adapter, Chan, ChannelClosed, Retries, connect, dequeue, enqueue, serve
 from qchan.adapters.rabbitmq import (
     DeadLettered,
     MissingQueue,
@@ -964,3 +965,36 @@ def test_broker_restart_in_the_middle_of_10000_messages_loses_nothing(queue_name
     assert any(isinstance(e, ConnectionLost) for e in reported)
     print(f"restart at {progress}; {deliveries - len(received)} duplicates, {len(dead)} on dlq, "
           f"{len(reported)} errors reported")
+
+
+@integration
+def test_serve_retries_a_failing_handler_with_backoff_then_gives_up(
+    queue_name: str, admin: Any
+) -> None:
+    """Issue 14: a short downstream outage used to burn all 10 deliveries in under 2 s.
+    Now each redelivery waits longer (RabbitMQ: held un-acked, then requeued), and a
+    give_up_on error goes to <queue>.dlq at once."""
+    calls: dict[str, list[float]] = {"outage": [], "invalid": []}
+    stop = threading.Event()
+
+    def handle(order: Order) -> None:
+        calls[order.id].append(time.monotonic())
+        if order.id == "invalid":
+            raise KeyError("no such customer")
+        if len(calls["outage"]) < 3:
+            raise ConnectionError("downstream is down")
+        stop.set()
+
+    q = connect(url_for(queue_name))
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("invalid", 1.0))
+        out.send(Order("outage", 1.0))
+    retries = Retries(delay=0.3, factor=2.0, jitter=False, max_deliveries=5,
+                      give_up_on=KeyError)
+    worker = start(serve, handle, Order, q, workers=2, stop=stop, signals=(), retries=retries)
+    served = worker.outcome(60.0)
+    _, _, body = get_one(admin, f"{queue_name}.dlq", timeout=20.0)
+    assert json.loads(body)["id"] == "invalid" and len(calls["invalid"]) == 1
+    gaps = [b - a for a, b in itertools.pairwise(calls["outage"])]
+    assert len(gaps) == 2 and gaps[0] >= 0.27 and gaps[1] >= 0.54, gaps
+    assert (served.handled, served.failed) == (1, 3)

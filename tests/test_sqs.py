@@ -24,7 +24,18 @@ import pytest
 from fixtures_sqs import MotoServer, free_port, sqs_endpoint  # noqa: F401
 from helpers import slow_consume, start, wait_for
 
-from qchan import AT_MOST_ONCE, Adapter, Chan, Constant, DecodeError, connect, dequeue, enqueue
+from qchan import (
+    AT_MOST_ONCE,
+    Adapter,
+    Chan,
+    Constant,
+    DecodeError,
+    Retries,
+    connect,
+    dequeue,
+    enqueue,
+    serve,
+)
 from qchan.adapter import Hooks
 from qchan.adapters import _sqs_wire as wire
 from qchan.adapters.sqs import QueueNotFound, SQSAdapter, SQSError, _parse, from_url
@@ -883,3 +894,37 @@ class TestSQSFifoConformance(TestSQSConformance):
     ) -> None:
         pytest.skip("on FIFO, a poison message blocks its group until the queue's redrive "
                     "policy moves it: test_poison_is_left_for_the_redrive_policy[fifo]")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+def test_serve_retries_with_visibility_then_gives_up_to_the_redrive_dlq(
+    fifo: bool, make_queue: Any, sqs: Any, sqs_endpoint: str, adapters: Any  # noqa: F811
+) -> None:
+    """Issue 14: a failing handler's message comes back after the policy's delay (SQS:
+    ChangeMessageVisibility), and a give_up_on error moves it to the queue's redrive
+    dead-letter queue at once, attributes intact."""
+    dlq_name, dlq_url = make_queue(fifo=fifo)
+    arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    name, _ = make_queue(fifo=fifo, VisibilityTimeout="30", RedrivePolicy=json.dumps({
+        "deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 10}))
+    calls: list[float] = []
+    stop = threading.Event()
+
+    def handle(order: Order) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ConnectionError("downstream is down")
+        raise ValueError("invalid after all")
+
+    q = connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("x", 1.0))
+    retries = Retries(delay=1.0, jitter=False, give_up_on=ValueError)
+    worker = start(serve, handle, Order, q, workers=1, stop=stop, signals=(), retries=retries)
+    dead = wait_for(lambda: adapters(dlq_name).receive(10, 1), 30, "the message in the DLQ")
+    stop.set()
+    worker.outcome(30)
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.9
+    assert dead[0].category == "Order" and json.loads(dead[0].body)["id"] == "x"
+    assert_empty(adapters(name))
