@@ -93,6 +93,8 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
 _KW_ONLY = frozenset({"queue_arguments", "ssl_context"})
 #: The keyword options of `from_url`.
 OPTIONS = frozenset({*_OPTIONS, *_KW_ONLY})
+#: The URL query keys pika owns (`heartbeat` is pika's there, not the queue's).
+QUERY_KEYS = frozenset(_PIKA_KEYS)
 
 
 @attrs.frozen
@@ -178,7 +180,7 @@ def settings_from_url(url: str, options: Mapping[str, Any]) -> Settings:
         else:
             raise unknown(
                 f"RabbitMQ URL {shown!r}", [key], {*_OPTIONS, *QUEUE_URL_OPTIONS, *_PIKA_KEYS},
-                URLOptionError,
+                URLOptionError, noun="query key",
             )
     ours.update(options)
     renamed(f"RabbitMQ URL {shown!r}", ours, "max_attempts", "max_deliveries")

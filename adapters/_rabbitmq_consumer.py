@@ -50,7 +50,7 @@ from qchan.message import Bag
 from . import _rabbitmq_pika as pk
 from ._rabbitmq_config import Settings
 from ._rabbitmq_topology import connect_blocking, declare
-from ._rabbitmq_wire import Receipt, bag_from_delivery
+from ._rabbitmq_wire import Receipt, bag_from_delivery, properties_for
 
 __all__ = ["Consumer", "DeadLettered", "Settle"]
 
@@ -71,6 +71,8 @@ class Settle:
     kind: Literal["ack", "requeue", "dead"]
     receipt: Receipt
     due: float = 0.0
+    #: For "dead" on an adopted queue: the message, copied to the dead-letter queue.
+    bag: Bag | None = None
 
 
 class Consumer:
@@ -79,6 +81,8 @@ class Consumer:
     def __init__(self, settings: Settings, report: Callable[[BaseException], None]) -> None:
         self._s = settings
         self._report = report
+        self._adopted = False  # the queue exists with other arguments: see declare()
+        self._dead_ch: pk.BlockingChannel | None = None  # confirmed copies to the DLQ
         self._conn: pk.BlockingConnection | None = None
         self._ch: pk.BlockingChannel | None = None
         #: Incremented per connection; receipts of older ones are stale.
@@ -253,8 +257,43 @@ class Consumer:
                 ch.basic_ack(tag)
 
     def _nack(self, ch: pk.BlockingChannel, op: Settle) -> None:
-        if self._open.pop(op.receipt.tag, False) is None:
-            ch.basic_nack(op.receipt.tag, requeue=op.kind == "requeue")
+        if op.receipt.tag not in self._open:
+            return
+        if op.kind == "dead" and self._adopted:
+            if op.bag is None or not self._copy_dead(op.bag.body, properties_for(
+                op.bag, op.bag.id or ""
+            )):
+                ch.basic_nack(op.receipt.tag, requeue=True)  # never dropped
+            else:
+                ch.basic_ack(op.receipt.tag)
+            del self._open[op.receipt.tag]
+            return
+        del self._open[op.receipt.tag]
+        ch.basic_nack(op.receipt.tag, requeue=op.kind == "requeue")
+
+    def _copy_dead(self, body: bytes, props: pk.BasicProperties) -> bool:
+        """Dead-letter on an adopted queue (whose own dead-letter exchange qchan cannot see):
+        publish a copy to our dead-letter queue and wait for the broker's confirm."""
+        target = self._s.dead_letter
+        if target is None or self._conn is None:
+            self._report(ConnectionLost(
+                f"queue {self._s.queue!r}: no dead_letter= queue for a message given up on; "
+                f"requeued (never dropped)"
+            ))
+            return False
+        try:
+            if self._dead_ch is None or not self._dead_ch.is_open:
+                self._dead_ch = self._conn.channel()
+                self._dead_ch.confirm_delivery()
+            self._dead_ch.basic_publish("", target, body, props, mandatory=True)
+        except pk.AMQPError as e:
+            self._dead_ch = None
+            self._report(ConnectionLost(
+                f"queue {self._s.queue!r}: copying a dead letter to {target!r} failed "
+                f"({type(e).__name__}: {self._s.scrub(str(e))}); requeued"
+            ))
+            return False
+        return True
 
     def _on_message(
         self, ch: Any, method: pk.Deliver, props: pk.BasicProperties, body: bytes
@@ -264,7 +303,12 @@ class Consumer:
         if limit is not None and bag.deliveries > limit:
             # Delivered max_deliveries times already and never settled: the consumer
             # process probably dies on it. Do not hand it out once more.
-            ch.basic_nack(method.delivery_tag, requeue=False)
+            if not self._adopted:
+                ch.basic_nack(method.delivery_tag, requeue=False)
+            elif self._copy_dead(body, props):
+                ch.basic_ack(method.delivery_tag)
+            else:
+                ch.basic_nack(method.delivery_tag, requeue=True)
             self.dead_lettered(bag, f"delivered {bag.deliveries - 1} times without an ack")
             return
         self._open[method.delivery_tag] = None
@@ -295,8 +339,8 @@ class Consumer:
             self._schedule_retry()
             raise
         try:
-            ch = conn.channel()
-            declare(ch, self._s)
+            ch, self._adopted = declare(conn, self._s)
+            self._dead_ch = None
             ch.basic_qos(prefetch_count=self.prefetch)
             self._generation += 1
             self._open.clear()
@@ -327,7 +371,7 @@ class Consumer:
         # Paused with nothing outstanding (no channel was receiving, e.g. the broker
         # dropped the idle connection for missed heartbeats): nothing was lost.
         idle = self._consumer_tag is None and not (self._open or self._held or self._ops)
-        self._conn = self._ch = None
+        self._conn = self._ch = self._dead_ch = None
         self._consumer_tag = None
         self._ready.clear()  # the broker requeues them with everything else un-acked
         self._held.clear()

@@ -141,6 +141,13 @@ class BlockingChannel(Protocol):
 
     def queue_bind(self, queue: str, exchange: str, routing_key: str | None = None) -> Any: ...
 
+    def confirm_delivery(self) -> None: ...
+
+    def basic_publish(
+        self, exchange: str, routing_key: str, body: bytes,
+        properties: BasicProperties | None = None, mandatory: bool = False,
+    ) -> None: ...
+
     def close(self) -> None: ...
 
 

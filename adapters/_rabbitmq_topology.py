@@ -45,22 +45,30 @@ def queue_arguments(s: Settings) -> dict[str, Any]:
     return args
 
 
-def declare(ch: pk.BlockingChannel, s: Settings) -> None:
-    """Declare (or check) the topology on a fresh channel; raise TopologyError if refused."""
+# (URL, queue) pairs adopted in this process: the warning is given once for each.
+_ADOPTED: set[tuple[str, str]] = set()
+
+
+def declare(conn: pk.BlockingConnection, s: Settings) -> tuple[pk.BlockingChannel, bool]:
+    """Declare (or check) the topology; a usable channel, and whether the queue was adopted.
+
+    A queue (or dead-letter queue) that exists with other arguments than ours
+    (declared by another service, say) is adopted as it is, with one warning:
+    RabbitMQ refuses the declaration (406) and closes the channel, so a fresh
+    channel checks that it exists (passive). Anything else refused raises
+    TopologyError.
+    """
+    ch = conn.channel()
     if s.declare == "none":
-        return
+        return ch, False
     if s.declare == "passive":
         _passive(ch, s)
-        return
+        return ch, False
+    if s.dead_letter:
+        ch, _ = _declare_or_adopt(conn, ch, s, s.dead_letter, {"x-queue-type": s.queue_type})
+    ch, adopted = _declare_or_adopt(conn, ch, s, s.queue, queue_arguments(s))
     what = ""
     try:
-        if s.dead_letter:
-            what = f"dead-letter queue {s.dead_letter!r}"
-            ch.queue_declare(
-                s.dead_letter, durable=True, arguments={"x-queue-type": s.queue_type}
-            )
-        what = f"queue {s.queue!r}"
-        ch.queue_declare(s.queue, durable=True, arguments=queue_arguments(s))
         if s.exchange:
             what = f"exchange {s.exchange!r}"
             ch.exchange_declare(s.exchange, exchange_type=s.exchange_type, durable=True)
@@ -71,14 +79,53 @@ def declare(ch: pk.BlockingChannel, s: Settings) -> None:
         code, text = _reply(e)
         hint = ""
         if code == 406:
-            hint = (
-                "; it exists with other arguments: match them "
-                "(queue_type=, dead_letter=, queue_arguments=, exchange_type=) or use "
-                "declare='passive' or 'none'"
-            )
+            hint = "; it exists with another type: match it (exchange_type=) or use declare='none'"
         raise TopologyError(
             f"RabbitMQ refused to declare {what} at {s.display_url}: {code} {text}{hint}"
         ) from None
+    return ch, adopted
+
+
+def _declare_or_adopt(
+    conn: pk.BlockingConnection, ch: pk.BlockingChannel, s: Settings, name: str,
+    arguments: dict[str, Any],
+) -> tuple[pk.BlockingChannel, bool]:
+    try:
+        ch.queue_declare(name, durable=True, arguments=arguments)
+        return ch, False
+    except pk.ChannelClosedByBroker as e:
+        code, text = _reply(e)
+        if code != 406:
+            raise TopologyError(
+                f"RabbitMQ refused to declare queue {name!r} at {s.display_url}: {code} {text}"
+            ) from None
+        refused = text
+    ch = conn.channel()  # the broker closed the one that tried
+    try:
+        ch.queue_declare(name, passive=True)
+    except pk.ChannelClosedByBroker as e:
+        code, text = _reply(e)
+        raise TopologyError(
+            f"queue {name!r} at {s.display_url} refused our arguments ({refused}) and then "
+            f"could not be checked: {code} {text}"
+        ) from None
+    if (s.display_url, name) not in _ADOPTED:
+        _ADOPTED.add((s.display_url, name))
+        ours = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+        extra = "" if name != s.queue else (
+            " On it: deliveries are counted exactly only if it is a quorum queue (a classic "
+            "queue says 1, or 2 once redelivered, so max_deliveries above 2 never triggers); "
+            + (f"qchan dead-letters by copying a message to {s.dead_letter!r} (confirmed) "
+               f"and then acking it, since it cannot see the queue's own dead-letter exchange."
+               if s.dead_letter else
+               "without dead_letter= a message given up on is requeued, never dropped.")
+        )
+        log.warning(
+            "queue %s at %s exists with other arguments than qchan declares (%s; RabbitMQ "
+            "said %s): using it as it is (declare='passive' does so without this warning).%s",
+            name, s.display_url, ours, refused, extra,
+        )
+    return ch, True
 
 
 def _passive(ch: pk.BlockingChannel, s: Settings) -> None:
@@ -140,7 +187,7 @@ def setup(s: Settings) -> None:
         return
     conn = connect_blocking(s, "setup")
     try:
-        declare(conn.channel(), s)
+        declare(conn, s)
     finally:
         try:
             conn.close()

@@ -29,6 +29,7 @@ from qchan.adapter import Adapter, Hooks
 from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
 
+from . import _rabbitmq_config
 from ._rabbitmq_config import Settings, settings_from_url
 from ._rabbitmq_consumer import Consumer, DeadLettered, Settle
 from ._rabbitmq_publisher import BrokerNack, Publisher
@@ -127,7 +128,7 @@ class RabbitMQAdapter(Adapter):
             self._consumer.dead_lettered(
                 bag, f"given up on delivery {bag.deliveries}: {describe(error)}"
             )
-        self._consumer.settle([Settle("dead", _receipt(b)) for b in bags])
+        self._consumer.settle([Settle("dead", _receipt(b), bag=b) for b in bags])
 
     def release(self, bags: Sequence[Bag]) -> None:
         """Requeue at once; never dead-letters (the application did not refuse them)."""
@@ -155,7 +156,7 @@ class RabbitMQAdapter(Adapter):
         for i, bag in enumerate(bags):
             receipt = _receipt(bag)
             if limit is not None and bag.deliveries >= limit:
-                ops.append(Settle("dead", receipt))
+                ops.append(Settle("dead", receipt, bag=bag))
                 reason = why if errors is None else f"{why} ({describe(errors[i])})"
                 self._consumer.dead_lettered(bag, f"{reason} on delivery {bag.deliveries}")
             else:
@@ -180,6 +181,11 @@ def _receipt(bag: Bag) -> Receipt:
     if not isinstance(digest, Receipt):
         raise TypeError(f"not a RabbitMQ delivery (digest {digest!r}); was it received here?")
     return digest
+
+
+#: The keyword options of `from_url`, and the URL query keys pika owns (see connect).
+OPTIONS = _rabbitmq_config.OPTIONS
+QUERY_KEYS = _rabbitmq_config.QUERY_KEYS
 
 
 def from_url(url: str, **options: Any) -> RabbitMQAdapter:

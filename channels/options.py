@@ -51,7 +51,7 @@ class URLOptionError(URLError, OptionError):
 
 def unknown(
     where: str, names: Iterable[str], valid: Collection[str],
-    error: type[Exception] = OptionError,
+    error: type[Exception] = OptionError, noun: str = "option",
 ) -> Exception:
     """The error for unknown option `names` given to `where`: each with the nearest valid
     name (difflib), then every valid one."""
@@ -62,7 +62,7 @@ def unknown(
         said.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
     plural = "s" if len(names) > 1 else ""
     return error(
-        f"{where}: unknown option{plural} {', '.join(said)}; valid: {', '.join(sorted(valid))}"
+        f"{where}: unknown {noun}{plural} {', '.join(said)}; valid: {', '.join(sorted(valid))}"
     )
 
 
@@ -183,11 +183,12 @@ _URL_PARSERS: dict[str, Callable[[str], Any]] = {
 QUEUE_URL_OPTIONS: frozenset[str] = frozenset(_URL_PARSERS)
 
 
-def split_query(url: str) -> tuple[str, dict[str, Any]]:
+def split_query(url: str, reserved: Collection[str] = ()) -> tuple[str, dict[str, Any]]:
     """(`url` without the kernel's query keys, those keys' values parsed).
 
-    The rest of the query is left byte for byte as it was, for the adapter.
-    Raises `URLError` for a value that does not parse.
+    The rest of the query is left byte for byte as it was, for the adapter, and so
+    are `reserved` keys (the adapter's own, where a name is both: pika's
+    `heartbeat`). Raises `URLError` for a value that does not parse.
     """
     base, sep, rest = url.partition("?")
     if not sep:
@@ -198,7 +199,7 @@ def split_query(url: str) -> tuple[str, dict[str, Any]]:
     for item in query.split("&"):
         key, _, value = item.partition("=")
         name = unquote_plus(key)
-        if name in _URL_PARSERS:
+        if name in _URL_PARSERS and name not in reserved:
             text = unquote_plus(value)
             try:
                 found[name] = _URL_PARSERS[name](text)

@@ -28,7 +28,7 @@ from .options import (
 )
 from .retry import Backoff, Exponential
 from .stats import Counters, Stats
-from .urls import adapter_options, open_adapter, redact
+from .urls import adapter_names, open_adapter, redact
 
 __all__ = ["Queue", "connect"]
 
@@ -421,14 +421,14 @@ def connect(url: str, **options: Any) -> Queue:
     """
     if not isinstance(url, str):
         raise OptionError(f"connect needs a queue URL string, not {url!r}")
-    url_for_adapter, from_query = split_query(url)
+    url_for_adapter, from_query = split_query(url, adapter_names(url, "QUERY_KEYS") or ())
     kernel = {**from_query, **{k: options.pop(k) for k in list(options) if k in QUEUE_OPTIONS}}
     where = f"connect({redact(url)!r})"
     try:
         QueueOptions(**kernel)  # before the adapter opens (it may reach the network)
     except OptionError as e:
         raise OptionError(f"{where}: {e}") from None
-    own = adapter_options(url_for_adapter)
+    own = adapter_names(url_for_adapter)
     if own is not None:
         check_keywords(where, options, {*QUEUE_OPTIONS, *own})
     adapter = open_adapter(url_for_adapter, **options)

@@ -11,7 +11,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from .adapter import Adapter
 from .errors import QchanError
 
-__all__ = ["SECRET_KEY", "adapter_options", "open_adapter", "redact", "register_scheme"]
+__all__ = ["SECRET_KEY", "adapter_names", "open_adapter", "redact", "register_scheme"]
 
 # scheme -> (module, extra to install). Each module defines
 # `from_url(url: str, **options) -> Adapter`, which raises on an option it does
@@ -73,9 +73,11 @@ def redact(url: str) -> str:
     return url
 
 
-def adapter_options(url: str) -> frozenset[str] | None:
-    """The keyword options the adapter of `url`'s scheme takes, or None when it does not
-    say (a registered scheme) or cannot be imported (open_adapter then says why)."""
+def adapter_names(url: str, which: str = "OPTIONS") -> frozenset[str] | None:
+    """What the adapter of `url`'s scheme declares: its keyword options (`OPTIONS`) or the
+    URL query keys it owns besides those (`QUERY_KEYS`, e.g. pika's `heartbeat`); None
+    when it does not say (a registered scheme) or cannot be imported (open_adapter then
+    says why)."""
     try:
         scheme = urlsplit(url).scheme.lower()
     except ValueError:
@@ -86,7 +88,7 @@ def adapter_options(url: str) -> frozenset[str] | None:
         mod = importlib.import_module(_BUILTIN[scheme][0])
     except ImportError:
         return None
-    names = getattr(mod, "OPTIONS", None)
+    names = getattr(mod, which, None)
     return frozenset(names) if names is not None else None
 
 

@@ -170,3 +170,11 @@ def test_the_old_names_of_max_deliveries_still_work_and_warn(url: str) -> None:
     with pytest.warns(DeprecationWarning, match="max_attempts= is deprecated"):
         adapter = rabbitmq.from_url(f"{AMQP}?queue=q", max_attempts=3)
     assert adapter.settings.max_deliveries == 3
+
+
+def test_a_query_key_the_transport_owns_stays_the_transports() -> None:
+    """`heartbeat` is pika's in an amqp:// URL (the AMQP heartbeat), not the queue's."""
+    pytest.importorskip("pika")
+    with connect(f"{AMQP}?queue=q&heartbeat=30&in_flight=9") as q:
+        assert (q.heartbeat, q.in_flight) == (None, 9)
+        assert q.adapter.settings.heartbeat_in_url  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import ssl
 import threading
 import time
@@ -501,8 +502,9 @@ def test_existing_classic_queue_declare_none_and_mismatch(
 ) -> None:
     admin.queue_declare(queue_name, durable=True)  # someone else's classic queue
     mismatched = make_adapter(queue_name)
-    with pytest.raises(TopologyError, match="queue_type="):
-        mismatched.receive(1, 0)
+    assert list(mismatched.receive(1, 0)) == []  # adopted as it is (it used to refuse: 406)
+    assert hooks(mismatched).errors == []
+    mismatched.close()
     trusting = make_adapter(queue_name, declare="none", queue_type="classic")
     assert list(trusting.send_batch([bag(1)])) == [None]
     (got,) = receive_n(trusting, 1)
@@ -998,3 +1000,53 @@ def test_serve_retries_a_failing_handler_with_backoff_then_gives_up(
     gaps = [b - a for a, b in itertools.pairwise(calls["outage"])]
     assert len(gaps) == 2 and gaps[0] >= 0.27 and gaps[1] >= 0.54, gaps
     assert (served.handled, served.failed) == (1, 3)
+
+
+# -- existing topology is adopted (issue 14, point 4) ---------------------------------
+
+
+@integration
+@pytest.mark.parametrize(
+    "arguments",
+    [None, {"x-queue-type": "quorum", "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "{name}.theirs"}],
+    ids=["classic-plain", "quorum-other-dead-letter"],
+)
+def test_a_queue_declared_by_another_service_is_adopted(
+    queue_name: str, admin: Any, arguments: dict[str, str] | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another service declared the queue with its own arguments (plain pika): qchan used to
+    fail every send with 406 PRECONDITION_FAILED. Now it uses the queue as it is, warns once,
+    and dead-letters by a confirmed copy to <queue>.dlq (never by a nack that RabbitMQ
+    would drop for want of a dead-letter exchange)."""
+    args = {k: v.format(name=queue_name) for k, v in (arguments or {}).items()}
+    admin.queue_declare(queue_name, durable=True, arguments=args or None)
+    errors: Chan[Exception] = Chan(64)
+    with caplog.at_level(logging.WARNING, logger="qchan.adapters.rabbitmq"):
+        q = connect(url_for(queue_name), errors=errors, max_deliveries=2)
+        with q:
+            with enqueue(Order, q) as (out, _):
+                out.send(Order("kept", 1.0))
+                out.send(Order("doomed", 2.0))
+                out.send(Order("invalid", 3.0))
+            with dequeue(Order, q) as (rcv, ack):
+                seen: dict[str, int] = {}
+                while "kept" not in seen or seen.get("doomed", 0) < 2 or "invalid" not in seen:
+                    m = rcv.recv(timeout=20.0)
+                    seen[m.object.id] = seen.get(m.object.id, 0) + 1
+                    if m.object.id == "kept":
+                        ack.send(m)
+                    elif m.object.id == "invalid":
+                        ack.send(m.dead_letter(ValueError("invalid")))
+                    else:
+                        ack.send(m.fail(ConnectionError("down")))
+                dead = sorted(json.loads(get_one(admin, f"{queue_name}.dlq")[2])["id"]
+                              for _ in range(2))
+    adopted = [r for r in caplog.records if "exists with other arguments" in r.getMessage()]
+    assert len(adopted) == 1, [r.getMessage() for r in adopted]  # once, not per connection
+    # Quorum counts deliveries exactly; classic says 2 once redelivered, which is exactly
+    # max_deliveries=2 here: both dead-letter "doomed" at its second delivery.
+    assert dead == ["doomed", "invalid"]
+    assert stays(lambda: queue_depth(admin, queue_name) == 0)
+    delete_queues(f"{queue_name}.theirs")
