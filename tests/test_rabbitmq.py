@@ -49,7 +49,6 @@ from qchan.adapters.rabbitmq import (
     DeadLettered,
     MissingQueue,
     RabbitMQAdapter,
-    TopologyError,
     from_url,
 )
 from qchan.errors import (
