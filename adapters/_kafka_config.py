@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
+from qchan.logs import client_logger
 from qchan.message import Bag
 from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, unknown
 from qchan.urls import SECRET_KEY, URLError, redact
@@ -181,8 +182,9 @@ def _common(o: KafkaOptions, log: logging.Logger, side: Mapping[str, Any]) -> di
     conf: dict[str, Any] = {
         "bootstrap.servers": o.bootstrap,
         "client.id": f"qchan-{o.name}",
-        # librdkafka's own log lines go through `logging`, served by poll().
-        "logger": log,
+        # librdkafka's own log lines go through `logging` (served by poll()), at DEBUG
+        # under qchan.client.kafka: what matters reaches error_cb, reported once.
+        "logger": client_logger("kafka"),
     }
     conf.update(o.config)
     conf.update(side)

@@ -47,6 +47,7 @@ from qchan.errors import (
     UnroutableError,
     describe,
 )
+from qchan.logs import Repeats
 from qchan.message import ATTR_CATEGORY, Bag
 from qchan.options import renamed
 
@@ -66,6 +67,12 @@ if TYPE_CHECKING:
 __all__ = ["KafkaAdapter", "KafkaSendError", "TopicNotFound", "from_url"]
 
 log = logging.getLogger("qchan.adapters.kafka")
+_REPEATS = Repeats()
+# librdkafka errors that mean "cannot reach the cluster now" (it reconnects by itself).
+_UNREACHABLE = frozenset({
+    KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT, KafkaError._SSL,
+    KafkaError._AUTHENTICATION,
+})
 
 #: Longest single poll while `receive` waits, so commits, redeliveries and
 #: `wakeup` are served promptly (a poll cannot be interrupted).
@@ -917,8 +924,14 @@ class KafkaAdapter(Adapter):
             )
         elif err.fatal():
             self.hooks.report(QchanError(f"kafka client of {self.topic!r}: {err.str()}"))
+        elif err.code() in _UNREACHABLE:  # librdkafka retries by itself: say so, not per retry
+            text = f"kafka client of {self.topic!r}: {err.str()}; reconnecting"
+            show, held = _REPEATS.check(text)
+            if show:
+                more = f" ({held} more like it in the last {_REPEATS.every:.0f} s)" if held else ""
+                self.hooks.report(ConnectionLost(text + more))
         else:
-            log.warning("kafka client of %r: %s", self.topic, err.str())
+            _REPEATS.log(log, logging.WARNING, f"kafka client of {self.topic!r}: {err.str()}")
 
     def wakeup(self) -> None:
         self._wake.set()

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .errors import QchanError
+from .logs import CLIENT
 from .urls import redact
 
 EPILOG = """\
@@ -48,10 +49,12 @@ def _send(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace) -> int:
     from .commands import factory, listen  # noqa: PLC0415
 
-    make = factory(args.url, 10.0, agent="qchan-cli")
+    # With --timeout, a first connection attempt gets no longer than that.
+    seconds = min(args.retry_seconds, args.timeout or args.retry_seconds)
+    make = factory(args.url, seconds, agent="qchan-cli")
     return listen(
         make, args.category, count=args.count, ack=not args.no_ack, timeout=args.timeout,
-        out=sys.stdout,
+        out=sys.stdout, grace=0.0 if args.url.startswith("mem:") else seconds + 1.0,
     )
 
 
@@ -123,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
                         help="stop when no message arrives for this many seconds")
     listen.add_argument("--no-ack", action="store_true",
                         help="do not ack: the messages stay on the queue")
+    listen.add_argument("--retry-seconds", type=float, default=10.0,
+                        help="the transport's timeouts for one call (10)")
     listen.set_defaults(run=_listen)
 
     bench = sub.add_parser(
@@ -143,11 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # The library logs through `qchan.*` loggers; on the command line, say it in our voice.
     # Client libraries (pika, botocore, ...) log their own retries loudly: only with -v.
+    quiet = getattr(args, "quiet", False)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose else logging.ERROR if quiet else logging.WARNING,
         format="qchan: %(levelname)s: %(message)s",
     )
-    if not args.verbose:
+    if args.verbose:  # the client libraries' own lines (librdkafka's are at DEBUG)
+        logging.getLogger(CLIENT).setLevel(logging.DEBUG)
+    else:
         for noisy in ("pika", "botocore", "boto3", "urllib3", "confluent_kafka"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:

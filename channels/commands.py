@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import statistics
 import sys
 import threading
@@ -16,10 +17,12 @@ import attrs
 from .chan import Chan
 from .codec import EncodeError
 from .endpoints import dequeue, enqueue
+from .errors import ConnectionLost
 from .message import Msg
 from .progress import Progress
 from .queue import Queue, connect
 from .retry import Exponential
+from .select import select
 from .urls import URLError, redact
 
 __all__ = ["JSONText", "bench", "listen", "send"]
@@ -134,18 +137,49 @@ def _body(data: bytes) -> dict[str, Any]:
 
 def listen(
     q_factory: Any, category: str, *, count: int | None, ack: bool, timeout: float | None,
-    out: IO[str],
+    out: IO[str], grace: float = 0.0,
 ) -> int:
-    """Print received messages as JSON lines; ack them unless told not to."""
-    q: Queue = q_factory()
+    """Print received messages as JSON lines; ack them unless told not to.
+
+    Exits 1 if `count` messages did not come within `timeout`, or if the broker
+    could not be reached (then it says why, once). With nothing received when the
+    timeout passes, it waits up to `grace` s more for the transport to say whether
+    the broker was reachable (a first connection attempt may take that long)."""
+    errors: Chan[Exception] = Chan(256)
+    q: Queue = q_factory(errors=errors)
     received = 0
+    unreachable: Exception | None = None  # the last connection failure, until a message
+    said: set[str] = set()
     with q, dequeue(bytes, q, category=category) as (rcv, acks):
+        deadline = None if timeout is None else time.monotonic() + timeout
         while count is None or received < count:
-            try:
-                msg = rcv.recv(timeout=timeout)
-            except TimeoutError:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            sel = select(rcv, errors, timeout=left)
+            if sel is None and not received and unreachable is None and grace > 0:
+                sel = select(errors, timeout=grace)  # did the first connection fail?
+                grace = 0.0
+                if sel is not None:
+                    sel = sel._replace(index=1)
+            if sel is None:
+                if unreachable is not None:
+                    err(f"the broker could not be reached within {timeout} s (said above); "
+                        f"received {received}")
+                    return EXIT_FAILED
                 err(f"no message within {timeout} s; received {received}")
                 return EXIT_FAILED if count is not None else EXIT_OK
+            if sel.index == 1:
+                problem: Exception = sel.value
+                if isinstance(problem, ConnectionLost):
+                    unreachable = problem
+                shape = re.sub(r"\d+", "#", str(problem))
+                if shape not in said:  # each kind of problem once
+                    said.add(shape)
+                    err(str(problem))
+                continue
+            msg = sel.value
+            unreachable = None
+            if deadline is not None:
+                deadline = time.monotonic() + timeout  # type: ignore[operator]
             line = {"category": msg.category, "attributes": dict(msg.attributes),
                     **_body(msg.object)}
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -226,14 +260,28 @@ def bench(q_factory: Any, *, count: int, size: int, category: str, quiet: bool) 
     return EXIT_FAILED if failed or len(seen) < count else EXIT_OK
 
 
+def _within(url: str, seconds: float) -> dict[str, Any]:
+    """The transport's own timeouts, so that a command gives up after about `seconds`
+    (a Kafka send alone waits `send_timeout`, 30 s by default)."""
+    scheme = url.partition(":")[0].lower()
+    seconds = max(1.0, seconds)
+    if scheme == "kafka":
+        return {"send_timeout": seconds, "admin_timeout": min(10.0, seconds)}
+    if scheme in ("amqp", "amqps"):
+        return {"confirm_timeout": seconds}
+    if scheme == "sqs":
+        return {"connect_timeout": min(5.0, seconds), "read_timeout": min(30.0, seconds + 1)}
+    return {}
+
+
 def factory(url: str, retry_seconds: float, agent: str, **options: Any) -> Any:
     """A function that opens the queue (so that URL errors surface where the caller wants)."""
 
-    def make() -> Queue:
+    def make(**more: Any) -> Queue:
         try:
             return connect(
                 url, agent=agent, retry=Exponential(max_attempts=None, max_elapsed=retry_seconds),
-                **options,
+                **{**_within(url, retry_seconds), **options, **more},
             )
         except URLError:
             raise

@@ -572,8 +572,8 @@ class Emitter:
             wait = None if self.abort.is_set() else self.retry.next(
                 attempt, time.monotonic() - started
             )
-            if wait is None:
-                self.log.warning(
+            if wait is None:  # the dlq hands them back: the application's to say (INFO here)
+                self.log.info(
                     "queue %s: %d message(s) not accepted after %d attempt(s): %s",
                     self.q.name, len(failed), attempt, errors[0],
                 )

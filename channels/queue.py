@@ -18,6 +18,7 @@ from .chan import Chan, SendChan
 from .emitter import Emitter, Put, Sender
 from .errors import ChannelClosed, EnqueueError, QchanError, QueueFailed, describe
 from .listener import Listener, Receiver
+from .logs import Repeats
 from .message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
 from .options import (
     QUEUE_OPTIONS,
@@ -127,6 +128,7 @@ class Queue:
         self.errors = errors
         self.close_timeout = close_timeout
         self._counters = Counters()
+        self._repeats = Repeats()
         self._lock = threading.Lock()
         self._senders: dict[str, Sender] = {}
         self._receivers: dict[str, Receiver] = {}
@@ -253,10 +255,13 @@ class Queue:
                 return
             except (TimeoutError, ChannelClosed):
                 pass
+        text = str(error) or type(error).__name__
+        if f"{self.name!r}" not in text and f"queue {self.name}" not in text:
+            text = f"queue {self.name}: {text}"  # prefixed once: most of ours name it already
         if isinstance(error, QchanError):  # an expected failure, its message says it all
-            self.log.error("queue %s: %s", self.name, error)
+            self._repeats.log(self.log, logging.ERROR, text)  # like lines: one per 30 s
         else:
-            self.log.error("queue %s: %s", self.name, error, exc_info=error)
+            self.log.error("%s", text, exc_info=error)
 
     def _fail(self, error: BaseException, thread: str) -> None:
         """A worker thread of this queue raised unexpectedly: fail the queue, loudly.

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -184,3 +185,38 @@ def test_send_and_listen_across_processes_over_rabbitmq() -> None:
         for q in (queue, f"{queue}.dlq"):
             ch.queue_delete(q)
         conn.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["default", "quiet"])
+def test_an_unreachable_kafka_says_so_in_a_few_lines_within_retry_seconds(quiet: bool) -> None:
+    """Issue 14: 390 lines in 10 s (1,168 with --quiet), and --retry-seconds ignored."""
+    pytest.importorskip("confluent_kafka")
+    url = f"kafka://127.0.0.1:{_free_port()}/t"
+    argv = [*QCHAN, "send", url, "--retry-seconds", "3", *(["--quiet"] if quiet else [])]
+    started = time.monotonic()
+    done = subprocess.run(argv, input='{"a": 1}\n', capture_output=True, text=True, timeout=60,
+                          check=False)
+    elapsed = time.monotonic() - started
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1, done.stderr
+    assert "1 not delivered" in done.stderr
+    assert len(lines) <= (4 if quiet else 6), lines
+    assert not [line for line in lines if "[thrd:" in line]  # librdkafka's own: only with -v
+    assert elapsed < 12, elapsed  # about --retry-seconds, plus the interpreter's start
+
+
+@pytest.mark.integration
+def test_listen_exits_1_when_the_broker_cannot_be_reached() -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{_free_port()}/%2F?queue=nowhere"
+    done = subprocess.run([*QCHAN, "listen", url, "--timeout", "2"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "could not be reached" in done.stderr and "Connection refused" in done.stderr

@@ -101,3 +101,33 @@ def test_no_active_span_adds_no_attributes(spans: object) -> None:
         ack.send(m)
     assert "traceparent" not in m.attributes
     q.close()
+
+
+def test_repeated_lines_are_collapsed_and_counted() -> None:
+    from qchan.logs import Repeats
+
+    now = [0.0]
+    repeats = Repeats(every=30.0, clock=lambda: now[0])
+    assert repeats.check("connect to 127.0.0.1:9099 failed (after 0ms)") == (True, 0)
+    for ms in range(1, 6):  # alike: they differ only in numbers
+        assert repeats.check(f"connect to 127.0.0.1:9099 failed (after {ms}ms)") == (False, 0)
+    assert repeats.check("another problem") == (True, 0)
+    now[0] = 31.0
+    assert repeats.check("connect to 127.0.0.1:9099 failed (after 9ms)") == (True, 5)
+
+
+def test_a_reported_error_is_logged_once_with_one_prefix(caplog: pytest.LogCaptureFixture) -> None:
+    from qchan import QchanError, Queue
+    from qchan.adapters.embedded import EmbeddedAdapter
+
+    with Queue(EmbeddedAdapter("obs-prefix")) as q, caplog.at_level(logging.ERROR, "qchan"):
+        q._report(QchanError("queue 'obs-prefix': it names the queue already"))
+        q._report(QchanError("it does not"))
+        for _ in range(3):
+            q._report(QchanError("queue 'obs-prefix': again and again"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "queue 'obs-prefix': it names the queue already",
+        "queue obs-prefix: it does not",
+        "queue 'obs-prefix': again and again",
+    ]
