@@ -26,6 +26,7 @@ from qchan import (
     Backoff,
     Bag,
     Chan,
+    Constant,
     EnqueueError,
     QchanError,
     Queue,
@@ -334,3 +335,46 @@ def test_an_exporter_that_raises_is_logged_and_called_again(
     failures = [r for r in caplog.records if "export" in r.getMessage()]
     assert failures and failures[0].exc_info is not None
     assert len(failures) < 3  # not one traceback per tick
+
+
+class NoOutcomes(Wrapped):
+    """A user's adapter with a bug on the send side: send_batch returns None."""
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        return None  # type: ignore[return-value]
+
+
+class Crashes(Wrapped):
+    """An adapter whose send_batch raises what `except Exception` does not catch."""
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        raise Fatal("the adapter's thread-killing bug")
+
+
+def test_a_send_side_adapter_bug_is_named_on_dlq_not_lost(name: str) -> None:
+    """An adapter returning garbage: each message fails, is retried, then handed back."""
+    q = Queue(NoOutcomes(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=2),
+              close_timeout=CLOSE)
+    with q, enqueue(Order, q) as (out, dlq):
+        out.send(Order(id="1", amount=1.0))
+        msg = dlq.recv(timeout=5.0)
+        assert msg.object.id == "1" and isinstance(msg.error, TypeError)
+    assert q.failure is None
+
+
+def test_a_send_side_adapter_that_raises_base_exception_fails_the_queue(name: str) -> None:
+    q = Queue(Crashes(EmbeddedAdapter(name)), close_timeout=CLOSE)
+    started = time.monotonic()
+
+    def produce() -> None:
+        with enqueue(Order, q) as (out, _):
+            for i in range(1, 100):  # the first batch kills the emitter; a later send raises
+                out.send(Order(id=str(i), amount=1.0), timeout=5.0)
+
+    with pytest.raises(EnqueueError) as leaving:
+        produce()
+    assert "1" in [m.object.id for m in leaving.value.failed]
+    assert isinstance(leaving.value.__cause__, QueueFailed)
+    assert isinstance(leaving.value.__cause__.__cause__, Fatal)
+    q.close()
+    assert time.monotonic() - started < CLOSE + 3
