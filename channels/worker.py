@@ -117,7 +117,7 @@ class _Pool(Generic[T]):
     def _log_failure(self, msg: Msg[T], nack: Msg[T], error: Exception) -> None:
         """One record per failure, with the traceback."""
         limit = self.retries.max_deliveries
-        where = (f"a {msg.category!r} message ({msg.bag.id if msg.bag else '?'}, delivery "
+        where = (f"{msg.category!r} message {msg.bag.id if msg.bag else '?'} (delivery "
                  f"{msg.deliveries}{f' of {limit}' if limit else ''})")
         if nack.dead:
             why = "give_up_on" if isinstance(error, self.retries.give_up_on) else (
