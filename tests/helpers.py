@@ -100,3 +100,17 @@ def slow_consume(q: Any, n: int, work: float = 0.001, deadline: float = 120.0) -
             ack.send(m)
     assert len(seen) == n, f"received {len(seen)} of {n} distinct messages"
     return got
+
+
+def outage_then_invalid() -> tuple[list[float], Callable[[Any], None]]:
+    """A `serve` handler that fails once with ConnectionError (retried), then with ValueError
+    (give it as give_up_on), and the times it was called."""
+    calls: list[float] = []
+
+    def handle(obj: Any) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ConnectionError("downstream is down")
+        raise ValueError("invalid after all")
+
+    return calls, handle

@@ -113,27 +113,25 @@ class Invalid(ValueError):
     """A validation error: retrying cannot help."""
 
 
-def test_give_up_on_dead_letters_at_once(name: str) -> None:
+@pytest.mark.parametrize(
+    ("error", "options"),
+    [
+        (Invalid("amount must be positive"), {"give_up_on": Invalid, "max_deliveries": 10}),
+        (KeyError("a bug, not an outage"), {"retry_on": (ConnectionError, TimeoutError)}),
+    ],
+    ids=["give_up_on", "not-retry_on"],
+)
+def test_an_error_not_worth_retrying_is_dead_lettered_at_once(
+    name: str, error: Exception, options: dict[str, object]
+) -> None:
     q = _queue(name, "bad")
     calls: list[int] = []
 
     def handle(order: Order) -> None:
         calls.append(1)
-        raise Invalid("amount must be positive")
+        raise error
 
-    _serve_until(q, handle, _dead_letter(name), give_up_on=Invalid, max_deliveries=10)
-    assert len(calls) == 1
-
-
-def test_an_error_outside_retry_on_is_given_up_at_once(name: str) -> None:
-    q = _queue(name, "bug")
-    calls: list[int] = []
-
-    def handle(order: Order) -> None:
-        calls.append(1)
-        raise KeyError("a bug, not an outage")
-
-    _serve_until(q, handle, _dead_letter(name), retry_on=(ConnectionError, TimeoutError))
+    _serve_until(q, handle, _dead_letter(name), **options)
     assert len(calls) == 1
 
 

@@ -32,7 +32,7 @@ from fixtures_kafka import (  # noqa: F401 - the *_fixture names are pytest fixt
     own_cluster_fixture,
     topic_fixture,
 )
-from helpers import slow_consume, start, wait_for
+from helpers import outage_then_invalid, slow_consume, start, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -995,14 +995,8 @@ def test_serve_retries_with_a_delay_then_gives_up_to_the_dead_letter_topic(
     """Issue 14: a failing handler's message is redelivered after the policy's delay
     (Kafka: from the adapter's memory, the offset uncommitted), and a give_up_on error
     copies it to <topic>.dlq at once."""
-    calls: list[float] = []
+    calls, handle = outage_then_invalid()
     stop = threading.Event()
-
-    def handle(order: Order) -> None:
-        calls.append(time.monotonic())
-        if len(calls) == 1:
-            raise ConnectionError("downstream is down")
-        raise ValueError("invalid after all")
 
     q = kafka_queue(max_deliveries=5)
     with enqueue(Order, q) as (out, _):

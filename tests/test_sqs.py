@@ -22,7 +22,7 @@ import attrs
 import boto3
 import pytest
 from fixtures_sqs import MotoServer, free_port, sqs_endpoint  # noqa: F401
-from helpers import slow_consume, start, wait_for
+from helpers import outage_then_invalid, slow_consume, start, wait_for
 
 from qchan import (
     AT_MOST_ONCE,
@@ -908,14 +908,8 @@ def test_serve_retries_with_visibility_then_gives_up_to_the_redrive_dlq(
     arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
     name, _ = make_queue(fifo=fifo, VisibilityTimeout="30", RedrivePolicy=json.dumps({
         "deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 10}))
-    calls: list[float] = []
+    calls, handle = outage_then_invalid()
     stop = threading.Event()
-
-    def handle(order: Order) -> None:
-        calls.append(time.monotonic())
-        if len(calls) == 1:
-            raise ConnectionError("downstream is down")
-        raise ValueError("invalid after all")
 
     q = connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1)
     with enqueue(Order, q) as (out, _):
