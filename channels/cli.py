@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 from .errors import QchanError
 from .logs import CLIENT
@@ -69,6 +70,22 @@ class _UsageError(Exception):
     pass
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number > 0 (so a bad value is a usage error naming the option)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qchan",
@@ -88,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
         "them, with a few injected faults, then print a summary: sent, retried, "
         "dead-lettered, received, redelivered, acked, throughput and latency.",
     )
-    demo.add_argument("--count", type=int, default=20_000, help="messages to send (20000)")
+    demo.add_argument("--count", type=_positive(int), default=20_000,
+                      help="messages to send (20000)")
     demo.add_argument("--quiet", action="store_true", help="no progress line")
     demo.set_defaults(run=_demo)
 
@@ -106,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("--file", default="-", help="read this file instead of stdin")
     send.add_argument("--stream", action="store_true",
                       help="send while reading (for endless input); a bad line stops there")
-    send.add_argument("--retry-seconds", type=float, default=30.0,
+    send.add_argument("--retry-seconds", type=_positive(float), default=30.0,
                       help="how long to keep retrying an unreachable broker (30)")
     send.add_argument("--quiet", action="store_true", help="print nothing unless it failed")
     send.set_defaults(run=_send)
@@ -121,12 +139,12 @@ def parser() -> argparse.ArgumentParser:
     listen.add_argument("url", help="the queue URL")
     listen.add_argument("--category", default="*",
                         help="only this category (default: every message)")
-    listen.add_argument("--count", type=int, help="stop after this many messages")
-    listen.add_argument("--timeout", type=float,
+    listen.add_argument("--count", type=_positive(int), help="stop after this many messages")
+    listen.add_argument("--timeout", type=_positive(float),
                         help="stop when no message arrives for this many seconds")
     listen.add_argument("--no-ack", action="store_true",
                         help="do not ack: the messages stay on the queue")
-    listen.add_argument("--retry-seconds", type=float, default=10.0,
+    listen.add_argument("--retry-seconds", type=_positive(float), default=10.0,
                         help="the transport's timeouts for one call (10)")
     listen.set_defaults(run=_listen)
 
@@ -137,8 +155,9 @@ def parser() -> argparse.ArgumentParser:
         "print enqueue, dequeue and end-to-end rates and p50/p99 latency.",
     )
     bench.add_argument("url", help="the queue URL")
-    bench.add_argument("--count", type=int, default=10_000, help="messages (10000)")
-    bench.add_argument("--size", type=int, default=1024, help="bytes per message (1024)")
+    bench.add_argument("--count", type=_positive(int), default=10_000, help="messages (10000)")
+    bench.add_argument("--size", type=_positive(int), default=1024,
+                       help="bytes per message (1024)")
     bench.add_argument("--category", default="qchan-bench", help="category (qchan-bench)")
     bench.set_defaults(run=_bench)
     return p

@@ -220,3 +220,20 @@ def test_listen_exits_1_when_the_broker_cannot_be_reached() -> None:
                           text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stderr
     assert "could not be reached" in done.stderr and "Connection refused" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["listen", "mem://x", "--timeout", "-1"], "argument --timeout: must be > 0, not -1"),
+        (["listen", "mem://x", "--count", "abc"], "argument --count: not a number: 'abc'"),
+        (["send", "mem://x", "--retry-seconds", "0"], "argument --retry-seconds: must be > 0"),
+        (["bench", "mem://x", "--size", "0"], "argument --size: must be > 0"),
+    ],
+)
+def test_bad_option_values_are_usage_errors_naming_the_option(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and said in capsys.readouterr().err
