@@ -156,8 +156,9 @@ class Dequeued(NamedTuple, Generic[T]):
             queue._drop_receiver(receiver)
 
 
-def _check(call: str, type_: Any, q: Any, **counts: tuple[Any, int]) -> None:
-    """The arguments every endpoint shares: a type, a Queue, counts (value, minimum)."""
+def _check(call: str, type_: Any, q: Any, **counts: tuple[Any, int, bool]) -> None:
+    """The arguments every endpoint shares: a type, a Queue, counts (value, minimum, may be
+    None)."""
     if not isinstance(q, Queue):
         hint = " (open one with qchan.connect(url))" if isinstance(q, str) else ""
         raise OptionError(f"{call} needs a qchan.Queue as its second argument, not {q!r}{hint}")
@@ -166,8 +167,8 @@ def _check(call: str, type_: Any, q: Any, **counts: tuple[Any, int]) -> None:
             f"{call} needs the type of the objects as its first argument (a class such as "
             f"Order, or str, bytes, Event[Meta, Order]), not {type_!r}"
         )
-    for name, (value, minimum) in counts.items():
-        check_count(name, value, minimum=minimum, optional=True, where=call)
+    for name, (value, minimum, optional) in counts.items():
+        check_count(name, value, minimum=minimum, optional=optional, where=call)
 
 
 def _is_event(type_: Any) -> bool:
@@ -204,7 +205,8 @@ def enqueue(
     sender's OpenTelemetry context as `traceparent` (default: when
     OpenTelemetry is installed; `select` send cases carry none).
     """
-    _check("enqueue", type_, q, capacity=(capacity, 0), dlq_capacity=(dlq_capacity, 0))
+    _check("enqueue", type_, q, capacity=(capacity, 0, True),
+           dlq_capacity=(dlq_capacity, 0, True))
     if not isinstance(policy, Policy):
         raise OptionError(f"enqueue: policy must be AT_LEAST_ONCE or AT_MOST_ONCE, not {policy!r}")
     cat, cod = _resolve(type_, category, codec, converter)
@@ -265,7 +267,8 @@ def dequeue(
     Acknowledge each message with `ack.send(msg)`, or refuse it with
     `ack.send(msg.fail(err))` for redelivery.
     """
-    _check("dequeue", type_, q, capacity=(capacity, 0), ack_capacity=(ack_capacity, 1))
+    _check("dequeue", type_, q, capacity=(capacity, 0, False),
+           ack_capacity=(ack_capacity, 1, False))
     cat, cod = _resolve(type_, category, codec, converter)
     rcv: Chan[Msg[T]] = Chan(capacity, name=f"{q.name}/{cat}.rcv")
     ack: Chan[Msg[T]] = Chan(ack_capacity, name=f"{q.name}/{cat}.ack")
