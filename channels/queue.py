@@ -16,7 +16,14 @@ from typing import Any
 from .adapter import Adapter, Hooks
 from .chan import Chan, SendChan
 from .emitter import Emitter, Put, Sender
-from .errors import ChannelClosed, EnqueueError, QchanError, QueueFailed, describe
+from .errors import (
+    ChannelClosed,
+    ConnectionLost,
+    EnqueueError,
+    QchanError,
+    QueueFailed,
+    describe,
+)
 from .listener import Listener, Receiver
 from .logs import Repeats
 from .message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
@@ -258,8 +265,10 @@ class Queue:
         text = str(error) or type(error).__name__
         if f"{self.name!r}" not in text and f"queue {self.name}" not in text:
             text = f"queue {self.name}: {text}"  # prefixed once: most of ours name it already
-        if isinstance(error, QchanError):  # an expected failure, its message says it all
+        if isinstance(error, ConnectionLost):  # it repeats while the broker is away
             self._repeats.log(self.log, logging.ERROR, text)  # like lines: one per 30 s
+        elif isinstance(error, QchanError):  # expected (one per message, say): it says it all
+            self.log.error("%s", text)
         else:
             self.log.error("%s", text, exc_info=error)
 

@@ -202,7 +202,7 @@ def test_url_credentials_become_sasl_and_never_show() -> None:
     [
         ("kafka://h1:9092/", "topic"),
         ("kafka:///orders", "brokers"),
-        ("kafka://h1:9092/orders?colour=blue", "unknown kafka URL option 'colour'"),
+        ("kafka://h1:9092/orders?colour=blue", "unknown option 'colour'"),
         ("kafka://h1:9092/orders?max_deliveries=many", "max_deliveries"),
         ("kafka://u:hunter2@h1:9092/orders?bogus=1", "u:***@h1"),
     ],

@@ -117,14 +117,14 @@ def test_repeated_lines_are_collapsed_and_counted() -> None:
 
 
 def test_a_reported_error_is_logged_once_with_one_prefix(caplog: pytest.LogCaptureFixture) -> None:
-    from qchan import QchanError, Queue
+    from qchan import ConnectionLost, QchanError, Queue
     from qchan.adapters.embedded import EmbeddedAdapter
 
     with Queue(EmbeddedAdapter("obs-prefix")) as q, caplog.at_level(logging.ERROR, "qchan"):
         q._report(QchanError("queue 'obs-prefix': it names the queue already"))
         q._report(QchanError("it does not"))
-        for _ in range(3):
-            q._report(QchanError("queue 'obs-prefix': again and again"))
+        for _ in range(3):  # the broker is away: said once per 30 s
+            q._report(ConnectionLost("queue 'obs-prefix': again and again"))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "queue 'obs-prefix': it names the queue already",
