@@ -40,6 +40,7 @@ from .errors import (
 from .event import Event, Meta
 from .listener import ANY
 from .message import Bag, Msg
+from .options import OptionError
 from .queue import Queue, connect
 from .retry import Backoff, Constant, Exponential, Linear, Retries
 from .select import Selected, select
@@ -74,6 +75,7 @@ __all__ = [
     "MessageTooLarge",
     "Meta",
     "Msg",
+    "OptionError",
     "Policy",
     "QchanError",
     "Queue",
