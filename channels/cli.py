@@ -23,8 +23,8 @@ examples:
   printf '{"id": 1}\\n{"id": 2}\\n' | qchan send amqp://guest:guest@127.0.0.1/%2F?queue=orders
   qchan listen amqp://guest:guest@127.0.0.1/%2F?queue=orders --count 2
 
-exit codes: 0 done; 1 messages not delivered (or none received in time);
-2 bad usage, URL or input; 130 interrupted.
+exit codes: 0 done; 1 messages not delivered (or none received in time, or the
+broker could not be reached); 2 bad usage, URL, option or input; 130 interrupted.
 """
 
 
