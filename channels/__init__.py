@@ -38,13 +38,13 @@ from .errors import (
     UnroutableError,
 )
 from .event import Event, Meta
-from .listener import ANY
+from .kernel.queue import Queue, connect
+from .kernel.routes import ANY
+from .kernel.stats import Stats, observe
 from .message import Bag, Msg
 from .options import OptionError
-from .queue import Queue, connect
 from .retry import Backoff, Constant, Exponential, Linear, Retries
 from .select import Selected, select
-from .stats import Stats, observe
 from .urls import URLError, redact, register_scheme
 from .worker import Served, serve, stop_on_signals
 

@@ -15,13 +15,13 @@ import cattrs
 from . import tracing
 from .chan import Chan, RecvChan, SendChan
 from .codec import Codec, category_for, codec_for
-from .emitter import Sender
 from .errors import EnqueueError, QueueFailed
 from .event import Event
-from .listener import Receiver
+from .kernel.emitter import Sender
+from .kernel.queue import Queue
+from .kernel.routes import Receiver
 from .message import Msg
 from .options import OptionError, check_count
-from .queue import Queue
 from .select import select
 
 __all__ = [

@@ -234,15 +234,21 @@ def _outside_qchan() -> int:
     return level
 
 
-def renamed(where: str, options: dict[str, Any], old: str, new: str) -> None:
+def renamed(
+    where: str,
+    options: dict[str, Any],
+    old: str,
+    new: str,
+    why: str = "the one name for the dead-letter threshold on every transport",
+) -> None:
     """Accept the deprecated name `old` of option `new` in `options` (in place), with a
-    DeprecationWarning that points at the caller's line."""
+    DeprecationWarning that points at the caller's line; `why` says why it was renamed."""
     if old not in options:
         return
     if new in options:
         raise OptionError(f"{where}: give {new}= only ({old}= is its deprecated name)")
     warnings.warn(
-        f"{where}: {old}= is deprecated, use {new}= (the one name for the dead-letter "
-        f"threshold on every transport)", DeprecationWarning, stacklevel=_outside_qchan(),
+        f"{where}: {old}= is deprecated, use {new}= ({why})", DeprecationWarning,
+        stacklevel=_outside_qchan(),
     )
     options[new] = options.pop(old)

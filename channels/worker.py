@@ -38,9 +38,9 @@ from . import tracing
 from .chan import Chan
 from .endpoints import Dequeued, dequeue
 from .errors import ChannelClosed, QueueFailed
+from .kernel.queue import Queue
 from .message import Msg
 from .options import OptionError, check_count, check_seconds
-from .queue import Queue
 from .retry import Retries
 from .select import select
 

@@ -39,7 +39,7 @@ from qchan import (
     serve,
 )
 from qchan.adapters.embedded import EmbeddedAdapter, broker
-from qchan.listener import _Dispatcher
+from qchan.kernel.dispatcher import Dispatcher
 from qchan.testing import Faulty, Order, Wrapped
 
 CLOSE = 2.0  # close_timeout of every queue here
@@ -233,7 +233,7 @@ def test_dispatcher_failure_fails_the_queue(
     def broken(self: Any, *args: Any) -> None:
         raise KeyError("a bug in the dispatcher")
 
-    monkeypatch.setattr(_Dispatcher, "_hand", broken)
+    monkeypatch.setattr(Dispatcher, "_hand", broken)
     broker(name).visibility_timeout = 0.5
     errors = _errors()
     q = Queue(EmbeddedAdapter(name), errors=errors, close_timeout=CLOSE, poll_wait=0.1)

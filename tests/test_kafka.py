@@ -38,15 +38,16 @@ from hypothesis import strategies as st
 
 from qchan import Chan, Queue, Retries, connect, dequeue, enqueue, serve
 from qchan.adapter import Adapter, Hooks
-from qchan.adapters._kafka_config import parse_url, redact_config, scrub
-from qchan.adapters._kafka_inflight import (
+from qchan.adapters.kafka import KafkaAdapter, KafkaSendError, TopicNotFound, from_url
+from qchan.adapters.kafka._config import parse_url, redact_config, scrub
+from qchan.adapters.kafka._inflight import (
     InFlight,
     Receipt,
     decode_metadata,
     encode_metadata,
     redelivery,
 )
-from qchan.adapters.kafka import KafkaAdapter, KafkaSendError, TopicNotFound, _Produced, from_url
+from qchan.adapters.kafka._producer import Produced
 from qchan.errors import DecodeError, MessageTooLarge, QchanError, UnroutableError
 from qchan.message import Bag
 from qchan.testing import Conformance, Order
@@ -270,7 +271,7 @@ def test_a_failed_delivery_report_fails_exactly_its_message() -> None:
     a = KafkaAdapter("t", bootstrap="127.0.0.1:9", key="category")
     same = [bag(b"same"), bag(b"same"), bag(b"same", "Refund")]
     bags = [bag(b"a"), *same, bag(b"b")]
-    sending = _Produced(a, cast(Any, None), bags)
+    sending = Produced(a._producing, cast(Any, None), bags)
     timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
     sending.delivered(None, cast(Any, _report(bags[0], "Order")))
     sending.delivered(timed_out, cast(Any, _report(same[2], "Refund")))  # headers differ
@@ -288,7 +289,7 @@ def test_a_timed_out_report_without_headers_still_finds_its_message() -> None:
     value and key. It once matched nothing, failing (and duplicating) the whole batch."""
     a = KafkaAdapter("t", bootstrap="127.0.0.1:9")
     bags = [bag(b"a"), bag(b"b"), bag(b"c")]
-    sending = _Produced(a, cast(Any, None), bags)
+    sending = Produced(a._producing, cast(Any, None), bags)
     timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
     sending.delivered(None, cast(Any, _report(bags[0])))
     sending.delivered(timed_out, cast(Any, _Report(b"b", None, cast(Any, None))))
@@ -303,7 +304,7 @@ def test_a_report_without_headers_fails_every_message_it_may_be() -> None:
     count as failed (a retry may duplicate, never lose)."""
     a = KafkaAdapter("t", bootstrap="127.0.0.1:9")
     bags = [bag(b"same"), bag(b"same", "Refund"), bag(b"other")]
-    sending = _Produced(a, cast(Any, None), bags)
+    sending = Produced(a._producing, cast(Any, None), bags)
     sending.delivered(KafkaError(KafkaError._MSG_TIMED_OUT), cast(Any, _Report(b"same", None,
                                                                               cast(Any, None))))
     sending.delivered(None, cast(Any, _report(bags[2])))
@@ -318,7 +319,7 @@ def test_a_delivery_report_that_matches_nothing_fails_the_batch() -> None:
     duplicate, never lose)."""
     a = KafkaAdapter("t", bootstrap="127.0.0.1:9")
     bags = [bag(b"a"), bag(b"b")]
-    sending = _Produced(a, cast(Any, None), bags)
+    sending = Produced(a._producing, cast(Any, None), bags)
     sending.delivered(None, cast(Any, _report(bags[0])))
     sending.delivered(KafkaError(KafkaError._MSG_TIMED_OUT), cast(Any, _Report(b"?", None, [])))
     outcomes = sending.result(0)
@@ -345,16 +346,16 @@ def test_a_fatal_delivery_report_replaces_the_producer() -> None:
     when the failure matched its bag."""
     a = KafkaAdapter("t", bootstrap="127.0.0.1:9")
     old = _Client()
-    a._producer = cast(Any, old)
+    a._producing.producer = cast(Any, old)
     bags = [bag(b"a"), bag(b"b")]
-    sending = _Produced(a, cast(Any, old), bags)
+    sending = Produced(a._producing, cast(Any, old), bags)
     fatal = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
     sending.delivered(None, cast(Any, _report(bags[0])))
     sending.delivered(fatal, cast(Any, _report(bags[1])))
     outcomes = sending.result(0)
     assert outcomes is not None and outcomes[0] is None
     assert isinstance(outcomes[1], KafkaSendError) and outcomes[1].fatal
-    assert a._producer is None and old.purged
+    assert a._producing.producer is None and old.purged
 
 
 def _delivered(flight: InFlight, topic: str, partition: int, offsets: range) -> list[Bag]:
@@ -614,13 +615,13 @@ def test_unroutable_messages_are_retried_then_dead_lettered_or_skipped(
     kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
 ) -> None:
     group = f"g-{uuid.uuid4().hex[:8]}"
-    a = adapter(kafka_bootstrap, topic, group=group, retry_delay=0.05, max_deliveries=2)
+    a = adapter(kafka_bootstrap, topic, group=group, redelivery_delay=0.05, max_deliveries=2)
     adapters.append(a)
     produce_plain(kafka_bootstrap, topic, [b"nobody"], 0, headers=[("Category", b"Nobody")])
     (b,) = receive_n(a, 1)
     assert b.category == "Nobody"
     a.reject(b, UnroutableError("no channel for 'Nobody'", b))
-    (again,) = receive_n(a, 1)  # a channel may open meanwhile: it comes back after retry_delay
+    (again,) = receive_n(a, 1)  # a channel may open meanwhile: it comes back after redelivery_delay
     assert again.deliveries == 2
     a.reject(again, UnroutableError("no channel for 'Nobody'", again))
     assert consume_plain(kafka_bootstrap, f"{topic}.dlq", 1)[0].value() == b"nobody"
@@ -806,7 +807,7 @@ def test_producer_reports_every_message_it_could_not_deliver_in_time(
     )
     adapters.append(a)
     assert list(a.send_batch([bag(b"before")])) == [None]
-    producer = a._producer
+    producer = a._producing.producer
     for broker in own_cluster.brokers:
         own_cluster.broker_down(broker)
     began = time.monotonic()
@@ -824,7 +825,7 @@ def test_producer_reports_every_message_it_could_not_deliver_in_time(
         return value if list(a.send_batch([bag(value)])) == [None] else None
 
     after = wait_for(send_after, timeout=30, what="a send once the brokers are back")
-    assert a._producer is producer
+    assert a._producing.producer is producer
     got = consume_plain(
         own_cluster.bootstrap, topic, 10,
         until=lambda got: {b"before", after} <= {m.value() for m in got},

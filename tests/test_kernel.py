@@ -38,7 +38,7 @@ from qchan import (
     register_scheme,
 )
 from qchan.adapters.embedded import EmbeddedAdapter, broker
-from qchan.listener import _Dispatcher
+from qchan.kernel.dispatcher import Dispatcher
 from qchan.message import Msg
 from qchan.testing import Faulty, Order, Refund, Spy, Wrapped
 
@@ -469,10 +469,10 @@ def test_messages_that_overtake_their_channels_opening_are_kept_for_it(
     with dequeue(Order, q, capacity=0):
         listener = q._listener
         assert listener is not None
-        r = listener.routes["Order"]
-        late = _Dispatcher(listener)  # a dispatcher that has not taken the "add" yet
-        with listener._cond:
-            listener._count += 1  # as the poller counts what it receives
+        r = listener.gate.routes["Order"]
+        # a dispatcher that has not taken the "add" yet
+        late = Dispatcher(listener.ctx, listener.gate, listener.ctl, listener.inbox)
+        listener.gate.taken(1)  # as the poller counts what it receives
         m = Msg(Order("early", 1.0), "Order", bag.digest, bag.attributes, bag=bag)
         late._take([(r, [m])])
         assert list(r.pending) == [m]  # kept for the channel, not released
@@ -577,7 +577,7 @@ def test_a_run_with_a_bad_or_traced_object_keeps_order_and_loses_nothing(
     # cannot encode in one go (a refused object, a trace context) is redone one
     # by one: the bad object goes to dlq, the others keep their order.
     from qchan.codec import codec_for
-    from qchan.emitter import Sender, _Batch
+    from qchan.kernel.emitter import Outgoing, Sender
     from qchan.tracing import Traced
 
     q = open_q(queues, name, EmbeddedAdapter(name))
@@ -588,7 +588,7 @@ def test_a_run_with_a_bad_or_traced_object_keeps_order_and_loses_nothing(
             category="Order", codec=codec_for(Order), attributes={"Category": "Order"},
             out=None, dlq=Chan(4), key=None, is_event=False,
         )
-        batch = _Batch()
+        batch = Outgoing()
         trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
         objs = [Order("a", 1.0), "bad", Traced(Order("b", 2.0), trace), Order("c", 3.0)]
         emitter._take(sender, objs, batch)

@@ -120,7 +120,7 @@ def test_invalid_combinations_are_refused_up_front() -> None:
 
 
 def test_amqps_builds_a_verifying_tls_context() -> None:
-    from qchan.adapters._rabbitmq_config import connection_parameters
+    from qchan.adapters.rabbitmq._config import connection_parameters
 
     params: Any = connection_parameters(from_url("amqps://u:p@broker.example/%2F?queue=q").settings,
                                         "consumer")

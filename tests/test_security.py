@@ -323,11 +323,13 @@ def test_a_pickle_payload_through_the_listener_is_reported_or_delivered_as_bytes
     q = Queue(EmbeddedAdapter(name), errors=errors, poll_wait=0.1)
     try:
         bomb = _pickle_bomb(marker)
-        broker(name).send([
-            Bag("Order", bomb, {"Category": "Order"}, id="b1"),
-            Bag("blob", bomb, {"Category": "blob"}, id="b2"),
-        ])
         with dequeue(Order, q), dequeue(bytes, q, category="blob") as (rcv, ack):
+            # Both channels are open before the broker has the messages: otherwise the
+            # poller may take "blob" between the two dequeues, as unroutable (a flake).
+            broker(name).send([
+                Bag("Order", bomb, {"Category": "Order"}, id="b1"),
+                Bag("blob", bomb, {"Category": "blob"}, id="b2"),
+            ])
             m = rcv.recv(timeout=5)
             ack.send(m)
             err = errors.recv(timeout=5)
@@ -342,7 +344,7 @@ def test_a_pickle_payload_through_the_listener_is_reported_or_delivered_as_bytes
 
 
 def test_amqps_verifies_certificates_by_default_and_takes_a_ca(tmp_path: pathlib.Path) -> None:
-    from qchan.adapters._rabbitmq_config import (
+    from qchan.adapters.rabbitmq._config import (
         connection_parameters,
         settings_from_url,
     )
@@ -400,7 +402,7 @@ def test_amqps_refuses_an_untrusted_certificate_and_works_with_its_ca(
 
 
 def test_kafka_security_properties_reach_librdkafka() -> None:
-    from qchan.adapters._kafka_config import (
+    from qchan.adapters.kafka._config import (
         KafkaOptions,
         consumer_config,
         parse_url,

@@ -37,8 +37,8 @@ from qchan import (
     serve,
 )
 from qchan.adapter import Hooks
-from qchan.adapters import _sqs_wire as wire
 from qchan.adapters.sqs import QueueNotFound, SQSAdapter, SQSError, _parse, from_url
+from qchan.adapters.sqs import _wire as wire
 from qchan.errors import ConnectionLost, MessageTooLarge, RejectedError
 from qchan.message import Bag
 from qchan.testing import Conformance

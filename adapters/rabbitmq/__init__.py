@@ -8,7 +8,7 @@ connections are not thread-safe):
   waits for its publisher confirms together (pipelined, not one round trip
   per message);
 - the consumer's `BlockingConnection` belongs to the poller thread and is
-  opened lazily in `receive`; `ack`, `nack`, `reject` and `release` (the acker
+  opened lazily in `receive`; `ack`, `nack`, `reject` and `release` (the dispatcher
   thread) reach it only through `add_callback_threadsafe`, without waiting.
 
 Poison policy: deliveries are counted by the broker (`x-delivery-count` on
@@ -29,12 +29,12 @@ from qchan.adapter import Adapter, Hooks
 from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
 
-from . import _rabbitmq_config
-from ._rabbitmq_config import Settings, settings_from_url
-from ._rabbitmq_consumer import Consumer, DeadLettered, Settle
-from ._rabbitmq_publisher import BrokerNack, Publisher
-from ._rabbitmq_topology import MissingQueue, TopologyError
-from ._rabbitmq_wire import Receipt
+from . import _config
+from ._config import Settings, settings_from_url
+from ._consumer import Consumer, DeadLettered, Settle
+from ._publisher import BrokerNack, Publisher
+from ._topology import MissingQueue, TopologyError
+from ._wire import Receipt
 
 __all__ = [
     "BrokerNack",
@@ -100,19 +100,19 @@ class RabbitMQAdapter(Adapter):
         self._consumer.pause(wait)
         return True
 
-    # acker thread: hand-offs to the poller thread's connection, none of them waits
+    # dispatcher thread: hand-offs to the poller thread's connection, none of them waits
     def ack(self, bags: Sequence[Bag]) -> None:
         self._consumer.settle([Settle("ack", _receipt(b)) for b in bags])
 
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         """Requeue now, or after `delay` s (held un-acked meanwhile); dead-letter when exhausted."""
-        self._retry(bags, delay, "failed")
+        self._requeue_or_dead_letter(bags, delay, "failed")
 
     def nack_failed(
         self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
     ) -> None:
         """As `nack`; the `DeadLettered` report also gives the application's last error."""
-        self._retry(bags, delay, "failed", errors)
+        self._requeue_or_dead_letter(bags, delay, "failed", errors)
 
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         """The application gave up: to the dead-letter exchange now (`basic_nack`, no
@@ -141,15 +141,17 @@ class RabbitMQAdapter(Adapter):
         nobody listens to) from looping hot between the broker and us, while
         another consumer of the same queue may still take it meanwhile.
         """
-        self._retry([bag], self.settings.reject_delay, type(error).__name__)
+        self._requeue_or_dead_letter([bag], self.settings.reject_delay, type(error).__name__)
 
-    def _retry(
+    def _requeue_or_dead_letter(
         self,
         bags: Sequence[Bag],
         delay: float,
         why: str,
         errors: Sequence[BaseException] | None = None,
     ) -> None:
+        """Requeue each bag (after `delay` s), or dead-letter it once it reached
+        `max_deliveries`; `why` (and `errors[i]`) say why, in the `DeadLettered` report."""
         limit = self.settings.max_deliveries
         due = time.monotonic() + delay if delay > 0 else 0.0
         ops = []
@@ -184,8 +186,8 @@ def _receipt(bag: Bag) -> Receipt:
 
 
 #: The keyword options of `from_url`, and the URL query keys pika owns (see connect).
-OPTIONS = _rabbitmq_config.OPTIONS
-QUERY_KEYS = _rabbitmq_config.QUERY_KEYS
+OPTIONS = _config.OPTIONS
+QUERY_KEYS = _config.QUERY_KEYS
 
 
 def from_url(url: str, **options: Any) -> RabbitMQAdapter:

@@ -37,13 +37,13 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from .adapter import Adapter, Hooks
-from .chan import Chan
-from .endpoints import AT_MOST_ONCE, dequeue, enqueue, enqueue_sync
-from .errors import ConnectionLost, DecodeError, EnqueueError, MessageError, UnroutableError
-from .message import Bag, Msg
-from .queue import Queue
-from .retry import Constant
+from ..adapter import Adapter, Hooks
+from ..chan import Chan
+from ..endpoints import AT_MOST_ONCE, dequeue, enqueue, enqueue_sync
+from ..errors import ConnectionLost, DecodeError, EnqueueError, MessageError, UnroutableError
+from ..kernel.queue import Queue
+from ..message import Bag, Msg
+from ..retry import Constant
 
 __all__ = ["Conformance", "Faulty", "Order", "Refund", "Spy", "Wrapped"]
 
@@ -278,14 +278,17 @@ class Conformance:
 
     def test_many_categories_share_one_queue(self, open_queue: Callable[..., Queue]) -> None:
         q = open_queue()
-        with enqueue(Order, q) as (orders, _), enqueue(Refund, q) as (refunds, _), \
-                enqueue(str, q, category="note") as (notes, _):
-            for i in range(6):
-                orders.send(Order(str(i), 1.0))
-                refunds.send(Refund(str(i), "damaged"))
-                notes.send(f"note {i}")
+        # Every channel opens before anything is sent: a message taken while its
+        # category had no channel yet would be unroutable, back only after the
+        # broker's redelivery delay.
         with dequeue(Order, q) as (r1, a1), dequeue(Refund, q) as (r2, a2), \
                 dequeue(str, q, category="note") as (r3, a3):
+            with enqueue(Order, q) as (orders, _), enqueue(Refund, q) as (refunds, _), \
+                    enqueue(str, q, category="note") as (notes, _):
+                for i in range(6):
+                    orders.send(Order(str(i), 1.0))
+                    refunds.send(Refund(str(i), "damaged"))
+                    notes.send(f"note {i}")
             got_orders, got_refunds, got_notes = [], [], []
             for _ in range(6):  # round robin, acking as we go
                 got_orders += _recv_all(r1, 1, self.patience, a1)
@@ -298,12 +301,12 @@ class Conformance:
     def test_bytes_and_str_channels(self, open_queue: Callable[..., Queue]) -> None:
         q = open_queue()
         raw = bytes(range(256))  # not UTF-8
-        with enqueue(bytes, q, category="blob") as (blobs, _), \
-                enqueue(str, q, category="text") as (texts, _):
-            blobs.send(raw)
-            texts.send("héllo, wörld ✓")
         with dequeue(bytes, q, category="blob") as (r1, a1), \
                 dequeue(str, q, category="text") as (r2, a2):
+            with enqueue(bytes, q, category="blob") as (blobs, _), \
+                    enqueue(str, q, category="text") as (texts, _):
+                blobs.send(raw)
+                texts.send("héllo, wörld ✓")
             b = r1.recv(timeout=self.patience)
             t = r2.recv(timeout=self.patience)
             a1.send(b)

@@ -15,11 +15,11 @@ import uuid
 
 import attrs
 
-from .adapters.embedded import EmbeddedAdapter, broker
-from .endpoints import dequeue, enqueue
+from ..adapters.embedded import EmbeddedAdapter, broker
+from ..endpoints import dequeue, enqueue
+from ..kernel.queue import Queue
+from ..retry import Constant
 from .progress import Progress
-from .queue import Queue
-from .retry import Constant
 
 __all__ = ["Tick", "run"]
 

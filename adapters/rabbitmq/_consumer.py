@@ -1,13 +1,13 @@
 """The consumer side: one pika BlockingConnection, created and driven only by the poller thread.
 
-pika connections are not thread-safe, so the acker thread never touches this
+pika connections are not thread-safe, so the dispatcher thread never touches this
 one. It appends settlements (ack, requeue, dead-letter) to a deque and asks
 the connection, through `add_callback_threadsafe` (pika's only thread-safe
 method), to run `_apply` on the poller thread. That callback also makes a
 `process_data_events` blocked in `receive` return at once, so an ack reaches
 the broker promptly even while the poller waits for messages.
 
-Acks are fire-and-forget: the acker does not wait for the callback to run.
+Acks are fire-and-forget: the dispatcher does not wait for the callback to run.
 Waiting would add a thread round trip per ack batch and could deadlock a
 kernel whose poller stops calling `receive` until acks free in-flight room;
 and an ack that never reaches the broker (the connection died first) cannot be
@@ -47,10 +47,10 @@ import attrs
 from qchan.errors import ConnectionLost, MessageError
 from qchan.message import Bag
 
-from . import _rabbitmq_pika as pk
-from ._rabbitmq_config import Settings
-from ._rabbitmq_topology import connect_blocking, declare
-from ._rabbitmq_wire import Receipt, bag_from_delivery, properties_for
+from . import _pika as pk
+from ._config import Settings
+from ._topology import connect_blocking, declare
+from ._wire import Receipt, bag_from_delivery, properties_for
 
 __all__ = ["Consumer", "DeadLettered", "Settle"]
 

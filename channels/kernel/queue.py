@@ -1,5 +1,6 @@
 """`Queue`: one queue on one broker, and its lifecycle. Channels open on it with
-`enqueue`, `enqueue_sync` and `dequeue` (see endpoints.py)."""
+`enqueue`, `enqueue_sync` and `dequeue` (see ../endpoints.py); its threads are the
+emitter, the poller and the dispatcher (this package)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from .adapter import Adapter, Hooks
-from .chan import Chan, SendChan
-from .emitter import Emitter, Put, Sender
-from .errors import (
+from ..adapter import Adapter, Hooks
+from ..chan import Chan, SendChan
+from ..errors import (
     ChannelClosed,
     ConnectionLost,
     EnqueueError,
@@ -24,19 +24,21 @@ from .errors import (
     QueueFailed,
     describe,
 )
-from .listener import Listener, Receiver
-from .logs import Repeats
-from .message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
-from .options import (
+from ..logs import Repeats
+from ..message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
+from ..options import (
     QUEUE_OPTIONS,
     OptionError,
     QueueOptions,
     check_keywords,
     split_query,
 )
-from .retry import Backoff, Exponential
+from ..retry import Backoff, Exponential
+from ..urls import adapter_names, open_adapter, redact
+from .context import Context
+from .emitter import Emitter, Put, Sender
+from .listener import Listener, Receiver
 from .stats import Counters, Stats
-from .urls import adapter_names, open_adapter, redact
 
 __all__ = ["Queue", "connect"]
 
@@ -151,6 +153,16 @@ class Queue:
         adapter.bind(_KernelHooks(self))
         _OPEN.add(self)
 
+    def _context(self) -> Context:
+        """What this queue's worker threads get (they never see the Queue itself)."""
+        return Context(
+            name=self.name, adapter=self.adapter, agent=self.agent, batch_size=self.batch_size,
+            linger=self.linger, retry=self.retry, poll_wait=self.poll_wait,
+            in_flight=self.in_flight, time_to_flight=self.time_to_flight,
+            ack_linger=self.ack_linger, heartbeat=self.heartbeat, counters=self._counters,
+            report=self._report, fail=self._fail, failure=lambda: self._failure,
+        )
+
     def __repr__(self) -> str:
         state = (
             " failed" if self._failure is not None else " closed" if self._closed.is_set() else ""
@@ -193,7 +205,7 @@ class Queue:
                     f"close it first, or give this one another category="
                 )
             if self._emitter is None:
-                self._emitter = Emitter(self)
+                self._emitter = Emitter(self._context())
             self._senders[sender.category] = sender
             emitter = self._emitter
         if sender.out is not None:
@@ -225,7 +237,7 @@ class Queue:
                     f"one channel per category and queue receives it"
                 )
             if self._listener is None:
-                self._listener = Listener(self)
+                self._listener = Listener(self._context())
             self._receivers[receiver.category] = receiver
             listener = self._listener
         listener.add(receiver)

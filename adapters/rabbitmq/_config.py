@@ -18,7 +18,7 @@ import attrs
 from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, renamed, unknown
 from qchan.urls import URLError, redact
 
-from . import _rabbitmq_pika as pk
+from . import _pika as pk
 
 __all__ = ["Settings", "connection_parameters", "settings_from_url"]
 

@@ -18,7 +18,7 @@ import attrs
 
 from qchan.message import ATTR_CATEGORY, Bag
 
-from . import _rabbitmq_pika as pk
+from . import _pika as pk
 
 __all__ = ["Receipt", "bag_from_delivery", "properties_for"]
 
@@ -47,7 +47,7 @@ def properties_for(bag: Bag, message_id: str) -> pk.BasicProperties:
     )
 
 
-def _text(value: Any) -> str | None:
+def _header_text(value: Any) -> str | None:
     """A header value as a string attribute, or None for tables and arrays (foreign producers)."""
     if isinstance(value, str):
         return value
@@ -71,7 +71,7 @@ def bag_from_delivery(
     for name, value in headers.items():
         if name.startswith("x-"):
             continue
-        text = _text(value)
+        text = _header_text(value)
         if text is None:
             log.debug("queue %s: header %r is not a string attribute; skipped", queue, name)
             continue

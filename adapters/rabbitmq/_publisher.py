@@ -28,10 +28,10 @@ from typing import Any
 from qchan.errors import ConnectionLost, MessageTooLarge, QchanError, RejectedError
 from qchan.message import Bag
 
-from . import _rabbitmq_pika as pk
-from ._rabbitmq_config import Settings, connection_parameters
-from ._rabbitmq_topology import setup
-from ._rabbitmq_wire import properties_for
+from . import _pika as pk
+from ._config import Settings, connection_parameters
+from ._topology import setup
+from ._wire import properties_for
 
 __all__ = ["BrokerNack", "Publisher"]
 

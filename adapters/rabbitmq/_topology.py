@@ -13,8 +13,8 @@ from typing import Any
 
 from qchan.errors import ConnectionLost, QchanError
 
-from . import _rabbitmq_pika as pk
-from ._rabbitmq_config import Role, Settings, connection_parameters
+from . import _pika as pk
+from ._config import Role, Settings, connection_parameters
 
 __all__ = ["MissingQueue", "TopologyError", "connect_blocking", "declare"]
 

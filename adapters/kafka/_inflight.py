@@ -14,7 +14,7 @@ consumer of the group receives exactly the messages nobody acked.
 A nack does not seek: the bag is redelivered from memory (`schedule`/`due`)
 and its offset stays uncommitted, so a crash before the redelivery still
 redelivers it from the broker. Everything is guarded by one lock because the
-poller thread (deliver, due, revoke) and the acker thread (settle, schedule)
+poller thread (deliver, due, revoke) and the dispatcher thread (settle, schedule)
 touch it at the same time.
 """
 
@@ -185,7 +185,7 @@ class InFlight:
         with self._lock:
             return self._retries[0][0] if self._retries else None
 
-    # -- settlement (acker thread) --
+    # -- settlement (dispatcher thread) --
 
     def settle(self, bags: Iterable[Bag]) -> int:
         """Mark these deliveries done (acked or dead-lettered); returns how many counted.

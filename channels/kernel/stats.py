@@ -5,12 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
-
-if TYPE_CHECKING:
-    from .queue import Queue
 
 __all__ = ["Stats", "observe"]
 
@@ -50,6 +47,17 @@ class Stats:
         return attrs.asdict(self)
 
 
+class Observable(Protocol):
+    """What `observe` needs of a queue (a `qchan.Queue` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def stats(self) -> Stats: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class Counters:
     """The live counters. Each is written by one worker thread only, so no lock is needed."""
 
@@ -74,7 +82,7 @@ class Counters:
 
 
 def observe(
-    q: Queue, export: Callable[[str, Stats], Any], every: float = 10.0
+    q: Observable, export: Callable[[str, Stats], Any], every: float = 10.0
 ) -> Callable[[], None]:
     """Call `export(queue_name, stats)` every `every` seconds, and once more when the
     queue closes; returns a function that stops it. Runs on a daemon thread of its own

@@ -14,16 +14,16 @@ from typing import IO, Any
 
 import attrs
 
-from .chan import Chan
-from .codec import EncodeError
-from .endpoints import dequeue, enqueue
-from .errors import ConnectionLost
-from .message import Msg
+from ..chan import Chan
+from ..codec import EncodeError
+from ..endpoints import dequeue, enqueue
+from ..errors import ConnectionLost
+from ..kernel.queue import Queue, connect
+from ..message import Msg
+from ..retry import Exponential
+from ..select import select
+from ..urls import URLError, redact
 from .progress import Progress
-from .queue import Queue, connect
-from .retry import Exponential
-from .select import select
-from .urls import URLError, redact
 
 __all__ = ["JSONText", "bench", "listen", "send"]
 

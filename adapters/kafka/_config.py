@@ -50,7 +50,8 @@ _QUERY_TYPES: dict[str, Callable[[str], Any]] = {
     "replication": int,
     "offset_reset": str,
     "unroutable": str,
-    "retry_delay": float,
+    "redelivery_delay": float,
+    "retry_delay": float,  # deprecated: redelivery_delay
     "send_timeout": float,
     "admin_timeout": float,
     "name": str,
@@ -107,7 +108,7 @@ class KafkaOptions:
         default="earliest", validator=_one_of(get_args(OffsetReset))
     )
     unroutable: Unroutable = attrs.field(default="retry", validator=_one_of(get_args(Unroutable)))
-    retry_delay: float = attrs.field(default=5.0, validator=_not_negative)
+    redelivery_delay: float = attrs.field(default=5.0, validator=_not_negative)
     send_timeout: float = attrs.field(default=30.0, validator=_positive)
     admin_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: The logical queue name (`Queue` attribute); the topic by default.

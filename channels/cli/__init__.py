@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .errors import QchanError
-from .logs import CLIENT
-from .urls import redact
+from ..errors import QchanError
+from ..logs import CLIENT
+from ..urls import redact
 
 EPILOG = """\
 URLs:

@@ -18,19 +18,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .adapter import Sending
-from .chan import Chan
-from .codec import Codec, EncodeError
-from .errors import ChannelClosed, QchanError, QueueFailed, RejectedError
-from .event import Event, stamp
-from .message import Bag, Msg
-from .select import select
-from .tracing import Traced
-
-if TYPE_CHECKING:
-    from .queue import Queue
+from ..adapter import Sending
+from ..chan import Chan
+from ..codec import Codec, EncodeError
+from ..errors import ChannelClosed, QchanError, QueueFailed, RejectedError
+from ..event import Event, stamp
+from ..message import Bag, Msg
+from ..select import select
+from ..tracing import Traced
+from .context import Context
 
 __all__ = ["Emitter", "Put", "Sender"]
 
@@ -102,7 +100,7 @@ class Put:
         self.done.set()
 
 
-class _Batch:
+class Outgoing:
     """Messages gathered for one send, as parallel lists (index i is one message).
 
     `origins[i]` is the sender `objs[i]` came from, or None for a synchronous
@@ -127,9 +125,9 @@ class _Batch:
         self.objs.append(obj)
         self.origins.append(origin)
 
-    def subset(self, indices: list[int]) -> _Batch:
+    def subset(self, indices: list[int]) -> Outgoing:
         """The messages at `indices`, in that order."""
-        part = _Batch()
+        part = Outgoing()
         for i in indices:
             part.add(self.origins[i], self.objs[i], self.bags[i])
         return part
@@ -138,15 +136,16 @@ class _Batch:
 class Emitter:
     """The emitter thread of one queue. `Queue` creates it on the first `enqueue`."""
 
-    def __init__(self, queue: Queue) -> None:
-        self.q = queue
-        self.adapter = queue.adapter
-        self.batch_size = queue.batch_size
-        self.log = logging.LoggerAdapter(log, {"queue": queue.name})
-        self.linger = queue.linger
-        self.retry = queue.retry
-        self.ctl: Chan[None] = Chan(1, name=f"{queue.name}.emitter.ctl")  # a doorbell
-        self.puts: Chan[Put] = Chan(4 * self.batch_size, name=f"{queue.name}.puts")
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.name = ctx.name
+        self.adapter = ctx.adapter
+        self.batch_size = ctx.batch_size
+        self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
+        self.linger = ctx.linger
+        self.retry = ctx.retry
+        self.ctl: Chan[None] = Chan(1, name=f"{ctx.name}.emitter.ctl")  # a doorbell
+        self.puts: Chan[Put] = Chan(4 * self.batch_size, name=f"{ctx.name}.puts")
         self._lock = threading.Lock()
         self._added: list[Sender] = []
         self._senders: list[Sender] = []  # the emitter thread's own
@@ -160,17 +159,17 @@ class Emitter:
         # one that closes (flushes) every open queue before the interpreter exits,
         # so no message is lost; an emitter abandoned by close() then cannot hang exit.
         self.thread = threading.Thread(
-            target=self._run, name=f"qchan-emitter-{queue.adapter.scheme}-{queue.name}",
+            target=self._run, name=f"qchan-emitter-{ctx.adapter.scheme}-{ctx.name}",
             daemon=hasattr(threading, "_register_atexit"),
         )
-        self._inflight: _Batch | None = None  # the batch inside adapter.send_batch now
+        self._inflight: Outgoing | None = None  # the batch inside adapter.send_batch now
         # What the thread holds that is not settled (for a crash to name): the batch being
         # gathered, and the part of a batch being retried.
-        self._gathering: _Batch | None = None
-        self._settling: _Batch | None = None
+        self._gathering: Outgoing | None = None
+        self._settling: Outgoing | None = None
         # Submitted batches whose outcomes are not settled yet, oldest first.
-        self.depth = max(1, int(queue.adapter.pipeline))
-        self._pipe: deque[tuple[_Batch, Sending, float]] = deque()
+        self.depth = max(1, int(ctx.adapter.pipeline))
+        self._pipe: deque[tuple[Outgoing, Sending, float]] = deque()
         self.thread.start()
 
     # -- called from application threads ------------------------------------
@@ -178,7 +177,7 @@ class Emitter:
     def add(self, sender: Sender) -> None:
         with self._lock:
             if self._stopping:
-                raise ChannelClosed(f"queue {self.q.name!r} is closed")
+                raise ChannelClosed(f"queue {self.name!r} is closed")
             self._added.append(sender)
         self._ring()
 
@@ -200,7 +199,7 @@ class Emitter:
         if self.thread.is_alive():
             self.log.warning(
                 "queue %s: emitter still flushing after %.1f s; giving up on retries",
-                self.q.name, timeout,
+                self.name, timeout,
             )
             self.abort.set()
             self._abort_chan.close()
@@ -250,7 +249,7 @@ class Emitter:
         abandoned.extend(self._unsent(senders, unsent))
         self.log.error(
             "queue %s: the emitter is blocked in %r past close_timeout; %d message(s) with "
-            "an unknown outcome or not sent are reported", self.q.name, self.adapter,
+            "an unknown outcome or not sent are reported", self.name, self.adapter,
             len(abandoned),
         )
         return abandoned
@@ -295,7 +294,7 @@ class Emitter:
                     if s.dlq is not None:
                         s.dlq.close()
                     s.finished.close()
-                failure = self.q.failure
+                failure = self.ctx.failure()
                 if failure is not None:  # another thread failed the queue: take no more
                     self._collect(wait_all=True)
                     self._finish_all(failure)
@@ -318,8 +317,8 @@ class Emitter:
 
     def _crashed(self, error: BaseException) -> None:
         """This thread raised: fail the queue, and name every message it held."""
-        self.q._fail(error, "emitter")
-        failure = self.q.failure or QueueFailed(f"queue {self.q.name!r} failed")
+        self.ctx.fail(error, "emitter")
+        failure = self.ctx.failure() or QueueFailed(f"queue {self.name!r} failed")
         batches = [b for b, _, _ in self._pipe]
         for b in (self._settling, self._inflight, self._gathering):
             if b is not None and b not in batches:
@@ -353,7 +352,7 @@ class Emitter:
         cases.extend(s.out for s in senders)
         return cases, senders, first_out
 
-    def _gather(self, closed: list[Sender]) -> _Batch:
+    def _gather(self, closed: list[Sender]) -> Outgoing:
         """Collect up to batch_size items, waiting at most `linger` after the first one.
 
         With batches in flight it does not wait for a first item: the caller
@@ -374,8 +373,8 @@ class Emitter:
                 s.out._lend(self.batch_size)
                 lent.append(s.out)
 
-    def _gather_lent(self, closed: list[Sender], lent: list[Chan[Any]]) -> _Batch:
-        batch = self._gathering = _Batch()
+    def _gather_lent(self, closed: list[Sender], lent: list[Chan[Any]]) -> Outgoing:
+        batch = self._gathering = Outgoing()
         deadline: float | None = None
         cases, senders, first_out = self._layout()
         while len(batch) < self.batch_size:
@@ -392,7 +391,7 @@ class Emitter:
                 break
             index = sel.index
             if index == 0:  # the doorbell: new senders, stopping, or the queue failed
-                if self.q.failure is not None:
+                if self.ctx.failure() is not None:
                     break
                 with self._lock:
                     added, self._added = self._added, []
@@ -427,7 +426,7 @@ class Emitter:
         self._gathering = None
         return batch
 
-    def _take(self, sender: Sender, objs: list[Any], batch: _Batch) -> None:
+    def _take(self, sender: Sender, objs: list[Any], batch: Outgoing) -> None:
         """Encode `objs` of `sender` into the batch, in order; dead-letter what cannot be.
 
         The common run (plain objects: no trace context, not `Event`s, all
@@ -457,19 +456,19 @@ class Emitter:
         for obj in objs:
             self._take_one(sender, obj, batch)
 
-    def _take_one(self, sender: Sender, obj: Any, batch: _Batch) -> None:
+    def _take_one(self, sender: Sender, obj: Any, batch: Outgoing) -> None:
         extra = None
         if type(obj) is Traced:  # sent with a trace context (see tracing.py)
             obj, extra = obj.obj, obj.attributes
         try:
-            bag = sender.encode(obj, self.q.agent, extra)
+            bag = sender.encode(obj, self.ctx.agent, extra)
         except Exception as e:
             err = e if isinstance(e, EncodeError) else EncodeError(f"cannot encode: {e!r}")
             self._dead_letter(sender, obj, None, err)
             return
         batch.add(sender, obj, bag)
 
-    def _submit(self, batch: _Batch) -> None:
+    def _submit(self, batch: Outgoing) -> None:
         """Send a batch: synchronously, or (a pipelining adapter) into the pipe."""
         started = time.monotonic()
         if self.depth == 1:
@@ -498,7 +497,7 @@ class Emitter:
             pipe.popleft()
             self._flush(batch, started, outcomes)
 
-    def _send(self, pending: _Batch) -> list[BaseException | None]:
+    def _send(self, pending: Outgoing) -> list[BaseException | None]:
         bags = pending.bags
         self._inflight = pending
         try:
@@ -519,7 +518,7 @@ class Emitter:
 
     def _flush(
         self,
-        batch: _Batch,
+        batch: Outgoing,
         started: float,
         outcomes: Sequence[BaseException | None] | None = None,
     ) -> None:
@@ -530,11 +529,11 @@ class Emitter:
 
     def _settle(
         self,
-        batch: _Batch,
+        batch: Outgoing,
         started: float,
         outcomes: Sequence[BaseException | None] | None,
     ) -> None:
-        stats = self.q._counters
+        stats = self.ctx.counters
         attempt = 0
         pending = batch
         while pending:
@@ -575,7 +574,7 @@ class Emitter:
             if wait is None:  # the dlq hands them back: the application's to say (INFO here)
                 self.log.info(
                     "queue %s: %d message(s) not accepted after %d attempt(s): %s",
-                    self.q.name, len(failed), attempt, errors[0],
+                    self.name, len(failed), attempt, errors[0],
                 )
                 for i, err in zip(failed, errors, strict=True):
                     self._fail(pending, i, err)
@@ -583,27 +582,27 @@ class Emitter:
             stats.retried += len(failed)
             self.log.info(
                 "queue %s: %d message(s) failed (%s); retry %d in %.2f s",
-                self.q.name, len(failed), errors[0], attempt, wait,
+                self.name, len(failed), errors[0], attempt, wait,
             )
             self.abort.wait(wait)
 
     @staticmethod
-    def _resolve_puts(batch: _Batch) -> None:
+    def _resolve_puts(batch: Outgoing) -> None:
         for origin, obj in zip(batch.origins, batch.objs, strict=True):
             if origin is None:
                 obj.resolve(None)
 
-    def _fail(self, batch: _Batch, i: int, err: BaseException) -> None:
+    def _fail(self, batch: Outgoing, i: int, err: BaseException) -> None:
         origin, obj = batch.origins[i], batch.objs[i]
         if origin is None:
-            self.q._counters.dead_lettered += 1
+            self.ctx.counters.dead_lettered += 1
             obj.resolve(err)
         else:
             self._dead_letter(origin, obj, batch.bags[i], err)
 
     def _dead_letter(self, sender: Sender, obj: Any, bag: Bag | None, err: BaseException) -> None:
         """Hand the original object back on the sender's dlq, waiting while it is full."""
-        self.q._counters.dead_lettered += 1
+        self.ctx.counters.dead_lettered += 1
         msg: Msg[Any] = Msg(
             object=obj, category=sender.category, attributes=sender.attributes, error=err, bag=bag
         )
@@ -623,7 +622,7 @@ class Emitter:
             self._warned_full.add(sender.category)
             self.log.warning(
                 "queue %s: dlq of %r is full; sends of that channel wait until the application "
-                "receives from its dlq", self.q.name, sender.category,
+                "receives from its dlq", self.name, sender.category,
             )
         try:
             sel = select((dlq, msg), self._abort_chan)

@@ -6,7 +6,7 @@
 
 The adapter only talks to SQS; the kernel owns threads, batching, retries and
 acknowledgement bookkeeping (see qchan.adapter). The wire format lives in
-`_sqs_wire`; the full reference, with every option, is docs/sqs.md.
+`_wire`; the full reference, with every option, is docs/sqs.md.
 
 Credentials come from boto3's normal chain (environment, profile, instance or
 task role, ...); they never appear in URLs, repr, logs or errors.
@@ -47,7 +47,7 @@ from qchan.message import Bag
 from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, unknown
 from qchan.urls import URLError, redact
 
-from . import _sqs_wire as wire
+from . import _wire as wire
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

@@ -1,0 +1,146 @@
+"""The settle side of the Kafka adapter, on the dispatcher thread: acks commit the
+contiguous settled prefix of each partition, nacks are redelivered from memory, and
+after `max_deliveries` a message is copied to the dead-letter topic (its own
+producer, created on the first dead letter).
+
+A nack is redelivered from memory and its offset stays uncommitted (no seek).
+Only once the broker confirmed a dead-letter copy does its offset count as
+settled, so the partition moves on and nothing is ever skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import attrs
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from qchan.errors import MessageError, QchanError, UnroutableError, describe
+from qchan.message import Bag
+
+from ._cluster import GRACE, Cluster
+from ._config import KafkaOptions, producer_config
+from ._consumer import Consuming
+from ._inflight import InFlight, Receipt, redelivery
+from ._wire import KafkaSendError, dead_letter_headers
+
+__all__ = ["Settling"]
+
+log = logging.getLogger("qchan.adapters.kafka")
+
+
+class Settling:
+    """Acks, nacks, releases and dead letters of what `Consuming` delivered."""
+
+    def __init__(
+        self,
+        options: KafkaOptions,
+        cluster: Cluster,
+        inflight: InFlight,
+        consuming: Consuming,
+        report: Callable[[BaseException], None],
+    ) -> None:
+        self.options = options
+        self.cluster = cluster
+        self.inflight = inflight
+        self.consuming = consuming
+        self.report = report
+        self._dlq_producer: Producer | None = None
+
+    def ack(self, bags: Sequence[Bag]) -> None:
+        """Settle these deliveries; commit whatever prefix that completes."""
+        if self.inflight.settle(bags):
+            self.consuming.try_commit()
+
+    def redeliver(
+        self, bags: Sequence[Bag], delay: float, errors: Sequence[BaseException] | None
+    ) -> None:
+        """Redeliver from memory after `delay` s; dead-letter after `max_deliveries`."""
+        at = time.monotonic() + delay
+        for i, bag in enumerate(bags):
+            if bag.deliveries >= self.options.max_deliveries:
+                why = f"failed {bag.deliveries} deliveries"
+                if errors is not None:
+                    why += f"; the last: {describe(errors[i])}"
+                self._dead_letter(bag, why)
+            else:
+                self.inflight.schedule(bag, at, redelivery)
+
+    def give_up(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        """The application gave up: copy each to the dead-letter topic now."""
+        for bag, error in zip(bags, errors, strict=True):
+            self._dead_letter(bag, f"given up after {bag.deliveries} deliveries: "
+                                   f"{describe(error)}")
+
+    def release(self, bags: Sequence[Bag]) -> None:
+        """Offered again at once, not counted as a delivery (see `KafkaAdapter.release`)."""
+        now = time.monotonic()
+        for bag in bags:
+            self.inflight.schedule(bag, now, attrs.evolve)
+
+    def reject(self, bag: Bag, error: MessageError) -> None:
+        """Poison policy: undecodable -> dead letter; unroutable -> per the `unroutable` option."""
+        if not isinstance(error, UnroutableError):
+            self._dead_letter(bag, str(error))
+            return
+        policy = self.options.unroutable
+        if policy == "skip":
+            self.ack([bag])
+        elif policy == "dlq" or bag.deliveries >= self.options.max_deliveries:
+            self._dead_letter(bag, str(error))
+        else:
+            at = time.monotonic() + self.options.redelivery_delay
+            self.inflight.schedule(bag, at, redelivery)
+
+    def _dead_letter(self, bag: Bag, reason: str) -> None:
+        """Copy `bag` to the dead-letter topic; settle it once the broker confirmed the copy."""
+        if not self.inflight.is_current(bag):
+            return
+        receipt: Receipt = bag.digest
+        where = f"{receipt.topic}/{receipt.partition}@{receipt.offset}"
+        dlq = self.options.dlq
+        if dlq is None:
+            self.report(
+                QchanError(f"kafka message {where} dropped (no dead-letter topic): {reason}")
+            )
+            self.ack([bag])
+            return
+        try:
+            error = self._produce_dead_letter(dlq, bag, reason)
+        except (KafkaException, QchanError) as e:
+            error = e if isinstance(e, QchanError) else QchanError(str(e.args[0]))
+        if error is None:
+            log.warning("kafka message %s moved to dead-letter topic %r: %s", where, dlq, reason)
+            self.ack([bag])
+            return
+        self.report(
+            QchanError(f"kafka message {where} could not be dead-lettered to {dlq!r}: {error}")
+        )
+        # Keep the offset uncommitted and try again later: never skip a message.
+        self.inflight.schedule(bag, time.monotonic() + self.options.redelivery_delay, redelivery)
+
+    def _produce_dead_letter(self, dlq: str, bag: Bag, reason: str) -> BaseException | None:
+        producer = self._dlq_producer
+        if producer is None:
+            cluster = self.cluster
+            conf = producer_config(self.options, log, cluster.client_error)
+            producer = self._dlq_producer = cluster.client(Producer, conf)
+        self.cluster.ensure_topic(producer, dlq)
+        reports: list[KafkaError | None] = []
+        key = None if bag.key is None else bag.key.encode("utf-8", "surrogateescape")
+        producer.produce(
+            dlq, bag.body, key, headers=dead_letter_headers(bag, reason),
+            on_delivery=lambda err, _m: reports.append(err),
+        )
+        producer.flush(self.options.send_timeout + GRACE)
+        if not reports:
+            return KafkaSendError("no delivery report in time")
+        err = reports[0]
+        return None if err is None else KafkaSendError(err.str())
+
+    def close(self) -> int:
+        """Flush the dead-letter producer; how many copies were left unsent."""
+        producer, self._dlq_producer = self._dlq_producer, None
+        return producer.flush(self.options.send_timeout) if producer is not None else 0
