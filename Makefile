@@ -52,7 +52,7 @@ typecheck: $(STAMP)
 
 # The reliability suite with its long variants (10 s network cuts), about 5 minutes.
 test-reliability: $(STAMP)
-	QCHAN_SLOW=1 $(BIN)/python -m pytest tests/reliability tests/test_hostile_input.py tests/test_security.py
+	QCHAN_SLOW=1 $(BIN)/python -m pytest tests/reliability tests/security/test_hostile_input.py tests/security/test_security.py
 
 # Steady traffic for 3 minutes with a slow consumer; fails if memory, threads or
 # in-flight grow, or a message is lost.

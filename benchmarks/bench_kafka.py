@@ -1,7 +1,7 @@
 """Kafka throughput: qchan enqueue/dequeue vs raw confluent-kafka, same run, same mock cluster.
 
 Run: `python benchmarks/bench_kafka.py [--messages N] [--repeat R] [--bootstrap H:P]`.
-Without --bootstrap it starts librdkafka's mock cluster (tests/kafka_mock_cluster.py,
+Without --bootstrap it starts librdkafka's mock cluster (tests/support/kafka_mock_cluster.py,
 3 brokers) and stops it at the end.
 
 Every run uses a fresh 4-partition topic and the same N objects of about 1 KiB,
@@ -70,7 +70,7 @@ from confluent_kafka import Consumer, Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fixtures_kafka import MockCluster
+from support.kafka import MockCluster
 
 from qchan import AT_MOST_ONCE, Chan, ChannelClosed, Queue, connect, dequeue, enqueue
 from qchan.adapters.kafka import KafkaAdapter

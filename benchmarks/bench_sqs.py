@@ -1,7 +1,7 @@
 """SQS throughput: qchan enqueue/dequeue vs raw boto3, same run, same endpoint, same messages.
 
 Run: `python benchmarks/bench_sqs.py [--messages N] [--repeat R] [--endpoint URL]`.
-Without --endpoint it starts a local moto server (tests/moto_launcher.py, moto
+Without --endpoint it starts a local moto server (tests/support/moto_launcher.py, moto
 with its O(queue depth) attribute scan made lazy) and stops it at the end.
 
 Every run uses a fresh queue and the same N messages of about 1 KiB of JSON
@@ -46,7 +46,7 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fixtures_sqs import MotoServer, dummy_aws_env
+from support.sqs import MotoServer, dummy_aws_env
 
 from qchan import Queue, dequeue, enqueue
 from qchan.adapters.sqs import from_url

@@ -1,4 +1,10 @@
-"""Shared pytest configuration and fixtures."""
+"""Shared pytest configuration and fixtures.
+
+The broker fixtures live in tests/support/ and are registered here as plugins, so
+that each session-scoped one (the moto server, the Kafka mock cluster, the RabbitMQ
+check) starts once per test session, whichever modules use it. Test modules take
+them by name and import only plain helpers from support/.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from qchan import EnqueueError, Queue
+
+pytest_plugins = ["support.sqs", "support.kafka", "support.rabbitmq"]
 
 
 @pytest.fixture

@@ -71,11 +71,7 @@ class Dispatcher:
         self.ack_due: float | None = None
         # Acks go to the broker in batches of at most max_batch, and at half the
         # in-flight limit: the poller receives again while the application works on
-        # the other half. (At max_batch alone, an in_flight below it made every batch
-        # wait for ack_linger: Kafka with in_flight=200 consumed 17k msg/s, not 100k.)
-        # Measured on Kafka, alternating in one process, median of 4: the whole limit
-        # 115k msg/s, half 127k, a quarter 120k. Half also halves the garbage
-        # collections: fewer messages are allocated before the first ones are freed.
+        # the other half (the measurements behind it: docs/measurements.md).
         self.ack_batch = max(1, min(self.adapter.max_batch, ctx.in_flight // 2))
         self.next_beat = time.monotonic() + (ctx.heartbeat or 0.0)
         self.failed = False  # the queue failed: its rcv and ack channels raise now

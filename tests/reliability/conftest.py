@@ -22,9 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_kafka import MockCluster, group_config, kafka_cluster_fixture  # noqa: F401
-from fixtures_rabbitmq import rabbit_fixture  # noqa: F401
-from fixtures_sqs import sqs_endpoint  # noqa: F401
+from support.kafka import MockCluster, group_config
 
 from .harness import Report
 from .transports import (

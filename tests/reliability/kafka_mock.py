@@ -1,4 +1,4 @@
-"""librdkafka's mock cluster for the reliability scenarios: tests/kafka_mock_cluster.py plus
+"""librdkafka's mock cluster for the reliability scenarios: tests/support/kafka_mock_cluster.py plus
 `rtt <broker id> <ms>` (added round-trip time), `alldown` / `allup`, and
 `session <timeout ms> <heartbeat ms>` (the KIP-848 group session, broker side).
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
 
-from kafka_mock_cluster import _MockApi
+from support.kafka_mock_cluster import _MockApi
 
 
 class MockApi(_MockApi):

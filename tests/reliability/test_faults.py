@@ -22,8 +22,8 @@ import uuid
 from typing import Any
 
 import pytest
-from fixtures_rabbitmq import ensure_broker_running, rabbitmqctl
-from helpers import wait_for
+from support.helpers import wait_for
+from support.rabbitmq import ensure_broker_running, rabbitmqctl
 
 from qchan import AT_MOST_ONCE, ChannelClosed, Constant, EnqueueError, Queue, enqueue
 

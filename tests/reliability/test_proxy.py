@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import wait_for
+from support.helpers import wait_for
 
 from .proxy import TcpProxy
 

@@ -1,0 +1,123 @@
+"""The layout's promises, checked on the source: the import graph of `qchan` has no
+circle, the kernel's workers never import the queue, and adapters import only the
+contract side of the core."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+FOLDERS = {"channels": "qchan", "adapters": "qchan.adapters"}
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    """Every module of both folders by the name it installs as."""
+    found = {}
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _imports(name: str, path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
+    """The qchan modules `name` imports anywhere (module level, functions, TYPE_CHECKING)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                origin = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                origin = node.module or ""
+            # `from pkg import mod` imports the module pkg.mod; `from mod import name`, mod
+            targets = [
+                f"{origin}.{a.name}" if f"{origin}.{a.name}" in modules else origin
+                for a in node.names
+            ]
+        else:
+            continue
+        out.update(t for t in targets if t in modules and t != name)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_has_no_circle() -> None:
+    graph = _graph()
+    assert len(graph) > 40, "the walk found the modules"
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_kernel_workers_never_see_the_queue() -> None:
+    graph = _graph()
+    for worker in ("emitter", "poller", "dispatcher", "listener", "stats", "routes", "context"):
+        assert "qchan.kernel.queue" not in graph[f"qchan.kernel.{worker}"], worker
+
+
+def test_the_core_below_the_kernel_imports_no_kernel_nor_application_module() -> None:
+    """Channels, messages, codecs and the adapter contract stand on their own."""
+    graph = _graph()
+    base = ["chan", "select", "errors", "message", "event", "codec", "retry", "adapter",
+            "urls", "options", "logs", "tracing"]
+    above = ("qchan.kernel", "qchan.cli", "qchan.testing", "qchan.endpoints", "qchan.worker")
+    for name in base:
+        bad = {m for m in graph[f"qchan.{name}"] if m.startswith(above)}
+        assert not bad, f"qchan.{name} imports {bad}"
+
+
+def test_adapters_import_the_contract_not_the_kernel() -> None:
+    graph = _graph()
+    for name, imports in graph.items():
+        if name.startswith("qchan.adapters"):
+            bad = {m for m in imports if m.startswith(("qchan.kernel", "qchan.cli",
+                                                       "qchan.endpoints", "qchan.worker"))}
+            assert not bad, f"{name} imports {bad}"
