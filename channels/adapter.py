@@ -13,6 +13,16 @@ calls the adapter from its worker threads:
 | `wakeup` | any thread | anything |
 | `close` | the thread closing the queue, after the workers stopped | nothing |
 
+The methods come in groups:
+
+| group | methods | an adapter |
+|---|---|---|
+| required | `send_batch`, `receive`, `ack`, `nack` | implements all four |
+| flow control | `hold`, `idle`, `wakeup` | overrides them when its client prefetches or blocks |
+| settling | `nack_failed`, `dead_letter`, `release`, `reject`, `extend` | overrides native ones |
+| pipelining | `pipeline`, `submit` | sets both when its client sends asynchronously |
+| lifecycle | `bind`, `close` | closes its connections in `close` |
+
 So an adapter whose client is not thread-safe (pika) keeps one connection per
 calling thread, or hands work to the thread that owns the connection (for
 pika, `add_callback_threadsafe`).

@@ -214,3 +214,32 @@ def _receive(q: Queue, n: int) -> list[Any]:
             got.append(m.object)
             ack.send(m)
     return got
+
+
+def test_a_wrapped_adapter_keeps_the_pipelined_path() -> None:
+    """`Wrapped` forwards `pipeline` and `submit`: a wrapped Kafka adapter once ran the
+    non-pipelined path (one send_batch at a time) without a word; a `Spy` still sees
+    every batch."""
+    class Submitting(EmbeddedAdapter):
+        pipeline = 3
+
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.submitted = 0
+
+        def submit(self, bags: Any) -> Sending:
+            self.submitted += 1
+            return super().submit(bags)
+
+    inner = Submitting(f"wrap-{uuid.uuid4().hex[:8]}")
+    wrapped = Wrapped(inner)
+    assert wrapped.pipeline == 3
+    spy = Spy(inner)
+    q = Queue(spy, linger=0.001)
+    try:
+        with enqueue(Order, q, policy=AT_MOST_ONCE, capacity=100) as (out, _):
+            for i in range(20):
+                out.send(Order(str(i), 1.0))
+    finally:
+        q.close()
+    assert inner.submitted >= 1 and sum(spy.batches) == 20
