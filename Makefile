@@ -38,7 +38,7 @@ check: lint typecheck
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
-	@true  # ruff format --check: next commit
+	$(BIN)/ruff format --check $(CODE)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(CODE)

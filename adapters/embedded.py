@@ -138,16 +138,20 @@ class Broker:
                     self._attr_size = (a, sum(map(len, a.keys())) + sum(map(len, a.values())))
                 size = len(bag.body) + self._attr_size[1]
                 if size > self.max_message_size:
-                    outcomes.append(MessageTooLarge(
-                        f"mem://{self.name}: message of {size} bytes is over the "
-                        f"{self.max_message_size}-byte limit"
-                    ))
+                    outcomes.append(
+                        MessageTooLarge(
+                            f"mem://{self.name}: message of {size} bytes is over the "
+                            f"{self.max_message_size}-byte limit"
+                        )
+                    )
                     continue
                 if self.max_depth is not None and len(self._ready) >= self.max_depth:
-                    outcomes.append(QueueFull(
-                        f"mem://{self.name}: {len(self._ready)} messages waiting, the "
-                        f"max_depth; retry later"
-                    ))
+                    outcomes.append(
+                        QueueFull(
+                            f"mem://{self.name}: {len(self._ready)} messages waiting, the "
+                            f"max_depth; retry later"
+                        )
+                    )
                     continue
                 # Bags are immutable (frozen, bytes body, read-only attributes): store as is.
                 self._ready.append(_Stored(bag, next(self._seq)))
@@ -192,10 +196,18 @@ class Broker:
                 if len(self._expiry) > 4 * len(self._invisible) + 8192:
                     self._compact()
                 b = s.bag
-                out.append(Bag(
-                    category=b.category, body=b.body, attributes=b.attributes, id=b.id,
-                    key=b.key, content_type=b.content_type, digest=receipt, deliveries=s.receives,
-                ))
+                out.append(
+                    Bag(
+                        category=b.category,
+                        body=b.body,
+                        attributes=b.attributes,
+                        id=b.id,
+                        key=b.key,
+                        content_type=b.content_type,
+                        digest=receipt,
+                        deliveries=s.receives,
+                    )
+                )
             return out
 
     @property
@@ -333,8 +345,9 @@ class EmbeddedAdapter(Adapter):
         self.broker = broker(name)
         self._wake = Wake()
         where = f"mem://{name}"
-        check_seconds("visibility_timeout", visibility_timeout, positive=True, optional=True,
-                      where=where)
+        check_seconds(
+            "visibility_timeout", visibility_timeout, positive=True, optional=True, where=where
+        )
         check_count("max_deliveries", max_deliveries, optional=True, where=where)
         check_count("max_message_size", max_message_size, optional=True, where=where)
         check_count("max_depth", max_depth, optional=True, where=where)
@@ -370,7 +383,10 @@ class EmbeddedAdapter(Adapter):
 
 
 _QUERY: dict[str, Any] = {
-    "visibility_timeout": float, "max_deliveries": int, "max_message_size": int, "max_depth": int,
+    "visibility_timeout": float,
+    "max_deliveries": int,
+    "max_message_size": int,
+    "max_depth": int,
     "max_receives": int,  # deprecated: max_deliveries
 }
 #: The keyword options of `from_url` (the same names as the URL query keys).

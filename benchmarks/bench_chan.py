@@ -122,15 +122,35 @@ def main(argv: list[str] | None = None) -> int:
         return max(f() for _ in range(r))
 
     rows = [
-        ("buffered 1024", "queue.Queue(1024)", best(lambda: queue_rate(n, 1024)),
-         "Chan(1024)", best(lambda: chan_rate(n, 1024)), 1.5),
-        ("rendezvous", "queue.Queue(1)", best(lambda: queue_rate(n // 4, 1)),
-         "Chan(0)", best(lambda: chan_rate(n // 4, 0)), 1.2),
-        ("select over 4 ready", "Chan(1024).recv", best(lambda: recv_rate(n)),
-         "select(4 x Chan(1024))", best(lambda: select_rate(n)), 0.5),
+        (
+            "buffered 1024",
+            "queue.Queue(1024)",
+            best(lambda: queue_rate(n, 1024)),
+            "Chan(1024)",
+            best(lambda: chan_rate(n, 1024)),
+            1.5,
+        ),
+        (
+            "rendezvous",
+            "queue.Queue(1)",
+            best(lambda: queue_rate(n // 4, 1)),
+            "Chan(0)",
+            best(lambda: chan_rate(n // 4, 0)),
+            1.2,
+        ),
+        (
+            "select over 4 ready",
+            "Chan(1024).recv",
+            best(lambda: recv_rate(n)),
+            "select(4 x Chan(1024))",
+            best(lambda: select_rate(n)),
+            0.5,
+        ),
     ]
-    print(f"qchan.Chan vs queue.Queue, 1 producer -> 1 consumer thread, best of {r}, "
-          f"Python {sys.version.split()[0]}")
+    print(
+        f"qchan.Chan vs queue.Queue, 1 producer -> 1 consumer thread, best of {r}, "
+        f"Python {sys.version.split()[0]}"
+    )
     print()
     print("| case | baseline | items/s | qchan | items/s | ratio | target |")
     print("|---|---|---:|---|---:|---:|---:|")
@@ -139,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = qrate / brate
         failed |= ratio < target
         mark = "" if ratio >= target else " (below)"
-        print(f"| {case} | {bname} | {brate:,.0f} | {qname} | {qrate:,.0f} | "
-              f"{ratio:.2f}x{mark} | >= {target}x |")
+        print(
+            f"| {case} | {bname} | {brate:,.0f} | {qname} | {qrate:,.0f} | "
+            f"{ratio:.2f}x{mark} | >= {target}x |"
+        )
     return 0
 
 

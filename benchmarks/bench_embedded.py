@@ -138,7 +138,9 @@ def rss_child(n: int) -> None:
 
 def peak_rss_mib(n: int) -> float:
     out = subprocess.run(
-        [sys.executable, __file__, "--rss-child", str(n)], capture_output=True, text=True,
+        [sys.executable, __file__, "--rss-child", str(n)],
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout
     return int(out.split()[-1]) / 1024
@@ -168,20 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     codecs = [("stdlib json", json_converter())]
     if backend == "orjson":
         codecs.append(("orjson", fast))
-    print(f"embedded round trip, {args.items:,} small attrs objects, best of {r}, "
-          f"Python {sys.version.split()[0]}")
+    print(
+        f"embedded round trip, {args.items:,} small attrs objects, best of {r}, "
+        f"Python {sys.version.split()[0]}"
+    )
     print()
     print(f"bare queue.Queue(1024) hand-off: {best(lambda: queue_rate(objs)):,.0f} objects/s")
     print()
-    print("| codec | codec only enc+dec/s | policy | qchan msg/s | p50 ms | p99 ms | "
-          "qchan / codec | target |")
+    print(
+        "| codec | codec only enc+dec/s | policy | qchan msg/s | p50 ms | p99 ms | "
+        "qchan / codec | target |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for label, conv in codecs:
         floor = best(lambda c=conv: codec_rate(objs, c))  # type: ignore[misc]
         for policy in (AT_LEAST_ONCE, AT_MOST_ONCE):
             rate, p50, p99 = best3(lambda c=conv, p=policy: qchan_rate(objs, c, p))  # type: ignore[misc]
-            print(f"| {label} | {floor:,.0f} | {policy.value} | {rate:,.0f} | {p50:.2f} | "
-                  f"{p99:.2f} | {rate / floor:.2f}x | >= 0.5x |")
+            print(
+                f"| {label} | {floor:,.0f} | {policy.value} | {rate:,.0f} | {p50:.2f} | "
+                f"{p99:.2f} | {rate / floor:.2f}x | >= 0.5x |"
+            )
     if not args.no_rss:
         print()
         print("peak RSS, fast producer and slow consumer (embedded max_depth=5000):")

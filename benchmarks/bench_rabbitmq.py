@@ -177,8 +177,9 @@ def raw_consume(queue: str, n: int, prefetch: int = PREFETCH) -> float:
 
 def adapter_publish(queue: str, n: int) -> float:
     adapter = from_url(f"{URL}?queue={queue}&queue_type={QUEUE_TYPE}")
-    bags = [Bag("Payload", BODY, HEADERS, id=str(i), content_type="application/json")
-            for i in range(n)]
+    bags = [
+        Bag("Payload", BODY, HEADERS, id=str(i), content_type="application/json") for i in range(n)
+    ]
     adapter.send_batch(bags[:1])  # connect and declare outside the clock
 
     def run() -> None:
@@ -239,8 +240,9 @@ def qchan_dequeue(queue: str, n: int, prefetch: int | None = None) -> float:
     """With prefetch None: qchan's defaults (prefetch = in-flight limit = 500)."""
     from qchan import connect, dequeue
 
-    options: dict[str, Any] = {} if prefetch is None else {"prefetch": prefetch,
-                                                          "in_flight": prefetch}
+    options: dict[str, Any] = (
+        {} if prefetch is None else {"prefetch": prefetch, "in_flight": prefetch}
+    )
     url = f"{URL}?queue={queue}&queue_type={QUEUE_TYPE}"
     with connect(url, **options) as q, dequeue(Payload, q) as (rcv, ack):
         t0 = time.perf_counter()
@@ -280,15 +282,22 @@ def main() -> int:
     row("qchan adapter send_batch (confirms on)", lambda q: adapter_publish(q, n))
     row(f"raw pika consume + ack, prefetch {PREFETCH}", lambda q: raw_consume(q, n), prefill=n)
     row("raw pika consume + ack, prefetch 500", lambda q: raw_consume(q, n, 500), prefill=n)
-    row(f"qchan adapter receive + ack, prefetch {PREFETCH}", lambda q: adapter_consume(q, n),
-        prefill=n)
+    row(
+        f"qchan adapter receive + ack, prefetch {PREFETCH}",
+        lambda q: adapter_consume(q, n),
+        prefill=n,
+    )
     kernel = kernel_available()
     if kernel:
         row("qchan enqueue (confirms on)", lambda q: qchan_enqueue(q, n))
-        row("qchan dequeue + ack (defaults: prefetch 500)", lambda q: qchan_dequeue(q, n),
-            prefill=n)
-        row(f"qchan dequeue + ack, prefetch {PREFETCH}",
-            lambda q: qchan_dequeue(q, n, PREFETCH), prefill=n)
+        row(
+            "qchan dequeue + ack (defaults: prefetch 500)", lambda q: qchan_dequeue(q, n), prefill=n
+        )
+        row(
+            f"qchan dequeue + ack, prefetch {PREFETCH}",
+            lambda q: qchan_dequeue(q, n, PREFETCH),
+            prefill=n,
+        )
 
     no_conf = rates["raw pika publish, no confirms"]
     per_msg = rates["raw pika publish, confirm per message"]
@@ -303,7 +312,8 @@ def main() -> int:
     for label, rate in rates.items():
         consuming = "consume" in label or "receive" in label or "dequeue" in label
         cells = (
-            ["", "", f"{rate / consume:.2f}x"] if consuming
+            ["", "", f"{rate / consume:.2f}x"]
+            if consuming
             else [f"{rate / per_msg:.2f}x", f"{rate / no_conf:.2f}x", ""]
         )
         print(f"| {label} | {rate:,.0f} | {' | '.join(cells)} | {targets.get(label, '')} |")

@@ -67,7 +67,9 @@ class Payload:
 
 def payload(i: int) -> Payload:
     return Payload(
-        id=f"order-{i:08d}", customer=f"customer-{i % 977:05d}", amount=i * 1.25,
+        id=f"order-{i:08d}",
+        customer=f"customer-{i % 977:05d}",
+        amount=i * 1.25,
         lines=[f"sku-{(i + k) % 10_000:05d}:qty={k + 1}" for k in range(20)],
         note="x" * 540,
     )
@@ -78,8 +80,15 @@ def body(i: int) -> str:
 
 
 def attributes(queue: str) -> dict[str, Any]:
-    return {k: {"DataType": "String", "StringValue": v} for k, v in
-            {"Category": "Payload", "Source": "bench", "System": "sqs", "Queue": queue}.items()}
+    return {
+        k: {"DataType": "String", "StringValue": v}
+        for k, v in {
+            "Category": "Payload",
+            "Source": "bench",
+            "System": "sqs",
+            "Queue": queue,
+        }.items()
+    }
 
 
 class Bench:
@@ -100,9 +109,13 @@ class Bench:
     def prefill(self, name: str, url: str) -> None:
         attrs_ = attributes(name)
         for first in range(0, self.n, 10):
-            self.client.send_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i - first), "MessageBody": body(i), "MessageAttributes": attrs_}
-                for i in range(first, min(first + 10, self.n))])
+            self.client.send_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(i - first), "MessageBody": body(i), "MessageAttributes": attrs_}
+                    for i in range(first, min(first + 10, self.n))
+                ],
+            )
 
     def queue(self, name: str) -> Queue:
         adapter = from_url(f"sqs://{name}?endpoint={self.endpoint}&region={REGION}", wait=1)
@@ -114,18 +127,28 @@ class Bench:
         attrs_ = attributes(name)
         t0 = time.perf_counter()
         for first in range(0, self.n, 10):
-            self.client.send_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i - first), "MessageBody": json.dumps(attrs.asdict(payload(i))),
-                 "MessageAttributes": attrs_}
-                for i in range(first, min(first + 10, self.n))])
+            self.client.send_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {
+                        "Id": str(i - first),
+                        "MessageBody": json.dumps(attrs.asdict(payload(i))),
+                        "MessageAttributes": attrs_,
+                    }
+                    for i in range(first, min(first + 10, self.n))
+                ],
+            )
         return self.n / (time.perf_counter() - t0)
 
     def send_raw_single(self, name: str, url: str) -> float:
         attrs_ = attributes(name)
         t0 = time.perf_counter()
         for i in range(self.n):
-            self.client.send_message(QueueUrl=url, MessageBody=json.dumps(
-                attrs.asdict(payload(i))), MessageAttributes=attrs_)
+            self.client.send_message(
+                QueueUrl=url,
+                MessageBody=json.dumps(attrs.asdict(payload(i))),
+                MessageAttributes=attrs_,
+            )
         return self.n / (time.perf_counter() - t0)
 
     def send_qchan(self, name: str, url: str) -> float:
@@ -146,15 +169,22 @@ class Bench:
         t0 = time.perf_counter()
         while got < self.n:
             msgs = self.client.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                MessageAttributeNames=["All"], MessageSystemAttributeNames=[
-                    "ApproximateReceiveCount"]).get("Messages", [])
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            ).get("Messages", [])
             for m in msgs:
                 json.loads(m["Body"])
             if msgs:
-                self.client.delete_message_batch(QueueUrl=url, Entries=[
-                    {"Id": str(k), "ReceiptHandle": m["ReceiptHandle"]}
-                    for k, m in enumerate(msgs)])
+                self.client.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[
+                        {"Id": str(k), "ReceiptHandle": m["ReceiptHandle"]}
+                        for k, m in enumerate(msgs)
+                    ],
+                )
             got += len(msgs)
         return self.n / (time.perf_counter() - t0)
 
@@ -163,8 +193,11 @@ class Bench:
         t0 = time.perf_counter()
         while got < self.n:
             msgs = self.client.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=1,
-                MessageAttributeNames=["All"]).get("Messages", [])
+                QueueUrl=url,
+                MaxNumberOfMessages=1,
+                WaitTimeSeconds=1,
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
             for m in msgs:
                 json.loads(m["Body"])
                 self.client.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
@@ -222,17 +255,23 @@ def report(b: Bench, repeat: int) -> None:
         r_single = b.once(single, prefill)  # slow and steady: one run
         rows.append((path, statistics.median(raws), statistics.median(ours_), r_single))
     cpu = os.cpu_count()
-    print(f"\nSQS, {b.n} messages of {len(body(0))} B JSON + 4 String attributes per run, "
-          f"median of {repeat} interleaved runs (one-per-request: one run), "
-          f"endpoint {b.endpoint} ({cpu} CPUs shared with the server)\n")
-    print("| path | raw boto3 batched (msg/s) | qchan (msg/s) | qchan / raw | target "
-          "| raw one per request (msg/s) | qchan / one-per-request | target |")
+    print(
+        f"\nSQS, {b.n} messages of {len(body(0))} B JSON + 4 String attributes per run, "
+        f"median of {repeat} interleaved runs (one-per-request: one run), "
+        f"endpoint {b.endpoint} ({cpu} CPUs shared with the server)\n"
+    )
+    print(
+        "| path | raw boto3 batched (msg/s) | qchan (msg/s) | qchan / raw | target "
+        "| raw one per request (msg/s) | qchan / one-per-request | target |"
+    )
     print("|---|---:|---:|---:|---|---:|---:|---|")
     for path, r_raw, r_ours, r_single in rows:
         ratio, speedup = r_ours / r_raw, r_ours / r_single
-        print(f"| {path} | {r_raw:,.0f} | {r_ours:,.0f} | {ratio:.2f}x "
-              f"| >= 0.9x {'ok' if ratio >= 0.9 else 'MISSED'} | {r_single:,.0f} "
-              f"| {speedup:.1f}x | >= 5x {'ok' if speedup >= 5 else 'MISSED'} |")
+        print(
+            f"| {path} | {r_raw:,.0f} | {r_ours:,.0f} | {ratio:.2f}x "
+            f"| >= 0.9x {'ok' if ratio >= 0.9 else 'MISSED'} | {r_single:,.0f} "
+            f"| {speedup:.1f}x | >= 5x {'ok' if speedup >= 5 else 'MISSED'} |"
+        )
 
 
 if __name__ == "__main__":

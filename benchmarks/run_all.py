@@ -23,16 +23,36 @@ HERE = Path(__file__).resolve().parent
 
 # (file, arguments, arguments with --quick, what it needs)
 BENCHES: list[tuple[str, list[str], list[str], str]] = [
-    ("bench_chan.py", ["--items", "200000", "--repeat", "3"], ["--items", "50000", "--repeat", "1"],
-     "nothing"),
-    ("bench_embedded.py", ["--items", "100000", "--repeat", "2"],
-     ["--items", "20000", "--repeat", "1", "--no-rss"], "nothing"),
-    ("bench_rabbitmq.py", ["--messages", "20000"], ["--messages", "3000"],
-     "RabbitMQ on 127.0.0.1:5672"),
-    ("bench_sqs.py", ["--messages", "2000"], ["--messages", "300", "--repeat", "1"],
-     "moto (started by the benchmark)"),
-    ("bench_kafka.py", ["--messages", "50000"], ["--messages", "5000", "--repeat", "1"],
-     "librdkafka's mock cluster (started by the benchmark)"),
+    (
+        "bench_chan.py",
+        ["--items", "200000", "--repeat", "3"],
+        ["--items", "50000", "--repeat", "1"],
+        "nothing",
+    ),
+    (
+        "bench_embedded.py",
+        ["--items", "100000", "--repeat", "2"],
+        ["--items", "20000", "--repeat", "1", "--no-rss"],
+        "nothing",
+    ),
+    (
+        "bench_rabbitmq.py",
+        ["--messages", "20000"],
+        ["--messages", "3000"],
+        "RabbitMQ on 127.0.0.1:5672",
+    ),
+    (
+        "bench_sqs.py",
+        ["--messages", "2000"],
+        ["--messages", "300", "--repeat", "1"],
+        "moto (started by the benchmark)",
+    ),
+    (
+        "bench_kafka.py",
+        ["--messages", "50000"],
+        ["--messages", "5000", "--repeat", "1"],
+        "librdkafka's mock cluster (started by the benchmark)",
+    ),
 ]
 
 _TARGET = re.compile(r"(?:>=|≥)\s*(\d+(?:\.\d+)?)\s*x")
@@ -75,7 +95,7 @@ def ratio_pairs(text: str, bench: str) -> list[tuple[str, float, float]]:
                 pairs.append((f"{label} ({column})", float(ratios[0]), float(targets[0][1])))
             elif targets and found:
                 for m in targets:
-                    said = _words(cell[m.end():].split(" and ")[0])
+                    said = _words(cell[m.end() :].split(" and ")[0])
                     best = max(found, key=lambda j: (len(said & _words(header[j])), j))
                     pairs.append((f"{label} ({header[best]})", found[best], float(m[1])))
             if ratios:
@@ -147,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         "standard library) were measured side by side; absolute rates vary with the load "
         "on the machine, the ratios much less.",
         "",
-        f"Targets met: {met} of {len(pairs)}." + (
-            " Below target: " + "; ".join(f"{lbl} {r:.2f}x (target {t}x)"
-                                          for lbl, r, t in pairs if r < t) + "."
-            if met < len(pairs) else ""
+        f"Targets met: {met} of {len(pairs)}."
+        + (
+            " Below target: "
+            + "; ".join(f"{lbl} {r:.2f}x (target {t}x)" for lbl, r, t in pairs if r < t)
+            + "."
+            if met < len(pairs)
+            else ""
         ),
         "",
         "![ratios](results.png)",

@@ -91,8 +91,9 @@ class Soak:
         self.url = url
         kernel: dict[str, Any] = {"in_flight": args.in_flight, "errors": Chan(4096)}
         self.errors: collections.Counter[str] = collections.Counter()
-        self.producer_q = connect(url, retry=Exponential(cap=1.0, max_attempts=None,
-                                                         max_elapsed=120.0), **kernel)
+        self.producer_q = connect(
+            url, retry=Exponential(cap=1.0, max_attempts=None, max_elapsed=120.0), **kernel
+        )
         kernel["errors"] = self.producer_q.errors
         self.consumer_q = connect(url, **kernel)
         # Deliveries per message number, one byte each, allocated up front: the soak's
@@ -118,9 +119,16 @@ class Soak:
         s = self.consumer_q.stats()
         received = self.received
         return Sample(
-            t=time.monotonic() - started, rss=rss_mb(), peak=peak_rss_mb(),
-            threads=threading.active_count(), in_flight=s.in_flight, waiting=self.waiting(),
-            sent=self.sent, received=received, acked=s.acked, redelivered=s.redelivered,
+            t=time.monotonic() - started,
+            rss=rss_mb(),
+            peak=peak_rss_mb(),
+            threads=threading.active_count(),
+            in_flight=s.in_flight,
+            waiting=self.waiting(),
+            sent=self.sent,
+            received=received,
+            acked=s.acked,
+            redelivered=s.redelivered,
         )
 
     def produce(self) -> None:
@@ -225,43 +233,100 @@ class Soak:
         with self.lock:
             lost = sum(1 for n in range(self.sent) if not self.counts[n] and n not in self.dead)
             dups = self.deliveries - self.received
-        return self.verdict(base_threads, after, left=left, stuck=stuck_workers, lost=lost,
-                            dups=dups, close_s=close_s)
+        return self.verdict(
+            base_threads,
+            after,
+            left=left,
+            stuck=stuck_workers,
+            lost=lost,
+            dups=dups,
+            close_s=close_s,
+        )
 
     @staticmethod
     def print_sample(s: Sample) -> None:
         waiting = "?" if s.waiting is None else s.waiting
-        print(f"| {s.t:7.1f} | {s.rss:7.1f} | {s.peak:7.1f} | {s.threads:3d} | {s.in_flight:5d} "
-              f"| {waiting} | {s.sent} | {s.received} | {s.acked} | {s.redelivered} |",
-              flush=True)
+        print(
+            f"| {s.t:7.1f} | {s.rss:7.1f} | {s.peak:7.1f} | {s.threads:3d} | {s.in_flight:5d} "
+            f"| {waiting} | {s.sent} | {s.received} | {s.acked} | {s.redelivered} |",
+            flush=True,
+        )
 
-    def verdict(self, base_threads: int, after: int, *, left: list[str], stuck: list[str],
-                lost: int, dups: int, close_s: float) -> int:
+    def verdict(
+        self,
+        base_threads: int,
+        after: int,
+        *,
+        left: list[str],
+        stuck: list[str],
+        lost: int,
+        dups: int,
+        close_s: float,
+    ) -> int:
         first, last = self.samples[0], self.samples[-1]
         rss_limit = max(first.rss * RSS_GROWTH, first.rss + RSS_SLACK_MB)
         rows: list[tuple[str, str, str, str, str, bool]] = [
-            ("resident memory (MB)", f"{first.rss:.1f}", f"{last.rss:.1f}",
-             f"{last.rss / first.rss:.2f}x", f"<= {rss_limit:.1f}", last.rss <= rss_limit),
-            ("peak resident memory (MB)", f"{first.peak:.1f}", f"{last.peak:.1f}",
-             f"{last.peak / first.peak:.2f}x", f"<= {rss_limit:.1f}", last.peak <= rss_limit),
-            ("threads", str(first.threads), str(last.threads),
-             f"{last.threads / first.threads:.2f}x", f"<= {first.threads + THREADS_GROWTH}",
-             last.threads <= first.threads + THREADS_GROWTH),
-            ("in flight", str(first.in_flight), str(last.in_flight), "",
-             f"<= {self.args.in_flight}", last.in_flight <= self.args.in_flight),
-            ("threads after close", str(base_threads), str(after), "",
-             f"<= {base_threads}", after <= base_threads and not left and not stuck),
+            (
+                "resident memory (MB)",
+                f"{first.rss:.1f}",
+                f"{last.rss:.1f}",
+                f"{last.rss / first.rss:.2f}x",
+                f"<= {rss_limit:.1f}",
+                last.rss <= rss_limit,
+            ),
+            (
+                "peak resident memory (MB)",
+                f"{first.peak:.1f}",
+                f"{last.peak:.1f}",
+                f"{last.peak / first.peak:.2f}x",
+                f"<= {rss_limit:.1f}",
+                last.peak <= rss_limit,
+            ),
+            (
+                "threads",
+                str(first.threads),
+                str(last.threads),
+                f"{last.threads / first.threads:.2f}x",
+                f"<= {first.threads + THREADS_GROWTH}",
+                last.threads <= first.threads + THREADS_GROWTH,
+            ),
+            (
+                "in flight",
+                str(first.in_flight),
+                str(last.in_flight),
+                "",
+                f"<= {self.args.in_flight}",
+                last.in_flight <= self.args.in_flight,
+            ),
+            (
+                "threads after close",
+                str(base_threads),
+                str(after),
+                "",
+                f"<= {base_threads}",
+                after <= base_threads and not left and not stuck,
+            ),
             ("lost messages", "", str(lost), "", "0", lost == 0),
         ]
         if first.waiting is not None and last.waiting is not None:
             limit = max(2 * first.waiting, self.args.rate)  # at most a second's worth more
-            rows.append(("waiting on the broker", str(first.waiting), str(last.waiting), "",
-                         f"<= {limit}", last.waiting <= limit))
+            rows.append(
+                (
+                    "waiting on the broker",
+                    str(first.waiting),
+                    str(last.waiting),
+                    "",
+                    f"<= {limit}",
+                    last.waiting <= limit,
+                )
+            )
         print()
-        print(f"soak over {redact(self.url)}: {self.args.minutes:g} min at "
-              f"{self.args.rate} msg/s, consumer {self.args.consumer_delay * 1000:.2f} ms/msg, "
-              f"{self.sent} sent, {dups} duplicates, {len(self.dead)} dead-lettered, "
-              f"close {close_s:.2f} s, errors {dict(self.errors) or 'none'}")
+        print(
+            f"soak over {redact(self.url)}: {self.args.minutes:g} min at "
+            f"{self.args.rate} msg/s, consumer {self.args.consumer_delay * 1000:.2f} ms/msg, "
+            f"{self.sent} sent, {dups} duplicates, {len(self.dead)} dead-lettered, "
+            f"close {close_s:.2f} s, errors {dict(self.errors) or 'none'}"
+        )
         print()
         print("| figure | start | end | ratio | target | ok |")
         print("|---|---:|---:|---:|---:|---|")
@@ -278,8 +343,12 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--rate", type=int, default=500, help="messages per second sent")
     p.add_argument("--size", type=int, default=200, help="payload bytes per message")
-    p.add_argument("--consumer-delay", type=float, default=0.001,
-                   help="seconds the consumer spends per message (slow, but keeping up)")
+    p.add_argument(
+        "--consumer-delay",
+        type=float,
+        default=0.001,
+        help="seconds the consumer spends per message (slow, but keeping up)",
+    )
     p.add_argument("--in-flight", type=int, default=500)
     p.add_argument("--warmup", type=float, default=20.0, help="seconds before the first sample")
     p.add_argument("--every", type=float, default=10.0, help="seconds between samples")
@@ -288,8 +357,10 @@ def main() -> None:
         p.error("--minutes must be longer than --warmup")
     print(f"pid {os.getpid()}, python {sys.version.split()[0]}")
     print()
-    print("| t (s) | RSS MB | peak MB | threads | in flight | waiting | sent | received "
-          "| acked | redelivered |")
+    print(
+        "| t (s) | RSS MB | peak MB | threads | in flight | waiting | sent | received "
+        "| acked | redelivered |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     sys.exit(Soak(args).go())
 

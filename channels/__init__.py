@@ -1,14 +1,14 @@
 """qchan: message queues as Go channels, in plain synchronous Python.
 
-    from qchan import connect, enqueue, dequeue
+from qchan import connect, enqueue, dequeue
 
-    with connect("mem://orders") as q:
-        with enqueue(Order, q) as (out, dlq):
-            out.send(Order(id="1", amount=9.5))
-        with dequeue(Order, q) as (rcv, ack):
-            for msg in rcv:
-                handle(msg.object)
-                ack.send(msg)            # or ack.send(msg.fail(err)) to redeliver
+with connect("mem://orders") as q:
+    with enqueue(Order, q) as (out, dlq):
+        out.send(Order(id="1", amount=9.5))
+    with dequeue(Order, q) as (rcv, ack):
+        for msg in rcv:
+            handle(msg.object)
+            ack.send(msg)            # or ack.send(msg.fail(err)) to redeliver
 """
 
 from .adapter import Adapter, Hooks

@@ -136,8 +136,16 @@ class Chan(Generic[T]):
     """
 
     __slots__ = (
-        "__weakref__", "_buf", "_cap", "_capacity", "_closed", "_failure", "_lock", "_recvq",
-        "_sendq", "name",
+        "__weakref__",
+        "_buf",
+        "_cap",
+        "_capacity",
+        "_closed",
+        "_failure",
+        "_lock",
+        "_recvq",
+        "_sendq",
+        "name",
     )
 
     def __init__(self, capacity: int = 0, *, name: str | None = None) -> None:

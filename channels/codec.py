@@ -79,8 +79,10 @@ def _strict(conv: cattrs.Converter) -> None:
     """
 
     def refuse(value: Any, type_: Any) -> TypeError:
-        return TypeError(f"expected {getattr(type_, '__name__', type_)}, got "
-                         f"{type(value).__name__} {str(value)[:40]!r}")
+        return TypeError(
+            f"expected {getattr(type_, '__name__', type_)}, got "
+            f"{type(value).__name__} {str(value)[:40]!r}"
+        )
 
     def as_str(value: Any, type_: Any) -> str:
         if type(value) is str:

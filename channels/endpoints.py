@@ -58,9 +58,7 @@ AT_LEAST_ONCE = Policy.AT_LEAST_ONCE
 AT_MOST_ONCE = Policy.AT_MOST_ONCE
 
 # out channel -> its sender, so that leaving `with enqueue(...)` finds it.
-_SENDERS: weakref.WeakKeyDictionary[Chan[Any], tuple[Queue, Sender]] = (
-    weakref.WeakKeyDictionary()
-)
+_SENDERS: weakref.WeakKeyDictionary[Chan[Any], tuple[Queue, Sender]] = weakref.WeakKeyDictionary()
 _RECEIVERS: weakref.WeakKeyDictionary[Chan[Any], tuple[Queue, Receiver]] = (
     weakref.WeakKeyDictionary()
 )
@@ -83,7 +81,9 @@ class Enqueued(NamedTuple, Generic[T]):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         failed = self.close()
@@ -96,8 +96,10 @@ class Enqueued(NamedTuple, Generic[T]):
         if exc_type is None or isinstance(exc, QueueFailed):
             # On a failed queue this error, with the list, replaces the block's QueueFailed
             # (its cause): the messages it names are what the application needs.
-            cause = exc if isinstance(exc, QueueFailed) else next(
-                (m.error for m in failed if isinstance(m.error, QueueFailed)), None
+            cause = (
+                exc
+                if isinstance(exc, QueueFailed)
+                else next((m.error for m in failed if isinstance(m.error, QueueFailed)), None)
             )
             raise EnqueueError(summary + "; see .failed", failed) from cause
         log.error("%s; the block raised %s first", summary, exc_type.__name__)
@@ -176,7 +178,9 @@ def _is_event(type_: Any) -> bool:
 
 
 def _resolve(
-    type_: Any, category: str | None, codec: Codec[Any] | None,
+    type_: Any,
+    category: str | None,
+    codec: Codec[Any] | None,
     converter: cattrs.Converter | None,
 ) -> tuple[str, Codec[Any]]:
     cat = category_for(type_) if category is None else category
@@ -205,15 +209,15 @@ def enqueue(
     sender's OpenTelemetry context as `traceparent` (default: when
     OpenTelemetry is installed; `select` send cases carry none).
     """
-    _check("enqueue", type_, q, capacity=(capacity, 0, True),
-           dlq_capacity=(dlq_capacity, 0, True))
+    _check("enqueue", type_, q, capacity=(capacity, 0, True), dlq_capacity=(dlq_capacity, 0, True))
     if not isinstance(policy, Policy):
         raise OptionError(f"enqueue: policy must be AT_LEAST_ONCE or AT_MOST_ONCE, not {policy!r}")
     cat, cod = _resolve(type_, category, codec, converter)
     if policy is AT_LEAST_ONCE:
         if capacity:
-            raise ValueError("AT_LEAST_ONCE uses an unbuffered out channel; use AT_MOST_ONCE "
-                             "for a buffered one")
+            raise ValueError(
+                "AT_LEAST_ONCE uses an unbuffered out channel; use AT_MOST_ONCE for a buffered one"
+            )
         out_cap = 0
     else:
         out_cap = 1024 if capacity is None else capacity
@@ -221,7 +225,12 @@ def enqueue(
     out: Chan[T] = Chan(out_cap, name=f"{q.name}/{cat}.out")
     dlq: Chan[Msg[T]] = Chan(dlq_cap, name=f"{q.name}/{cat}.dlq")
     sender = Sender(
-        category=cat, codec=cod, attributes=q.attributes(cat), out=out, dlq=dlq, key=key,
+        category=cat,
+        codec=cod,
+        attributes=q.attributes(cat),
+        out=out,
+        dlq=dlq,
+        key=key,
         is_event=_is_event(type_),
     )
     q._add_sender(sender)
@@ -267,8 +276,9 @@ def dequeue(
     Acknowledge each message with `ack.send(msg)`, or refuse it with
     `ack.send(msg.fail(err))` for redelivery.
     """
-    _check("dequeue", type_, q, capacity=(capacity, 0, False),
-           ack_capacity=(ack_capacity, 1, False))
+    _check(
+        "dequeue", type_, q, capacity=(capacity, 0, False), ack_capacity=(ack_capacity, 1, False)
+    )
     cat, cod = _resolve(type_, category, codec, converter)
     rcv: Chan[Msg[T]] = Chan(capacity, name=f"{q.name}/{cat}.rcv")
     ack: Chan[Msg[T]] = Chan(ack_capacity, name=f"{q.name}/{cat}.ack")
@@ -305,8 +315,7 @@ class SyncEnqueuer(Generic[T]):
         if not put.done.wait(remaining):
             put.cancelled = True
             raise TimeoutError(
-                f"no answer from {self._q!r} within {timeout} s; the message may still be "
-                f"delivered"
+                f"no answer from {self._q!r} within {timeout} s; the message may still be delivered"
             )
         if isinstance(put.error, QueueFailed):
             failed = QueueFailed(str(put.error))
@@ -340,7 +349,12 @@ def enqueue_sync(
     _check("enqueue_sync", type_, q)
     cat, cod = _resolve(type_, category, codec, converter)
     sender = Sender(
-        category=cat, codec=cod, attributes=q.attributes(cat), out=None, dlq=None, key=key,
+        category=cat,
+        codec=cod,
+        attributes=q.attributes(cat),
+        out=None,
+        dlq=None,
+        key=key,
         is_event=_is_event(type_),
     )
     q._add_sender(sender)

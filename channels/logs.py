@@ -47,8 +47,9 @@ class Repeats:
             self._seen[shape] = (last[0], last[1] + 1)
             return False, 0
 
-    def log(self, logger: logging.Logger | logging.LoggerAdapter[Any], level: int,
-            text: str) -> None:
+    def log(
+        self, logger: logging.Logger | logging.LoggerAdapter[Any], level: int, text: str
+    ) -> None:
         """Log `text` at `level` unless a like line was shown within `every` seconds."""
         show, held = self.check(text)
         if show:

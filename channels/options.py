@@ -37,6 +37,7 @@ __all__ = [
     "unknown",
 ]
 
+
 class OptionError(QchanError, TypeError, ValueError):
     """An option that is unknown, of the wrong type, or out of range (the message names it).
 
@@ -50,8 +51,11 @@ class URLOptionError(URLError, OptionError):
 
 
 def unknown(
-    where: str, names: Iterable[str], valid: Collection[str],
-    error: type[Exception] = OptionError, noun: str = "option",
+    where: str,
+    names: Iterable[str],
+    valid: Collection[str],
+    error: type[Exception] = OptionError,
+    noun: str = "option",
 ) -> Exception:
     """The error for unknown option `names` given to `where`: each with the nearest valid
     name (difflib), then every valid one."""
@@ -71,7 +75,11 @@ def _is_number(value: object) -> bool:
 
 
 def check_seconds(
-    name: str, value: object, *, positive: bool = False, optional: bool = False,
+    name: str,
+    value: object,
+    *,
+    positive: bool = False,
+    optional: bool = False,
     where: str = "",
 ) -> None:
     """`value` must be a number of seconds (>= 0, or > 0 with `positive`; None if `optional`)."""
@@ -93,7 +101,12 @@ def check_seconds(
 
 
 def check_count(
-    name: str, value: object, *, minimum: int = 1, optional: bool = False, where: str = "",
+    name: str,
+    value: object,
+    *,
+    minimum: int = 1,
+    optional: bool = False,
+    where: str = "",
 ) -> None:
     """`value` must be an int >= `minimum` (None if `optional`)."""
     if value is None and optional:
@@ -176,8 +189,15 @@ QUEUE_OPTIONS: frozenset[str] = frozenset(a.name for a in attrs.fields(QueueOpti
 
 # The options a URL query may carry (numbers and names), with their parsers.
 _URL_PARSERS: dict[str, Callable[[str], Any]] = {
-    "agent": str, "system": str, "batch_size": int, "linger": float, "poll_wait": float,
-    "in_flight": int, "time_to_flight": float, "ack_linger": float, "heartbeat": float,
+    "agent": str,
+    "system": str,
+    "batch_size": int,
+    "linger": float,
+    "poll_wait": float,
+    "in_flight": int,
+    "time_to_flight": float,
+    "ack_linger": float,
+    "heartbeat": float,
     "close_timeout": float,
 }
 QUEUE_URL_OPTIONS: frozenset[str] = frozenset(_URL_PARSERS)
@@ -248,7 +268,8 @@ def renamed(
     if new in options:
         raise OptionError(f"{where}: give {new}= only ({old}= is its deprecated name)")
     warnings.warn(
-        f"{where}: {old}= is deprecated, use {new}= ({why})", DeprecationWarning,
+        f"{where}: {old}= is deprecated, use {new}= ({why})",
+        DeprecationWarning,
         stacklevel=_outside_qchan(),
     )
     options[new] = options.pop(old)

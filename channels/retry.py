@@ -123,16 +123,18 @@ class Retries:
     factor: float = 2.0
     max_delay: float = 300.0
     jitter: bool = True
-    retry_on: tuple[type[BaseException], ...] = attrs.field(default=(Exception,),
-                                                            converter=_classes)
+    retry_on: tuple[type[BaseException], ...] = attrs.field(
+        default=(Exception,), converter=_classes
+    )
     give_up_on: tuple[type[BaseException], ...] = attrs.field(default=(), converter=_classes)
 
     def __attrs_post_init__(self) -> None:
         if self.max_deliveries is not None and (
             not isinstance(self.max_deliveries, int) or self.max_deliveries < 1
         ):
-            raise ValueError(f"max_deliveries must be an int >= 1 or None, not "
-                             f"{self.max_deliveries!r}")
+            raise ValueError(
+                f"max_deliveries must be an int >= 1 or None, not {self.max_deliveries!r}"
+            )
         for name in ("delay", "factor", "max_delay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

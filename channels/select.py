@@ -67,8 +67,7 @@ def _parse(case: Any) -> _Op:
             return ch._chan, True, value
         raise TypeError(f"select send case needs a Chan or SendChan, not {ch!r}")
     raise TypeError(
-        f"select case must be a channel (receive) or a (channel, value) pair (send), "
-        f"not {case!r}"
+        f"select case must be a channel (receive) or a (channel, value) pair (send), not {case!r}"
     )
 
 
@@ -113,8 +112,8 @@ def _fast(cases: Any, n: int) -> Selected | None:
     without locks (a snapshot) and checked again under the one lock taken;
     the common operations run inline, with no Python call under the lock.
     """
-    order: Any = _PERMS[n][int(_random() * len(_PERMS[n]))] if n < _PERMS_UPTO else (
-        _sample(range(n), n)
+    order: Any = (
+        _PERMS[n][int(_random() * len(_PERMS[n]))] if n < _PERMS_UPTO else (_sample(range(n), n))
     )
     busy: _Op | None = None  # the first ready case whose lock another thread held
     busy_index = -1
@@ -177,7 +176,8 @@ def _slow(ops: list[_Op], timeout: float | None) -> Selected | None:
             _acquire_contended(c._lock)
     try:
         ready = [
-            i for i, (c, sending, _) in enumerate(ops)
+            i
+            for i, (c, sending, _) in enumerate(ops)
             if (c._send_ready() if sending else c._recv_ready())
         ]
         while ready:

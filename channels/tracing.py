@@ -79,9 +79,13 @@ def consumer_span(msg: Any, name: str) -> Iterator[None]:
         return
     tracer = _trace.get_tracer("qchan")
     with tracer.start_as_current_span(
-        name, context=context(msg), kind=_trace.SpanKind.CONSUMER,
-        attributes={"messaging.system": str(msg.attributes.get("System", "")),
-                    "messaging.destination.name": str(msg.attributes.get("Queue", "")),
-                    "messaging.message.id": str(msg.bag.id if msg.bag else "")},
+        name,
+        context=context(msg),
+        kind=_trace.SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": str(msg.attributes.get("System", "")),
+            "messaging.destination.name": str(msg.attributes.get("Queue", "")),
+            "messaging.message.id": str(msg.bag.id if msg.bag else ""),
+        },
     ):
         yield

@@ -68,8 +68,17 @@ class _Counts:
 
 class _Pool(Generic[T]):
     def __init__(
-        self, *, handler: Callable[[Any], object], rcv: Any, ack: Any, stop: Chan[None],
-        with_msg: bool, name: str, stopped: threading.Event, q: Queue, retries: Retries,
+        self,
+        *,
+        handler: Callable[[Any], object],
+        rcv: Any,
+        ack: Any,
+        stop: Chan[None],
+        with_msg: bool,
+        name: str,
+        stopped: threading.Event,
+        q: Queue,
+        retries: Retries,
     ) -> None:
         self.q = q
         self.retries = retries
@@ -117,18 +126,35 @@ class _Pool(Generic[T]):
     def _log_failure(self, msg: Msg[T], nack: Msg[T], error: Exception) -> None:
         """One record per failure, with the traceback."""
         limit = self.retries.max_deliveries
-        where = (f"{msg.category!r} message {msg.bag.id if msg.bag else '?'} (delivery "
-                 f"{msg.deliveries}{f' of {limit}' if limit else ''})")
+        where = (
+            f"{msg.category!r} message {msg.bag.id if msg.bag else '?'} (delivery "
+            f"{msg.deliveries}{f' of {limit}' if limit else ''})"
+        )
         if nack.dead:
-            why = "give_up_on" if isinstance(error, self.retries.give_up_on) else (
-                "not retry_on" if not isinstance(error, self.retries.retry_on) else
-                "max_deliveries reached"
+            why = (
+                "give_up_on"
+                if isinstance(error, self.retries.give_up_on)
+                else (
+                    "not retry_on"
+                    if not isinstance(error, self.retries.retry_on)
+                    else "max_deliveries reached"
+                )
             )
-            log.error("queue %s: handler failed on %s; giving up (%s): to the dead-letter "
-                      "queue", self.name, where, why, exc_info=error)
+            log.error(
+                "queue %s: handler failed on %s; giving up (%s): to the dead-letter queue",
+                self.name,
+                where,
+                why,
+                exc_info=error,
+            )
         else:
-            log.warning("queue %s: handler failed on %s; redelivered in %.1f s", self.name,
-                        where, nack.delay or 0.0, exc_info=error)
+            log.warning(
+                "queue %s: handler failed on %s; redelivered in %.1f s",
+                self.name,
+                where,
+                nack.delay or 0.0,
+                exc_info=error,
+            )
 
     def _send_ack(self, msg: Msg[T]) -> None:
         try:
@@ -250,13 +276,22 @@ def serve(
     # thread, outside any signal handler.
     with stop_on_signals(stop, signals):
         return _serve(
-            handler, type_, q, workers=workers, category=category, with_msg=with_msg,
-            stop=stop, close_queue=close_queue, timeout=timeout, retries=retries,
+            handler,
+            type_,
+            q,
+            workers=workers,
+            category=category,
+            with_msg=with_msg,
+            stop=stop,
+            close_queue=close_queue,
+            timeout=timeout,
+            retries=retries,
         )
 
 
 def _retries(
-    retries: Retries | None, max_deliveries: int | _Default | None,
+    retries: Retries | None,
+    max_deliveries: int | _Default | None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None,
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] | None,
 ) -> Retries:
@@ -297,8 +332,15 @@ def _serve(
     halt: Chan[None] = Chan(0, name=f"{q.name}.serve.stop")
     rcv, ack = dequeue(type_, q, category=category, capacity=workers)
     pool: _Pool[T] = _Pool(
-        handler=handler, rcv=rcv, ack=ack, stop=halt, with_msg=with_msg, name=q.name,
-        stopped=stop, q=q, retries=retries,
+        handler=handler,
+        rcv=rcv,
+        ack=ack,
+        stop=halt,
+        with_msg=with_msg,
+        name=q.name,
+        stopped=stop,
+        q=q,
+        retries=retries,
     )
     threads = [
         threading.Thread(target=pool.work, name=f"qchan-worker-{q.name}-{i}")

@@ -69,7 +69,10 @@ class KafkaAdapter(Adapter):
     def __init__(self, topic: str, *, bootstrap: str, **options: Any) -> None:
         renamed(f"kafka topic {topic!r}", options, "max_attempts", "max_deliveries")
         renamed(
-            f"kafka topic {topic!r}", options, "retry_delay", "redelivery_delay",
+            f"kafka topic {topic!r}",
+            options,
+            "retry_delay",
+            "redelivery_delay",
             "retry_delay meant a connection retry elsewhere",
         )
         try:
@@ -164,9 +167,10 @@ class KafkaAdapter(Adapter):
 
 
 #: The keyword options of `from_url` (KafkaOptions, less what the URL itself names).
-OPTIONS = (
-    frozenset(a.name for a in attrs.fields(KafkaOptions)) - {"topic", "bootstrap"}
-) | {"max_attempts", "retry_delay"}  # deprecated: max_deliveries, redelivery_delay
+OPTIONS = (frozenset(a.name for a in attrs.fields(KafkaOptions)) - {"topic", "bootstrap"}) | {
+    "max_attempts",
+    "retry_delay",
+}  # deprecated: max_deliveries, redelivery_delay
 
 
 def from_url(url: str, **options: Any) -> KafkaAdapter:

@@ -165,8 +165,10 @@ def parse_url(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 raise URLError(f"kafka URL option {name}={value!r} is not valid") from None
         else:
             raise unknown(
-                f"kafka URL {redact(url)!r} (librdkafka properties contain a dot)", [name],
-                {*_QUERY_TYPES, *QUEUE_URL_OPTIONS}, URLOptionError,
+                f"kafka URL {redact(url)!r} (librdkafka properties contain a dot)",
+                [name],
+                {*_QUERY_TYPES, *QUEUE_URL_OPTIONS},
+                URLOptionError,
             )
     if options.get("dlq") == "":
         options["dlq"] = None

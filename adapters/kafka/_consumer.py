@@ -153,9 +153,11 @@ class Consuming:
                         log.debug("kafka consumer of %r while holding: %s", self.topic, m.error())
                     elif m is not None:
                         # From a partition assigned after the pause: give it back, unread.
-                        consumer.seek(TopicPartition(
-                            m.topic() or self.topic, m.partition() or 0, m.offset() or 0
-                        ))
+                        consumer.seek(
+                            TopicPartition(
+                                m.topic() or self.topic, m.partition() or 0, m.offset() or 0
+                            )
+                        )
                         self._pause(consumer)
                 except KafkaException as e:
                     if e.args[0].fatal():
@@ -237,11 +239,17 @@ class Consuming:
             key = m.key()
             # Positional (category, body, attributes, id, key, content_type, digest):
             # half the cost of keywords, once per message.
-            out.append(Bag(
-                category, m.value() or b"", attrs_now, f"{topic}/{partition}/{offset}",
-                None if key is None else key.decode("utf-8", "surrogateescape"), None,
-                _tuple_new(Receipt, (topic, partition, offset)),
-            ))
+            out.append(
+                Bag(
+                    category,
+                    m.value() or b"",
+                    attrs_now,
+                    f"{topic}/{partition}/{offset}",
+                    None if key is None else key.decode("utf-8", "surrogateescape"),
+                    None,
+                    _tuple_new(Receipt, (topic, partition, offset)),
+                )
+            )
         out = self.inflight.deliver_all(out)
         if errors:
             self._consume_errors(errors, raise_first=can_raise and not out)

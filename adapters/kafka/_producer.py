@@ -44,7 +44,14 @@ class Produced(Sending):
     """
 
     __slots__ = (
-        "bags", "deadline", "failed", "left", "outcomes", "producer", "side", "unmatched",
+        "bags",
+        "deadline",
+        "failed",
+        "left",
+        "outcomes",
+        "producer",
+        "side",
+        "unmatched",
     )
 
     def __init__(self, side: Producing, producer: Producer, bags: Sequence[Bag]) -> None:
@@ -67,19 +74,26 @@ class Produced(Sending):
         value, key, raw = msg.value() or b"", msg.key(), msg.headers()
         # librdkafka drops the headers of a message it timed out locally (measured,
         # confluent-kafka 2.16: headers() is None): then value and key must do.
-        headers = None if raw is None and any(b.attributes for b in self.bags) else (
-            attributes(raw or [])
+        headers = (
+            None
+            if raw is None and any(b.attributes for b in self.bags)
+            else (attributes(raw or []))
         )
         alike = [
-            i for i, bag in enumerate(self.bags)
-            if self.outcomes[i] is _PENDING and bag.body == value
+            i
+            for i, bag in enumerate(self.bags)
+            if self.outcomes[i] is _PENDING
+            and bag.body == value
             and key_bytes(self.side.key(bag)) == key
             and (headers is None or dict(bag.attributes) == headers)
         ]
         if not alike:
             self.unmatched += 1
-            log.error("kafka delivery report for %r matches no message of its batch: %s",
-                      self.side.topic, error)
+            log.error(
+                "kafka delivery report for %r matches no message of its batch: %s",
+                self.side.topic,
+                error,
+            )
             return
         first = dict(self.bags[alike[0]].attributes)
         if headers is None and any(dict(self.bags[i].attributes) != first for i in alike):

@@ -71,8 +71,7 @@ class Settling:
     def give_up(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         """The application gave up: copy each to the dead-letter topic now."""
         for bag, error in zip(bags, errors, strict=True):
-            self._dead_letter(bag, f"given up after {bag.deliveries} deliveries: "
-                                   f"{describe(error)}")
+            self._dead_letter(bag, f"given up after {bag.deliveries} deliveries: {describe(error)}")
 
     def release(self, bags: Sequence[Bag]) -> None:
         """Offered again at once, not counted as a delivery (see `KafkaAdapter.release`)."""
@@ -131,7 +130,10 @@ class Settling:
         reports: list[KafkaError | None] = []
         key = None if bag.key is None else bag.key.encode("utf-8", "surrogateescape")
         producer.produce(
-            dlq, bag.body, key, headers=dead_letter_headers(bag, reason),
+            dlq,
+            bag.body,
+            key,
+            headers=dead_letter_headers(bag, reason),
             on_delivery=lambda err, _m: reports.append(err),
         )
         producer.flush(self.options.send_timeout + GRACE)

@@ -71,8 +71,12 @@ class RabbitMQAdapter(Adapter):
         # only sit in this process, invisible to other consumers, while the kernel holds.
         limit = min(self.settings.prefetch, max(1, hooks.in_flight))
         if limit < self.settings.prefetch:
-            log.info("queue %s: prefetch %d capped at the in-flight limit %d",
-                     self.settings.queue, self.settings.prefetch, limit)
+            log.info(
+                "queue %s: prefetch %d capped at the in-flight limit %d",
+                self.settings.queue,
+                self.settings.prefetch,
+                limit,
+            )
         self._consumer.prefetch = limit
         self.max_receive = min(limit, type(self).max_receive)
 
@@ -118,10 +122,12 @@ class RabbitMQAdapter(Adapter):
         """The application gave up: to the dead-letter exchange now (`basic_nack`, no
         requeue); without one RabbitMQ drops the message, so then it is requeued."""
         if self.settings.dead_letter is None:
-            self.hooks.report(QchanError(
-                f"queue {self.settings.queue!r} has no dead-letter exchange: {len(bags)} "
-                f"message(s) given up on are requeued, not dropped"
-            ))
+            self.hooks.report(
+                QchanError(
+                    f"queue {self.settings.queue!r} has no dead-letter exchange: {len(bags)} "
+                    f"message(s) given up on are requeued, not dropped"
+                )
+            )
             self._consumer.settle([Settle("requeue", _receipt(b)) for b in bags])
             return
         for bag, error in zip(bags, errors, strict=True):

@@ -179,8 +179,11 @@ def settings_from_url(url: str, options: Mapping[str, Any]) -> Settings:
                 raise URLError(f"bad value {value!r} for {key}= in {shown!r}") from None
         else:
             raise unknown(
-                f"RabbitMQ URL {shown!r}", [key], {*_OPTIONS, *QUEUE_URL_OPTIONS, *_PIKA_KEYS},
-                URLOptionError, noun="query key",
+                f"RabbitMQ URL {shown!r}",
+                [key],
+                {*_OPTIONS, *QUEUE_URL_OPTIONS, *_PIKA_KEYS},
+                URLOptionError,
+                noun="query key",
             )
     ours.update(options)
     renamed(f"RabbitMQ URL {shown!r}", ours, "max_attempts", "max_deliveries")
@@ -272,4 +275,3 @@ def connection_parameters(s: Settings, role: Role) -> pk.Parameters:
     props.setdefault("connection_name", f"{s.connection_name} {role} {s.queue}")
     params.client_properties = props
     return params
-

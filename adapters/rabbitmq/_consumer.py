@@ -260,9 +260,9 @@ class Consumer:
         if op.receipt.tag not in self._open:
             return
         if op.kind == "dead" and self._adopted:
-            if op.bag is None or not self._copy_dead(op.bag.body, properties_for(
-                op.bag, op.bag.id or ""
-            )):
+            if op.bag is None or not self._copy_dead(
+                op.bag.body, properties_for(op.bag, op.bag.id or "")
+            ):
                 ch.basic_nack(op.receipt.tag, requeue=True)  # never dropped
             else:
                 ch.basic_ack(op.receipt.tag)
@@ -276,10 +276,12 @@ class Consumer:
         publish a copy to our dead-letter queue and wait for the broker's confirm."""
         target = self._s.dead_letter
         if target is None or self._conn is None:
-            self._report(ConnectionLost(
-                f"queue {self._s.queue!r}: no dead_letter= queue for a message given up on; "
-                f"requeued (never dropped)"
-            ))
+            self._report(
+                ConnectionLost(
+                    f"queue {self._s.queue!r}: no dead_letter= queue for a message given up on; "
+                    f"requeued (never dropped)"
+                )
+            )
             return False
         try:
             if self._dead_ch is None or not self._dead_ch.is_open:
@@ -288,10 +290,12 @@ class Consumer:
             self._dead_ch.basic_publish("", target, body, props, mandatory=True)
         except pk.AMQPError as e:
             self._dead_ch = None
-            self._report(ConnectionLost(
-                f"queue {self._s.queue!r}: copying a dead letter to {target!r} failed "
-                f"({type(e).__name__}: {self._s.scrub(str(e))}); requeued"
-            ))
+            self._report(
+                ConnectionLost(
+                    f"queue {self._s.queue!r}: copying a dead letter to {target!r} failed "
+                    f"({type(e).__name__}: {self._s.scrub(str(e))}); requeued"
+                )
+            )
             return False
         return True
 
@@ -380,8 +384,11 @@ class Consumer:
             _close_quietly(conn)
         self._retry_at = 0.0  # first reconnect at once, then back off
         if idle:
-            log.info("queue %s: idle consumer connection closed (%s); reconnecting",
-                     self._s.queue, self._s.scrub(str(e)))
+            log.info(
+                "queue %s: idle consumer connection closed (%s); reconnecting",
+                self._s.queue,
+                self._s.scrub(str(e)),
+            )
             return
         err = ConnectionLost(
             f"consumer connection for queue {self._s.queue!r} at {self._s.display_url} lost ("

@@ -144,8 +144,12 @@ class BlockingChannel(Protocol):
     def confirm_delivery(self) -> None: ...
 
     def basic_publish(
-        self, exchange: str, routing_key: str, body: bytes,
-        properties: BasicProperties | None = None, mandatory: bool = False,
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
     ) -> None: ...
 
     def close(self) -> None: ...

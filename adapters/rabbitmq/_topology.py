@@ -87,7 +87,10 @@ def declare(conn: pk.BlockingConnection, s: Settings) -> tuple[pk.BlockingChanne
 
 
 def _declare_or_adopt(
-    conn: pk.BlockingConnection, ch: pk.BlockingChannel, s: Settings, name: str,
+    conn: pk.BlockingConnection,
+    ch: pk.BlockingChannel,
+    s: Settings,
+    name: str,
     arguments: dict[str, Any],
 ) -> tuple[pk.BlockingChannel, bool]:
     try:
@@ -112,18 +115,28 @@ def _declare_or_adopt(
     if (s.display_url, name) not in _ADOPTED:
         _ADOPTED.add((s.display_url, name))
         ours = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
-        extra = "" if name != s.queue else (
-            " On it: deliveries are counted exactly only if it is a quorum queue (a classic "
-            "queue says 1, or 2 once redelivered, so max_deliveries above 2 never triggers); "
-            + (f"qchan dead-letters by copying a message to {s.dead_letter!r} (confirmed) "
-               f"and then acking it, since it cannot see the queue's own dead-letter exchange."
-               if s.dead_letter else
-               "without dead_letter= a message given up on is requeued, never dropped.")
+        extra = (
+            ""
+            if name != s.queue
+            else (
+                " On it: deliveries are counted exactly only if it is a quorum queue (a classic "
+                "queue says 1, or 2 once redelivered, so max_deliveries above 2 never triggers); "
+                + (
+                    f"qchan dead-letters by copying a message to {s.dead_letter!r} (confirmed) "
+                    f"and then acking it, since it cannot see the queue's own dead-letter exchange."
+                    if s.dead_letter
+                    else "without dead_letter= a message given up on is requeued, never dropped."
+                )
+            )
         )
         log.warning(
             "queue %s at %s exists with other arguments than qchan declares (%s; RabbitMQ "
             "said %s): using it as it is (declare='passive' does so without this warning).%s",
-            name, s.display_url, ours, refused, extra,
+            name,
+            s.display_url,
+            ours,
+            refused,
+            extra,
         )
     return ch, True
 

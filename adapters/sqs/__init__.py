@@ -66,24 +66,36 @@ DEFAULT_WAIT = 5.0
 
 # Error codes that say "this request can never succeed as sent"; anything
 # else (throttling, 5xx, access still propagating, ...) is worth retrying.
-_PERMANENT_CODES = frozenset({
-    "InvalidParameterValue",
-    "InvalidMessageContents",
-    "InvalidAttributeName",
-    "InvalidAttributeValue",
-    "MessageTooLong",
-    "BatchRequestTooLong",
-    "UnsupportedOperation",
-    "MissingParameter",
-    "AWS.SimpleQueueService.UnsupportedOperation",
-})
-_THROTTLING_CODES = frozenset({
-    "Throttling", "ThrottlingException", "RequestThrottled", "KmsThrottled",
-    "KMS.ThrottlingException", "ServiceUnavailable", "InternalError",
-})
-_NOT_FOUND_CODES = frozenset({
-    "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
-})
+_PERMANENT_CODES = frozenset(
+    {
+        "InvalidParameterValue",
+        "InvalidMessageContents",
+        "InvalidAttributeName",
+        "InvalidAttributeValue",
+        "MessageTooLong",
+        "BatchRequestTooLong",
+        "UnsupportedOperation",
+        "MissingParameter",
+        "AWS.SimpleQueueService.UnsupportedOperation",
+    }
+)
+_THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "KmsThrottled",
+        "KMS.ThrottlingException",
+        "ServiceUnavailable",
+        "InternalError",
+    }
+)
+_NOT_FOUND_CODES = frozenset(
+    {
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+    }
+)
 
 
 class SQSError(QchanError):
@@ -196,8 +208,11 @@ class SQSAdapter(Adapter):
         # older releases (the extra allows 1.28) only know the deprecated name.
         shape = self._poll_client.meta.service_model.operation_model("ReceiveMessage").input_shape
         members = shape.members if shape is not None else {}
-        self._system_names = ("MessageSystemAttributeNames"
-                              if "MessageSystemAttributeNames" in members else "AttributeNames")
+        self._system_names = (
+            "MessageSystemAttributeNames"
+            if "MessageSystemAttributeNames" in members
+            else "AttributeNames"
+        )
         self.endpoint: str = self._client.meta.endpoint_url
         self.region: str = self._client.meta.region_name
 
@@ -224,8 +239,9 @@ class SQSAdapter(Adapter):
         try:
             self._resolve()
         except ConnectionLost as e:
-            log.warning("queue %s: endpoint not reachable yet, will retry on first use: %s",
-                        self.name, e)
+            log.warning(
+                "queue %s: endpoint not reachable yet, will retry on first use: %s", self.name, e
+            )
 
     # -- the contract --------------------------------------------------------
 
@@ -239,8 +255,12 @@ class SQSAdapter(Adapter):
         for i, bag in enumerate(bags):
             try:
                 entry, size = wire.entry(
-                    bag, str(i), limit=self._max_message_bytes, fifo=self.fifo,
-                    group=self._group(bag), dedup=self._dedup(bag),
+                    bag,
+                    str(i),
+                    limit=self._max_message_bytes,
+                    fifo=self.fifo,
+                    group=self._group(bag),
+                    dedup=self._dedup(bag),
                 )
             except RejectedError as e:
                 log.warning("queue %s: message rejected before sending: %s", self.name, e)
@@ -282,7 +302,8 @@ class SQSAdapter(Adapter):
             entries = [{"Id": str(i), "ReceiptHandle": b.digest} for i, b in enumerate(chunk)]
             try:
                 reply = self._client.delete_message_batch(
-                    QueueUrl=self.queue_url, Entries=entries  # type: ignore[arg-type]
+                    QueueUrl=self.queue_url,
+                    Entries=entries,  # type: ignore[arg-type]
                 )
             except (BotoCoreError, ClientError, QchanError) as e:
                 self._report_call("ack (DeleteMessageBatch)", len(chunk), e)
@@ -303,25 +324,37 @@ class SQSAdapter(Adapter):
         redrive policy, the messages are nacked: they come back until the retention ends."""
         target = self._dead_letter_queue()
         if target is None:
-            self.hooks.report(QchanError(
-                f"queue {self.name}: no RedrivePolicy, so {len(bags)} message(s) given up on "
-                f"cannot be dead-lettered; they are redelivered"
-            ))
+            self.hooks.report(
+                QchanError(
+                    f"queue {self.name}: no RedrivePolicy, so {len(bags)} message(s) given up on "
+                    f"cannot be dead-lettered; they are redelivered"
+                )
+            )
             self.nack(bags)
             return
         fifo = target.endswith(".fifo")
         copied: list[Bag] = []
         for bag, error in zip(bags, errors, strict=True):
             try:
-                entry, _ = wire.entry(bag, "0", limit=wire.DEFAULT_MAX_REQUEST_BYTES, fifo=fifo,
-                                      group=self._group(bag), dedup=bag.id)
+                entry, _ = wire.entry(
+                    bag,
+                    "0",
+                    limit=wire.DEFAULT_MAX_REQUEST_BYTES,
+                    fifo=fifo,
+                    group=self._group(bag),
+                    dedup=bag.id,
+                )
                 message: dict[str, Any] = {k: v for k, v in entry.items() if k != "Id"}
                 self._client.send_message(QueueUrl=target, **message)
             except (BotoCoreError, ClientError, QchanError) as e:
                 self._report_call("dead-letter (SendMessage)", 1, e)
                 continue
-            log.warning("queue %s: message %s moved to its dead-letter queue: %s", self.name,
-                        bag.id, describe(error))
+            log.warning(
+                "queue %s: message %s moved to its dead-letter queue: %s",
+                self.name,
+                bag.id,
+                describe(error),
+            )
             copied.append(bag)
         if copied:
             self.ack(copied)
@@ -338,8 +371,12 @@ class SQSAdapter(Adapter):
                     QueueName=parts[-1], QueueOwnerAWSAccountId=parts[-2]
                 )["QueueUrl"]
             except (BotoCoreError, ClientError, IndexError) as e:
-                log.warning("queue %s: dead-letter queue %s not found: %s", self.name,
-                            self._dead_letter_arn, e)
+                log.warning(
+                    "queue %s: dead-letter queue %s not found: %s",
+                    self.name,
+                    self._dead_letter_arn,
+                    e,
+                )
         return self._dead_letter_url
 
     def extend(self, bags: Sequence[Bag]) -> None:
@@ -355,8 +392,12 @@ class SQSAdapter(Adapter):
         it to the dead-letter queue. Without a redrive policy it comes back
         until the retention period ends (docs/sqs.md).
         """
-        log.debug("queue %s: leaving poison message %s for the redrive policy (%s)",
-                  self.name, bag.id, error)
+        log.debug(
+            "queue %s: leaving poison message %s for the redrive policy (%s)",
+            self.name,
+            bag.id,
+            error,
+        )
 
     def wakeup(self) -> None:
         # A long poll in flight cannot be cut short (boto3 has no
@@ -368,8 +409,10 @@ class SQSAdapter(Adapter):
         self._poll_client.close()
 
     def __repr__(self) -> str:
-        return (f"<SQSAdapter sqs://{self.name} endpoint={redact(self.endpoint)} "
-                f"region={self.region}{' fifo' if self.fifo else ''}>")
+        return (
+            f"<SQSAdapter sqs://{self.name} endpoint={redact(self.endpoint)} "
+            f"region={self.region}{' fifo' if self.fifo else ''}>"
+        )
 
     # -- internals -----------------------------------------------------------
 
@@ -382,8 +425,9 @@ class SQSAdapter(Adapter):
             try:
                 return self._group_id(bag)
             except Exception as e:
-                raise RejectedError(f"group_id function failed for a {bag.category!r} "
-                                    f"message: {e!r}") from e
+                raise RejectedError(
+                    f"group_id function failed for a {bag.category!r} message: {e!r}"
+                ) from e
         return bag.category
 
     def _dedup(self, bag: Bag) -> str | None:
@@ -406,8 +450,9 @@ class SQSAdapter(Adapter):
         total = 0
         for item in pending:
             size = item[2]
-            if chunk and (len(chunk) == wire.MAX_BATCH_ENTRIES
-                          or total + size > self.max_request_bytes):
+            if chunk and (
+                len(chunk) == wire.MAX_BATCH_ENTRIES or total + size > self.max_request_bytes
+            ):
                 yield chunk
                 chunk, total = [], 0
             chunk.append(item)
@@ -430,8 +475,12 @@ class SQSAdapter(Adapter):
             if code in _PERMANENT_CODES and len(chunk) > 1:
                 # SQS refused the whole request for something one entry holds;
                 # send them one by one so only that entry fails.
-                log.info("queue %s: batch refused (%s), resending its %d entries one by one",
-                         self.name, code, len(chunk))
+                log.info(
+                    "queue %s: batch refused (%s), resending its %d entries one by one",
+                    self.name,
+                    code,
+                    len(chunk),
+                )
                 for item in chunk:
                     down = self._send_chunk([item], outcomes)
                     if down is not None:
@@ -449,8 +498,7 @@ class SQSAdapter(Adapter):
         for failed in reply.get("Failed", []):
             i = int(failed["Id"])
             code = failed.get("Code", "")
-            text = (f"SQS refused message for queue {self.name}: {code}: "
-                    f"{failed.get('Message', '')}")
+            text = f"SQS refused message for queue {self.name}: {code}: {failed.get('Message', '')}"
             if failed.get("SenderFault") and code not in _THROTTLING_CODES:
                 outcomes[i] = RejectedError(text)
             else:
@@ -470,8 +518,7 @@ class SQSAdapter(Adapter):
             except (BotoCoreError, ClientError, QchanError) as e:
                 self._report_call(f"{what} (ChangeMessageVisibilityBatch)", len(chunk), e)
                 continue
-            self._report_failed(f"{what} (ChangeMessageVisibilityBatch)",
-                                reply.get("Failed", []))
+            self._report_failed(f"{what} (ChangeMessageVisibilityBatch)", reply.get("Failed", []))
 
     def _report_call(self, what: str, count: int, e: BaseException) -> None:
         """Report a failed call; SQS makes the messages visible again at their timeout."""
@@ -479,11 +526,13 @@ class SQSAdapter(Adapter):
 
     def _report_failed(self, what: str, failed: Sequence[Mapping[str, Any]]) -> None:
         for f in failed:
-            self.hooks.report(SQSError(
-                f"{what} failed for a message of queue {self.name}: "
-                f"{f.get('Code', '')}: {f.get('Message', '')}",
-                f.get("Code", ""),
-            ))
+            self.hooks.report(
+                SQSError(
+                    f"{what} failed for a message of queue {self.name}: "
+                    f"{f.get('Code', '')}: {f.get('Message', '')}",
+                    f.get("Code", ""),
+                )
+            )
 
     def _error(self, what: str, e: BaseException) -> QchanError:
         """The qchan error for a botocore failure (never includes credentials)."""
@@ -502,14 +551,19 @@ class SQSAdapter(Adapter):
         if isinstance(e, (botocore.exceptions.ConnectionError, HTTPClientError)):
             return ConnectionLost(f"SQS {what} on queue {self.name} at {where} failed: {e}")
         if isinstance(e, NoCredentialsError):
-            return SQSError(f"SQS {what} on queue {self.name}: no AWS credentials found (boto3 "
-                            f"looks in the environment, ~/.aws, profile=..., instance or task "
-                            f"role)", "NoCredentials")
+            return SQSError(
+                f"SQS {what} on queue {self.name}: no AWS credentials found (boto3 "
+                f"looks in the environment, ~/.aws, profile=..., instance or task "
+                f"role)",
+                "NoCredentials",
+            )
         return SQSError(f"SQS {what} on queue {self.name} at {where} failed: {e}")
 
     def _not_found(self) -> str:
-        return (f"queue {self.name!r} not found at {redact(self.endpoint)}; "
-                f"create it or pass create=True")
+        return (
+            f"queue {self.name!r} not found at {redact(self.endpoint)}; "
+            f"create it or pass create=True"
+        )
 
     def _resolve(self) -> None:
         """Find (or create) the queue and read the attributes the adapter needs, once."""
@@ -523,13 +577,18 @@ class SQSAdapter(Adapter):
                     self._queue_url = self._lookup()
                 attrs = self._client.get_queue_attributes(
                     QueueUrl=self._queue_url,
-                    AttributeNames=["MaximumMessageSize", "VisibilityTimeout",
-                                    "ContentBasedDeduplication", "RedrivePolicy"],
+                    AttributeNames=[
+                        "MaximumMessageSize",
+                        "VisibilityTimeout",
+                        "ContentBasedDeduplication",
+                        "RedrivePolicy",
+                    ],
                 ).get("Attributes", {})
             except (BotoCoreError, ClientError) as e:
                 raise self._error("queue lookup", e) from e
-            self._max_message_bytes = int(attrs.get("MaximumMessageSize",
-                                                    wire.DEFAULT_MAX_REQUEST_BYTES))
+            self._max_message_bytes = int(
+                attrs.get("MaximumMessageSize", wire.DEFAULT_MAX_REQUEST_BYTES)
+            )
             self._queue_visibility = int(attrs.get("VisibilityTimeout", 30))
             self._queue_content_dedup = attrs.get("ContentBasedDeduplication") == "true"
             try:
@@ -538,9 +597,13 @@ class SQSAdapter(Adapter):
             except (ValueError, AttributeError):
                 self._dead_letter_arn = None
             self._resolved.set()
-            log.debug("queue %s: resolved to %s (max message %d bytes, visibility %d s)",
-                      self.name, self._queue_url, self._max_message_bytes,
-                      self._queue_visibility)
+            log.debug(
+                "queue %s: resolved to %s (max message %d bytes, visibility %d s)",
+                self.name,
+                self._queue_url,
+                self._max_message_bytes,
+                self._queue_visibility,
+            )
 
     def _lookup(self) -> str:
         request: dict[str, Any] = {"QueueName": self.name}
@@ -559,7 +622,8 @@ class SQSAdapter(Adapter):
             attributes.setdefault("FifoQueue", "true")
         log.info("queue %s: creating it at %s", self.name, redact(self.endpoint))
         created: str = self._client.create_queue(
-            QueueName=self.name, Attributes=attributes  # type: ignore[arg-type]
+            QueueName=self.name,
+            Attributes=attributes,  # type: ignore[arg-type]
         )["QueueUrl"]
         return created
 
@@ -570,7 +634,7 @@ def _code(e: ClientError) -> str:
 
 def _batches(bags: Sequence[Bag]) -> Iterator[Sequence[Bag]]:
     for start in range(0, len(bags), wire.MAX_BATCH_ENTRIES):
-        yield bags[start:start + wire.MAX_BATCH_ENTRIES]
+        yield bags[start : start + wire.MAX_BATCH_ENTRIES]
 
 
 def _wait_seconds(wait: float) -> int:
@@ -582,8 +646,16 @@ def _wait_seconds(wait: float) -> int:
 
 # -- URLs ---------------------------------------------------------------------
 
-_BOOL = {"true": True, "1": True, "yes": True, "on": True,
-         "false": False, "0": False, "no": False, "off": False}
+_BOOL = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
 _QUERY: dict[str, Callable[[str], Any]] = {
     "endpoint": str,
     "region": str,

@@ -54,8 +54,13 @@ def _listen(args: argparse.Namespace) -> int:
     seconds = min(args.retry_seconds, args.timeout or args.retry_seconds)
     make = factory(args.url, seconds, agent="qchan-cli")
     return listen(
-        make, args.category, count=args.count, ack=not args.no_ack, timeout=args.timeout,
-        out=sys.stdout, grace=0.0 if args.url.startswith("mem:") else seconds + 1.0,
+        make,
+        args.category,
+        count=args.count,
+        ack=not args.no_ack,
+        timeout=args.timeout,
+        out=sys.stdout,
+        grace=0.0 if args.url.startswith("mem:") else seconds + 1.0,
     )
 
 
@@ -94,8 +99,12 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="log more, including the client libraries' own messages")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log more, including the client libraries' own messages",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     demo = sub.add_parser(
@@ -105,8 +114,9 @@ def parser() -> argparse.ArgumentParser:
         "them, with a few injected faults, then print a summary: sent, retried, "
         "dead-lettered, received, redelivered, acked, throughput and latency.",
     )
-    demo.add_argument("--count", type=_positive(int), default=20_000,
-                      help="messages to send (20000)")
+    demo.add_argument(
+        "--count", type=_positive(int), default=20_000, help="messages to send (20000)"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress line")
     demo.set_defaults(run=_demo)
 
@@ -119,13 +129,23 @@ def parser() -> argparse.ArgumentParser:
         "delivered.",
     )
     send.add_argument("url", help="the queue URL, e.g. mem://orders or sqs://orders?region=...")
-    send.add_argument("--category", default="message",
-                      help="the Category attribute of every message (default: message)")
+    send.add_argument(
+        "--category",
+        default="message",
+        help="the Category attribute of every message (default: message)",
+    )
     send.add_argument("--file", default="-", help="read this file instead of stdin")
-    send.add_argument("--stream", action="store_true",
-                      help="send while reading (for endless input); a bad line stops there")
-    send.add_argument("--retry-seconds", type=_positive(float), default=30.0,
-                      help="how long to keep retrying an unreachable broker (30)")
+    send.add_argument(
+        "--stream",
+        action="store_true",
+        help="send while reading (for endless input); a bad line stops there",
+    )
+    send.add_argument(
+        "--retry-seconds",
+        type=_positive(float),
+        default=30.0,
+        help="how long to keep retrying an unreachable broker (30)",
+    )
     send.add_argument("--quiet", action="store_true", help="print nothing unless it failed")
     send.set_defaults(run=_send)
 
@@ -137,15 +157,24 @@ def parser() -> argparse.ArgumentParser:
         "Messages are acked once printed, unless --no-ack (then they go back to the queue).",
     )
     listen.add_argument("url", help="the queue URL")
-    listen.add_argument("--category", default="*",
-                        help="only this category (default: every message)")
+    listen.add_argument(
+        "--category", default="*", help="only this category (default: every message)"
+    )
     listen.add_argument("--count", type=_positive(int), help="stop after this many messages")
-    listen.add_argument("--timeout", type=_positive(float),
-                        help="stop when no message arrives for this many seconds")
-    listen.add_argument("--no-ack", action="store_true",
-                        help="do not ack: the messages stay on the queue")
-    listen.add_argument("--retry-seconds", type=_positive(float), default=10.0,
-                        help="the transport's timeouts for one call (10)")
+    listen.add_argument(
+        "--timeout",
+        type=_positive(float),
+        help="stop when no message arrives for this many seconds",
+    )
+    listen.add_argument(
+        "--no-ack", action="store_true", help="do not ack: the messages stay on the queue"
+    )
+    listen.add_argument(
+        "--retry-seconds",
+        type=_positive(float),
+        default=10.0,
+        help="the transport's timeouts for one call (10)",
+    )
     listen.set_defaults(run=_listen)
 
     bench = sub.add_parser(
@@ -156,8 +185,7 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("url", help="the queue URL")
     bench.add_argument("--count", type=_positive(int), default=10_000, help="messages (10000)")
-    bench.add_argument("--size", type=_positive(int), default=1024,
-                       help="bytes per message (1024)")
+    bench.add_argument("--size", type=_positive(int), default=1024, help="bytes per message (1024)")
     bench.add_argument("--category", default="qchan-bench", help="category (qchan-bench)")
     bench.set_defaults(run=_bench)
     return p
@@ -196,4 +224,3 @@ def run() -> None:
 
 if __name__ == "__main__":
     run()
-

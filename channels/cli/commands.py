@@ -114,8 +114,10 @@ def _send(q: Queue, category: str, source: IO[str], *, stream: bool, quiet: bool
         progress.finish(sent)
     delivered = sent - len(failed)
     if not quiet or failed or bad_line:
-        err(f"sent {delivered:,} message(s) to {q.url} as {category!r}; "
-            f"{len(failed):,} not delivered")
+        err(
+            f"sent {delivered:,} message(s) to {q.url} as {category!r}; "
+            f"{len(failed):,} not delivered"
+        )
     for m in failed[:5]:
         err(f"  not delivered: {str(m.object)[:60]}: {m.error}")
     if bad_line:
@@ -136,8 +138,14 @@ def _body(data: bytes) -> dict[str, Any]:
 
 
 def listen(
-    q_factory: Any, category: str, *, count: int | None, ack: bool, timeout: float | None,
-    out: IO[str], grace: float = 0.0,
+    q_factory: Any,
+    category: str,
+    *,
+    count: int | None,
+    ack: bool,
+    timeout: float | None,
+    out: IO[str],
+    grace: float = 0.0,
 ) -> int:
     """Print received messages as JSON lines; ack them unless told not to.
 
@@ -162,8 +170,10 @@ def listen(
                     sel = sel._replace(index=1)
             if sel is None:
                 if unreachable is not None:
-                    err(f"the broker could not be reached within {timeout} s (said above); "
-                        f"received {received}")
+                    err(
+                        f"the broker could not be reached within {timeout} s (said above); "
+                        f"received {received}"
+                    )
                     return EXIT_FAILED
                 err(f"no message within {timeout} s; received {received}")
                 return EXIT_FAILED if count is not None else EXIT_OK
@@ -180,8 +190,11 @@ def listen(
             unreachable = None
             if deadline is not None:
                 deadline = time.monotonic() + timeout  # type: ignore[operator]
-            line = {"category": msg.category, "attributes": dict(msg.attributes),
-                    **_body(msg.object)}
+            line = {
+                "category": msg.category,
+                "attributes": dict(msg.attributes),
+                **_body(msg.object),
+            }
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
             out.flush()
             if ack:
@@ -248,9 +261,11 @@ def bench(q_factory: Any, *, count: int, size: int, category: str, quiet: bool) 
         ("enqueue (accepted by the broker)", f"{count / elapsed_send:,.0f} msg/s"),
         ("dequeue + ack", f"{len(seen) / max(done - (first or done), 1e-9):,.0f} msg/s"),
         ("end to end", f"{len(seen) / (done - start):,.0f} msg/s"),
-        ("latency p50 / p99",
-         f"{statistics.median(latencies) * 1e3:.2f} ms / "
-         f"{latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3:.2f} ms"),
+        (
+            "latency p50 / p99",
+            f"{statistics.median(latencies) * 1e3:.2f} ms / "
+            f"{latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3:.2f} ms",
+        ),
         ("not delivered", f"{len(failed):,}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -280,7 +295,9 @@ def factory(url: str, retry_seconds: float, agent: str, **options: Any) -> Any:
     def make(**more: Any) -> Queue:
         try:
             return connect(
-                url, agent=agent, retry=Exponential(max_attempts=None, max_elapsed=retry_seconds),
+                url,
+                agent=agent,
+                retry=Exponential(max_attempts=None, max_elapsed=retry_seconds),
                 **{**_within(url, retry_seconds), **options, **more},
             )
         except URLError:

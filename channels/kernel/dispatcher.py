@@ -47,7 +47,8 @@ class Dispatcher:
         self.time_to_flight = ctx.time_to_flight
         self._reported: OrderedDict[str, None] = OrderedDict()  # unroutable ids said once
         self.thread = threading.Thread(
-            target=self._run, name=f"qchan-dispatcher-{ctx.adapter.scheme}-{ctx.name}",
+            target=self._run,
+            name=f"qchan-dispatcher-{ctx.adapter.scheme}-{ctx.name}",
             daemon=True,
         )
         self.receivers: list[Receiver] = []
@@ -224,10 +225,12 @@ class Dispatcher:
 
     def _on_ack(self, msg: Msg[Any] | object, now: float) -> None:
         if type(msg) is not Msg and not isinstance(msg, Msg):  # the application's mistake
-            self.ctx.report(QchanError(
-                f"queue {self.ctx.name!r}: the ack channel got {short(msg)}, not a Msg received "
-                f"from rcv; ignored (send the Msg itself, or msg.fail(err))"
-            ))
+            self.ctx.report(
+                QchanError(
+                    f"queue {self.ctx.name!r}: the ack channel got {short(msg)}, not a Msg "
+                    f"received from rcv; ignored (send the Msg itself, or msg.fail(err))"
+                )
+            )
             return
         bag = msg.bag
         entry = self.flight.pop(bag, None) if bag is not None else None
@@ -239,7 +242,9 @@ class Dispatcher:
                 "queue %s: ack for a %r message that is not in flight (acked twice, expired "
                 "after time_to_flight=%ss, revoked by a rebalance, or from another queue); "
                 "ignored",
-                self.ctx.name, msg.category, self.time_to_flight,
+                self.ctx.name,
+                msg.category,
+                self.time_to_flight,
             )
             return
         assert bag is not None
@@ -299,8 +304,11 @@ class Dispatcher:
             self._unpark(now)
         if self.ctx.heartbeat and now >= self.next_beat:
             self.next_beat = now + self.ctx.heartbeat
-            held = [*self.flight, *self.parked,
-                    *(m.bag for r in self.receivers for m in r.pending if m.bag)]
+            held = [
+                *self.flight,
+                *self.parked,
+                *(m.bag for r in self.receivers for m in r.pending if m.bag),
+            ]
             if held:
                 try:
                     self.adapter.extend(held)
@@ -312,8 +320,10 @@ class Dispatcher:
         for bag in bags:
             del self.flight[bag]
         self.log.warning(
-            "queue %s: %d message(s) not acked within time_to_flight=%ss; released for "
-            "redelivery", self.ctx.name, len(bags), self.time_to_flight,
+            "queue %s: %d message(s) not acked within time_to_flight=%ss; released for redelivery",
+            self.ctx.name,
+            len(bags),
+            self.time_to_flight,
         )
         self.ctx.counters.expired += len(bags)
         error = TimeoutError(f"not acked within time_to_flight={self.time_to_flight} s")

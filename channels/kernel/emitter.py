@@ -159,7 +159,8 @@ class Emitter:
         # one that closes (flushes) every open queue before the interpreter exits,
         # so no message is lost; an emitter abandoned by close() then cannot hang exit.
         self.thread = threading.Thread(
-            target=self._run, name=f"qchan-emitter-{ctx.adapter.scheme}-{ctx.name}",
+            target=self._run,
+            name=f"qchan-emitter-{ctx.adapter.scheme}-{ctx.name}",
             daemon=hasattr(threading, "_register_atexit"),
         )
         self._inflight: Outgoing | None = None  # the batch inside adapter.send_batch now
@@ -199,7 +200,8 @@ class Emitter:
         if self.thread.is_alive():
             self.log.warning(
                 "queue %s: emitter still flushing after %.1f s; giving up on retries",
-                self.name, timeout,
+                self.name,
+                timeout,
             )
             self.abort.set()
             self._abort_chan.close()
@@ -243,13 +245,22 @@ class Emitter:
                 if origin is None:  # its put() caller gets the answer directly
                     obj.resolve(unknown)
                 else:
-                    abandoned.append(Msg(object=obj, category=bag.category,
-                                         attributes=bag.attributes, error=unknown, bag=bag))
+                    abandoned.append(
+                        Msg(
+                            object=obj,
+                            category=bag.category,
+                            attributes=bag.attributes,
+                            error=unknown,
+                            bag=bag,
+                        )
+                    )
         unsent = RuntimeError(f"not sent: close_timeout={timeout} s passed first")
         abandoned.extend(self._unsent(senders, unsent))
         self.log.error(
             "queue %s: the emitter is blocked in %r past close_timeout; %d message(s) with "
-            "an unknown outcome or not sent are reported", self.name, self.adapter,
+            "an unknown outcome or not sent are reported",
+            self.name,
+            self.adapter,
             len(abandoned),
         )
         return abandoned
@@ -329,8 +340,15 @@ class Emitter:
                 if origin is None:
                     obj.resolve(failure)
                 else:
-                    self._undeliverable(Msg(object=obj, category=bag.category,
-                                            attributes=bag.attributes, error=failure, bag=bag))
+                    self._undeliverable(
+                        Msg(
+                            object=obj,
+                            category=bag.category,
+                            attributes=bag.attributes,
+                            error=failure,
+                            bag=bag,
+                        )
+                    )
         try:
             self._finish_all(failure)
         except BaseException as e:
@@ -339,8 +357,8 @@ class Emitter:
     def _drained(self) -> bool:
         """Stopping, and every channel this emitter reads is closed and flushed."""
         with self._lock:
-            return self._stopping and not self._added and not self._senders and (
-                not self._puts_open
+            return (
+                self._stopping and not self._added and not self._senders and (not self._puts_open)
             )
 
     def _layout(self) -> tuple[list[Any], list[Sender], int]:
@@ -419,8 +437,9 @@ class Emitter:
                 # Take what is already waiting too (buffered, or a parked sender) in one go.
                 out = sender.out
                 assert out is not None
-                self._take(sender, [sel.value, *out._recv_many(self.batch_size - len(batch) - 1)],
-                           batch)
+                self._take(
+                    sender, [sel.value, *out._recv_many(self.batch_size - len(batch) - 1)], batch
+                )
             if batch and deadline is None:
                 deadline = time.monotonic() + self.linger
         self._gathering = None
@@ -442,10 +461,16 @@ class Emitter:
                 for obj in objs:
                     if type(obj) is Traced:
                         break
-                    bags.append(Bag(
-                        category, encode(obj), attributes, _ID_PREFIX + str(_next_id()),
-                        None if key is None else key(obj), content_type,
-                    ))
+                    bags.append(
+                        Bag(
+                            category,
+                            encode(obj),
+                            attributes,
+                            _ID_PREFIX + str(_next_id()),
+                            None if key is None else key(obj),
+                            content_type,
+                        )
+                    )
                 else:
                     batch.objs += objs
                     batch.origins += [sender] * len(objs)
@@ -511,9 +536,7 @@ class Emitter:
         self, outcomes: Sequence[BaseException | None], n: int
     ) -> list[BaseException | None]:
         if len(outcomes) != n:
-            raise QchanError(
-                f"{self.adapter!r} returned {len(outcomes)} outcomes for {n} messages"
-            )
+            raise QchanError(f"{self.adapter!r} returned {len(outcomes)} outcomes for {n} messages")
         return list(outcomes)
 
     def _flush(
@@ -568,13 +591,18 @@ class Emitter:
                 return
             self._settling = pending = pending.subset(failed)
             failed = list(range(len(failed)))
-            wait = None if self.abort.is_set() else self.retry.next(
-                attempt, time.monotonic() - started
+            wait = (
+                None
+                if self.abort.is_set()
+                else self.retry.next(attempt, time.monotonic() - started)
             )
             if wait is None:  # the dlq hands them back: the application's to say (INFO here)
                 self.log.info(
                     "queue %s: %d message(s) not accepted after %d attempt(s): %s",
-                    self.name, len(failed), attempt, errors[0],
+                    self.name,
+                    len(failed),
+                    attempt,
+                    errors[0],
                 )
                 for i, err in zip(failed, errors, strict=True):
                     self._fail(pending, i, err)
@@ -582,7 +610,11 @@ class Emitter:
             stats.retried += len(failed)
             self.log.info(
                 "queue %s: %d message(s) failed (%s); retry %d in %.2f s",
-                self.name, len(failed), errors[0], attempt, wait,
+                self.name,
+                len(failed),
+                errors[0],
+                attempt,
+                wait,
             )
             self.abort.wait(wait)
 
@@ -622,7 +654,9 @@ class Emitter:
             self._warned_full.add(sender.category)
             self.log.warning(
                 "queue %s: dlq of %r is full; sends of that channel wait until the application "
-                "receives from its dlq", self.name, sender.category,
+                "receives from its dlq",
+                self.name,
+                sender.category,
             )
         try:
             sel = select((dlq, msg), self._abort_chan)

@@ -78,9 +78,9 @@ class Poller:
             except Exception as e:
                 failures += 1
                 ctx.report(
-                    e if isinstance(e, ConnectionLost) else ConnectionLost(
-                        f"queue {ctx.name!r}: receive failed ({e!r}); retrying"
-                    )
+                    e
+                    if isinstance(e, ConnectionLost)
+                    else ConnectionLost(f"queue {ctx.name!r}: receive failed ({e!r}); retrying")
                 )
                 backoff = min(5.0, 0.05 * 2 ** min(failures, 7))
                 with gate.cond:  # back off, but wake at once when the queue closes
@@ -111,11 +111,17 @@ class Poller:
                 stats.redelivered += 1
             r = routes.get(bag.category) or routes.get(ANY)
             if r is None:
-                handoff.append(Poison(bag, UnroutableError(
-                    f"queue {name!r}: no channel receives category "
-                    f"{short(bag.category)} (message {short(bag.id)}); it goes back to the "
-                    f"broker", bag
-                )))
+                handoff.append(
+                    Poison(
+                        bag,
+                        UnroutableError(
+                            f"queue {name!r}: no channel receives category "
+                            f"{short(bag.category)} (message {short(bag.id)}); it goes back to the "
+                            f"broker",
+                            bag,
+                        ),
+                    )
+                )
                 last = None
                 continue
             try:
@@ -125,7 +131,8 @@ class Poller:
                 err = DecodeError(
                     f"queue {name!r}: cannot decode a {short(bag.category)} message "
                     f"({short(bag.id)}, {len(bag.body)} bytes) as {type_name(r.codec)}: "
-                    f"{why[:500]}", bag
+                    f"{why[:500]}",
+                    bag,
                 )
                 err.__cause__ = e
                 handoff.append(Poison(bag, err))
@@ -147,5 +154,6 @@ class Poller:
             # makes them visible again by its own redelivery.
             self.log.info(
                 "queue %s: %d message(s) received after close; left to broker redelivery",
-                self.ctx.name, len(handoff),
+                self.ctx.name,
+                len(handoff),
             )

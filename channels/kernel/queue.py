@@ -115,9 +115,17 @@ class Queue:
             )
             raise OptionError(f"Queue needs a qchan.Adapter, not {adapter!r}{hint}")
         QueueOptions(  # checks every option: type, range (OptionError names the option)
-            agent=agent, system=system, batch_size=batch_size, linger=linger, retry=retry,
-            poll_wait=poll_wait, in_flight=in_flight, time_to_flight=time_to_flight,
-            ack_linger=ack_linger, heartbeat=heartbeat, errors=errors,
+            agent=agent,
+            system=system,
+            batch_size=batch_size,
+            linger=linger,
+            retry=retry,
+            poll_wait=poll_wait,
+            in_flight=in_flight,
+            time_to_flight=time_to_flight,
+            ack_linger=ack_linger,
+            heartbeat=heartbeat,
+            errors=errors,
             close_timeout=close_timeout,
         )
         self.adapter = adapter
@@ -156,11 +164,21 @@ class Queue:
     def _context(self) -> Context:
         """What this queue's worker threads get (they never see the Queue itself)."""
         return Context(
-            name=self.name, adapter=self.adapter, agent=self.agent, batch_size=self.batch_size,
-            linger=self.linger, retry=self.retry, poll_wait=self.poll_wait,
-            in_flight=self.in_flight, time_to_flight=self.time_to_flight,
-            ack_linger=self.ack_linger, heartbeat=self.heartbeat, counters=self._counters,
-            report=self._report, fail=self._fail, failure=lambda: self._failure,
+            name=self.name,
+            adapter=self.adapter,
+            agent=self.agent,
+            batch_size=self.batch_size,
+            linger=self.linger,
+            retry=self.retry,
+            poll_wait=self.poll_wait,
+            in_flight=self.in_flight,
+            time_to_flight=self.time_to_flight,
+            ack_linger=self.ack_linger,
+            heartbeat=self.heartbeat,
+            counters=self._counters,
+            report=self._report,
+            fail=self._fail,
+            failure=lambda: self._failure,
         )
 
     def __repr__(self) -> str:
@@ -189,10 +207,14 @@ class Queue:
 
     def attributes(self, category: str) -> Mapping[str, str]:
         """The wire attributes this queue sends with a message of `category`."""
-        return types.MappingProxyType({
-            ATTR_CATEGORY: category, ATTR_SOURCE: self.agent,
-            ATTR_SYSTEM: self.system, ATTR_QUEUE: self.name,
-        })
+        return types.MappingProxyType(
+            {
+                ATTR_CATEGORY: category,
+                ATTR_SOURCE: self.agent,
+                ATTR_SYSTEM: self.system,
+                ATTR_QUEUE: self.name,
+            }
+        )
 
     # -- registration (used by endpoints.py) -----------------------------------
 
@@ -299,8 +321,7 @@ class Queue:
             else:
                 first = True
                 failure = QueueFailed(
-                    f"queue {self.name!r} failed: its {thread} thread raised "
-                    f"{describe(error)}"
+                    f"queue {self.name!r} failed: its {thread} thread raised {describe(error)}"
                 )
                 failure.__cause__ = error
                 self._failure = failure
@@ -434,6 +455,7 @@ def _close_all_at_exit() -> None:
 _register_atexit = getattr(threading, "_register_atexit", None)
 if _register_atexit is not None:
     _register_atexit(_close_all_at_exit)
+
 
 def connect(url: str, **options: Any) -> Queue:
     """Open the queue a URL names: `mem://orders`, `sqs://orders?region=...`, `amqp://...`.

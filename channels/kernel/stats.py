@@ -62,9 +62,16 @@ class Counters:
     """The live counters. Each is written by one worker thread only, so no lock is needed."""
 
     __slots__ = (
-        "acked", "dead_lettered", "expired", "gave_up", "nacked", "poison", "received",
+        "acked",
+        "dead_lettered",
+        "expired",
+        "gave_up",
+        "nacked",
+        "poison",
+        "received",
         "redelivered",
-        "retried", "sent",
+        "retried",
+        "sent",
     )
 
     def __init__(self) -> None:
@@ -74,10 +81,18 @@ class Counters:
 
     def snapshot(self, in_flight: int, failed: bool = False) -> Stats:
         return Stats(
-            sent=self.sent, retried=self.retried, dead_lettered=self.dead_lettered,
-            received=self.received, redelivered=self.redelivered, acked=self.acked,
-            nacked=self.nacked, gave_up=self.gave_up, expired=self.expired, poison=self.poison,
-            in_flight=in_flight, failed=failed,
+            sent=self.sent,
+            retried=self.retried,
+            dead_lettered=self.dead_lettered,
+            received=self.received,
+            redelivered=self.redelivered,
+            acked=self.acked,
+            nacked=self.nacked,
+            gave_up=self.gave_up,
+            expired=self.expired,
+            poison=self.poison,
+            in_flight=in_flight,
+            failed=failed,
         )
 
 
@@ -105,8 +120,12 @@ def observe(
             failures += 1
             if failures == 1 or failures % 100 == 0:
                 log.error(
-                    "queue %s: export %r raised (%d time(s) so far): %s", q.name, export,
-                    failures, e, exc_info=e if failures == 1 else None,
+                    "queue %s: export %r raised (%d time(s) so far): %s",
+                    q.name,
+                    export,
+                    failures,
+                    e,
+                    exc_info=e if failures == 1 else None,
                 )
 
     def run() -> None:

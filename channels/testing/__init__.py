@@ -104,7 +104,9 @@ class Conformance:
         opened: list[Queue] = []
 
         def make(
-            *, name: str | None = None, wrap: Callable[[Adapter], Adapter] | None = None,
+            *,
+            name: str | None = None,
+            wrap: Callable[[Adapter], Adapter] | None = None,
             **options: Any,
         ) -> Queue:
             adapter = adapter_factory(name or queue_name)
@@ -173,10 +175,16 @@ class Conformance:
         # Every channel opens before anything is sent: a message taken while its
         # category had no channel yet would be unroutable, back only after the
         # broker's redelivery delay.
-        with dequeue(Order, q) as (r1, a1), dequeue(Refund, q) as (r2, a2), \
-                dequeue(str, q, category="note") as (r3, a3):
-            with enqueue(Order, q) as (orders, _), enqueue(Refund, q) as (refunds, _), \
-                    enqueue(str, q, category="note") as (notes, _):
+        with (
+            dequeue(Order, q) as (r1, a1),
+            dequeue(Refund, q) as (r2, a2),
+            dequeue(str, q, category="note") as (r3, a3),
+        ):
+            with (
+                enqueue(Order, q) as (orders, _),
+                enqueue(Refund, q) as (refunds, _),
+                enqueue(str, q, category="note") as (notes, _),
+            ):
                 for i in range(6):
                     orders.send(Order(str(i), 1.0))
                     refunds.send(Refund(str(i), "damaged"))
@@ -193,10 +201,14 @@ class Conformance:
     def test_bytes_and_str_channels(self, open_queue: Callable[..., Queue]) -> None:
         q = open_queue()
         raw = bytes(range(256))  # not UTF-8
-        with dequeue(bytes, q, category="blob") as (r1, a1), \
-                dequeue(str, q, category="text") as (r2, a2):
-            with enqueue(bytes, q, category="blob") as (blobs, _), \
-                    enqueue(str, q, category="text") as (texts, _):
+        with (
+            dequeue(bytes, q, category="blob") as (r1, a1),
+            dequeue(str, q, category="text") as (r2, a2),
+        ):
+            with (
+                enqueue(bytes, q, category="blob") as (blobs, _),
+                enqueue(str, q, category="text") as (texts, _),
+            ):
                 blobs.send(raw)
                 texts.send("héllo, wörld ✓")
             b = r1.recv(timeout=self.patience)

@@ -99,7 +99,7 @@ _INPUT.register_structure_hook(str, _exact(str))
 
 def _describe(exc: BaseException, type_: type[Any] | None) -> str:
     if type_ is None and isinstance(exc, ValueError):  # an attrs validator: its message
-        return str(exc)                                 # already names the field
+        return str(exc)  # already names the field
     return format_exception(exc, type_)
 
 
@@ -178,7 +178,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         except InvalidOrder as e:
             return _error(400, str(e), problems=e.problems)
         order = Order(
-            id=new.id or uuid.uuid4().hex, customer=new.customer, item=new.item,
+            id=new.id or uuid.uuid4().hex,
+            customer=new.customer,
+            item=new.item,
             quantity=new.quantity,
         )
         try:
@@ -195,10 +197,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             cause = e.__cause__ or e
             log.warning("order %s: not accepted by %r: %s", order.id, orders.queue, cause)
             return _error(
-                503, f"the broker did not accept the order: {cause}", id=order.id,
+                503,
+                f"the broker did not accept the order: {cause}",
+                id=order.id,
             )
-        log.info("order %s accepted: %s x %s for %s", order.id, order.quantity, order.item,
-                 order.customer)
+        log.info(
+            "order %s accepted: %s x %s for %s",
+            order.id,
+            order.quantity,
+            order.item,
+            order.customer,
+        )
         return jsonify(id=order.id, status="accepted"), 202
 
     @app.get("/health")

@@ -90,7 +90,8 @@ def test_fault_injection() -> None:
     a = EmbeddedAdapter("faults-x")
     broker("faults-x").fail_sends(1)
     assert [type(o).__name__ if o else None for o in a.send_batch([_bag(), _bag()])] == [
-        "ConnectionLost", None,
+        "ConnectionLost",
+        None,
     ]
     broker("faults-x").fail_receives(1)
     with pytest.raises(ConnectionLost, match="injected"):
@@ -131,7 +132,9 @@ def test_a_wakeup_is_for_its_own_adapter() -> None:
 def test_url_options_and_unknown_option() -> None:
     a = from_url("mem://url-x?visibility_timeout=5&max_deliveries=3")
     assert (a.name, broker("url-x").visibility_timeout, broker("url-x").max_deliveries) == (
-        "url-x", 5.0, 3,
+        "url-x",
+        5.0,
+        3,
     )
     with pytest.raises(TypeError, match="bogus"):
         from_url("mem://url-x?bogus=1")

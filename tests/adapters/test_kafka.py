@@ -251,8 +251,9 @@ class _Report:
 
 
 def _report(b: Bag, key: str | None = None) -> _Report:
-    return _Report(b.body, key.encode() if key else None,
-                   [(k, v.encode()) for k, v in b.attributes.items()])
+    return _Report(
+        b.body, key.encode() if key else None, [(k, v.encode()) for k, v in b.attributes.items()]
+    )
 
 
 def test_a_failed_delivery_report_fails_exactly_its_message() -> None:
@@ -295,8 +296,9 @@ def test_a_report_without_headers_fails_every_message_it_may_be() -> None:
     a = KafkaAdapter("t", bootstrap="127.0.0.1:9")
     bags = [bag(b"same"), bag(b"same", "Refund"), bag(b"other")]
     sending = Produced(a._producing, cast(Any, None), bags)
-    sending.delivered(KafkaError(KafkaError._MSG_TIMED_OUT), cast(Any, _Report(b"same", None,
-                                                                              cast(Any, None))))
+    sending.delivered(
+        KafkaError(KafkaError._MSG_TIMED_OUT), cast(Any, _Report(b"same", None, cast(Any, None)))
+    )
     sending.delivered(None, cast(Any, _report(bags[2])))
     sending.delivered(None, cast(Any, _report(bags[1])))  # the other "same": delivered
     outcomes = sending.result(0)
@@ -792,7 +794,9 @@ def test_producer_reports_every_message_it_could_not_deliver_in_time(
     topic = new_topic(own_cluster)
     # A short reconnect backoff, so that the producer finds the brokers soon after they return.
     a = adapter(
-        own_cluster.bootstrap, topic, send_timeout=1.5,
+        own_cluster.bootstrap,
+        topic,
+        send_timeout=1.5,
         producer_config={"reconnect.backoff.max.ms": 200},
     )
     adapters.append(a)
@@ -817,7 +821,9 @@ def test_producer_reports_every_message_it_could_not_deliver_in_time(
     after = wait_for(send_after, timeout=30, what="a send once the brokers are back")
     assert a._producing.producer is producer
     got = consume_plain(
-        own_cluster.bootstrap, topic, 10,
+        own_cluster.bootstrap,
+        topic,
+        10,
         until=lambda got: {b"before", after} <= {m.value() for m in got},
     )
     assert not [m.value() for m in got if m.value().startswith(b"lost")]
@@ -886,8 +892,12 @@ def test_holding_longer_than_max_poll_interval_keeps_the_partitions(
     # The classic protocol: the mock cluster's KIP-848 groups do not evict a member that
     # stops polling (measured: the old adapter passed there). 6 s is the smallest
     # session a stock broker accepts, and max.poll.interval.ms may not be below it.
-    config = {"group.protocol": "classic", "session.timeout.ms": 6000,
-              "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 6000}
+    config = {
+        "group.protocol": "classic",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 6000,
+    }
     url = f"kafka://{kafka_cluster.bootstrap}/{topic}"
     with connect(url, consumer_config=config, key="category", in_flight=4) as q:
         with enqueue(Order, q) as (out, _):
@@ -993,8 +1003,17 @@ def test_serve_retries_with_a_delay_then_gives_up_to_the_dead_letter_topic(
     with enqueue(Order, q) as (out, _):
         out.send(Order("x", 1.0))
     retries = Retries(delay=0.5, jitter=False, give_up_on=ValueError)
-    worker = start(serve, handle, Order, q, workers=1, stop=stop, signals=(), retries=retries,
-                   close_queue=False)
+    worker = start(
+        serve,
+        handle,
+        Order,
+        q,
+        workers=1,
+        stop=stop,
+        signals=(),
+        retries=retries,
+        close_queue=False,
+    )
     (dead,) = consume_plain(kafka_cluster.bootstrap, f"{topic}.dlq", 1)
     stop.set()
     worker.outcome(30)

@@ -118,14 +118,13 @@ def test_invalid_combinations_are_refused_up_front() -> None:
 def test_amqps_builds_a_verifying_tls_context() -> None:
     from qchan.adapters.rabbitmq._config import connection_parameters
 
-    params: Any = connection_parameters(from_url("amqps://u:p@broker.example/%2F?queue=q").settings,
-                                        "consumer")
+    params: Any = connection_parameters(
+        from_url("amqps://u:p@broker.example/%2F?queue=q").settings, "consumer"
+    )
     assert params.port == 5671 and params.virtual_host == "/"
     context = params.ssl_options.context
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    publisher: Any = connection_parameters(
-        from_url("amqp://h/%2F?queue=q").settings, "publisher"
-    )
+    publisher: Any = connection_parameters(from_url("amqp://h/%2F?queue=q").settings, "publisher")
     assert publisher.heartbeat == 0  # its I/O loop runs only inside send_batch
     assert publisher.client_properties["connection_name"] == "qchan publisher q"
 
@@ -143,7 +142,12 @@ def test_round_trip_keeps_body_attributes_and_properties(
     got = receive_n(adapter, 3)
     for s, g in zip(sent, got, strict=True):
         assert (g.category, g.body, dict(g.attributes), g.id, g.content_type, g.deliveries) == (
-            s.category, s.body, dict(s.attributes), s.id, "application/json", 1
+            s.category,
+            s.body,
+            dict(s.attributes),
+            s.id,
+            "application/json",
+            1,
         )
     adapter.ack(got)
 
@@ -171,13 +175,22 @@ def test_plain_pika_message_as_the_adapter_sees_it(
     adapter = make_adapter(queue_name)
     adapter.receive(1, 0)  # declares the queue
     headers = {"Category": "Refund", "Source": "go-billing", "Retries": 3, "Nested": {"a": 1}}
-    admin.basic_publish("", queue_name, b'{"order": "o-1"}', pika.BasicProperties(
-        headers=headers, content_type="application/json", message_id="foreign-1"))
+    admin.basic_publish(
+        "",
+        queue_name,
+        b'{"order": "o-1"}',
+        pika.BasicProperties(
+            headers=headers, content_type="application/json", message_id="foreign-1"
+        ),
+    )
     (got,) = receive_n(adapter, 1)
     assert got.category == "Refund"
     assert dict(got.attributes) == {"Category": "Refund", "Source": "go-billing", "Retries": "3"}
-    assert (got.id, got.body, got.content_type) == ("foreign-1", b'{"order": "o-1"}',
-                                                     "application/json")
+    assert (got.id, got.body, got.content_type) == (
+        "foreign-1",
+        b'{"order": "o-1"}',
+        "application/json",
+    )
     admin.basic_publish("", queue_name, b"raw")  # no headers at all: category ""
     (bare,) = receive_n(adapter, 1)
     assert (bare.category, dict(bare.attributes), bare.id) == ("", {}, None)
@@ -726,7 +739,10 @@ def test_enqueue_dequeue_over_the_url_and_the_wire_format(queue_name: str, admin
                 ack.send(m)
         assert [m.object for m in got] == [Order(str(i), float(i)) for i in range(5)]
         assert dict(got[0].attributes) == {
-            "Category": "Order", "Source": "billing", "System": "amqp", "Queue": queue_name
+            "Category": "Order",
+            "Source": "billing",
+            "System": "amqp",
+            "Queue": queue_name,
         }
         with enqueue(Order, q) as (out, _):
             out.send(Order("wire", 1.5))
@@ -814,10 +830,18 @@ def test_poison_payload_from_a_foreign_producer_ends_on_the_dlq(
     declare(queue_name)  # before plain pika publishes to it
     q = connect(url_for(queue_name), errors=errors, max_deliveries=3, reject_delay=0.1)
     with q, dequeue(Order, q) as (rcv, ack):
-        admin.basic_publish("", queue_name, b"\xff{not json", pika.BasicProperties(
-            headers={"Category": "Order"}, message_id="poison-1"))
-        admin.basic_publish("", queue_name, b'{"id": "ok", "amount": 1}', pika.BasicProperties(
-            headers={"Category": "Order"}, message_id="good-1"))
+        admin.basic_publish(
+            "",
+            queue_name,
+            b"\xff{not json",
+            pika.BasicProperties(headers={"Category": "Order"}, message_id="poison-1"),
+        )
+        admin.basic_publish(
+            "",
+            queue_name,
+            b'{"id": "ok", "amount": 1}',
+            pika.BasicProperties(headers={"Category": "Order"}, message_id="good-1"),
+        )
         m = rcv.recv(timeout=20.0)
         ack.send(m)
         _, props, body = get_one(admin, f"{queue_name}.dlq", timeout=20.0)
@@ -853,8 +877,9 @@ def test_a_message_the_application_keeps_failing_is_dead_lettered(
 def test_unroutable_publish_ends_on_the_senders_dlq(queue_name: str, admin: Any) -> None:
     exchange = f"{queue_name}-ex"
     try:
-        q = connect(url_for(queue_name), exchange=exchange, exchange_type="direct",
-                    bindings=["Order"])
+        q = connect(
+            url_for(queue_name), exchange=exchange, exchange_type="direct", bindings=["Order"]
+        )
         with q, enqueue(Refund, q) as (out, dlq):
             out.send(Refund("o-1", "lost"))
             dead = dlq.recv(timeout=20.0)
@@ -960,8 +985,10 @@ def test_broker_restart_in_the_middle_of_10000_messages_loses_nothing(queue_name
     assert not lost, f"{len(lost)} messages lost, e.g. {sorted(lost)[:10]}"
     assert progress["sent"] < total and progress["received"] < total, progress
     assert any(isinstance(e, ConnectionLost) for e in reported)
-    print(f"restart at {progress}; {deliveries - len(received)} duplicates, {len(dead)} on dlq, "
-          f"{len(reported)} errors reported")
+    print(
+        f"restart at {progress}; {deliveries - len(received)} duplicates, {len(dead)} on dlq, "
+        f"{len(reported)} errors reported"
+    )
 
 
 @integration
@@ -986,8 +1013,7 @@ def test_serve_retries_a_failing_handler_with_backoff_then_gives_up(
     with enqueue(Order, q) as (out, _):
         out.send(Order("invalid", 1.0))
         out.send(Order("outage", 1.0))
-    retries = Retries(delay=0.3, factor=2.0, jitter=False, max_deliveries=5,
-                      give_up_on=KeyError)
+    retries = Retries(delay=0.3, factor=2.0, jitter=False, max_deliveries=5, give_up_on=KeyError)
     worker = start(serve, handle, Order, q, workers=2, stop=stop, signals=(), retries=retries)
     served = worker.outcome(60.0)
     _, _, body = get_one(admin, f"{queue_name}.dlq", timeout=20.0)
@@ -1003,12 +1029,20 @@ def test_serve_retries_a_failing_handler_with_backoff_then_gives_up(
 @integration
 @pytest.mark.parametrize(
     "arguments",
-    [None, {"x-queue-type": "quorum", "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": "{name}.theirs"}],
+    [
+        None,
+        {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "{name}.theirs",
+        },
+    ],
     ids=["classic-plain", "quorum-other-dead-letter"],
 )
 def test_a_queue_declared_by_another_service_is_adopted(
-    queue_name: str, admin: Any, arguments: dict[str, str] | None,
+    queue_name: str,
+    admin: Any,
+    arguments: dict[str, str] | None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Another service declared the queue with its own arguments (plain pika): qchan used to
@@ -1036,8 +1070,9 @@ def test_a_queue_declared_by_another_service_is_adopted(
                         ack.send(m.dead_letter(ValueError("invalid")))
                     else:
                         ack.send(m.fail(ConnectionError("down")))
-                dead = sorted(json.loads(get_one(admin, f"{queue_name}.dlq")[2])["id"]
-                              for _ in range(2))
+                dead = sorted(
+                    json.loads(get_one(admin, f"{queue_name}.dlq")[2])["id"] for _ in range(2)
+                )
     adopted = [r for r in caplog.records if "exists with other arguments" in r.getMessage()]
     assert len(adopted) == 1, [r.getMessage() for r in adopted]  # once, not per connection
     # Quorum counts deliveries exactly; classic says 2 once redelivered, which is exactly

@@ -157,11 +157,18 @@ def assert_empty(a: SQSAdapter, wait: float = 1.0) -> None:
 
 
 def test_url_by_name() -> None:
-    name, params = _parse("sqs://orders?endpoint=http://127.0.0.1:4566&region=us-east-1"
-                          "&create=true&wait=2&visibility_timeout=60")
+    name, params = _parse(
+        "sqs://orders?endpoint=http://127.0.0.1:4566&region=us-east-1"
+        "&create=true&wait=2&visibility_timeout=60"
+    )
     assert name == "orders"
-    assert params == {"endpoint": "http://127.0.0.1:4566", "region": "us-east-1",
-                      "create": True, "wait": 2.0, "visibility_timeout": 60}
+    assert params == {
+        "endpoint": "http://127.0.0.1:4566",
+        "region": "us-east-1",
+        "create": True,
+        "wait": 2.0,
+        "visibility_timeout": 60,
+    }
 
 
 def test_url_by_queue_url() -> None:
@@ -174,13 +181,16 @@ def test_url_by_queue_url() -> None:
     assert params["endpoint"] == "http://127.0.0.1:4566"
 
 
-@pytest.mark.parametrize("url", [
-    "sqs://orders?colour=blue",
-    "sqs://orders?create=maybe",
-    "sqs://AKIA:secret@orders",
-    "sqs://",
-    "sqs://host/only-one-segment-too/many/segments",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqs://orders?colour=blue",
+        "sqs://orders?create=maybe",
+        "sqs://AKIA:secret@orders",
+        "sqs://",
+        "sqs://host/only-one-segment-too/many/segments",
+    ],
+)
 def test_bad_urls_are_refused_without_leaking_secrets(url: str) -> None:
     with pytest.raises(URLError) as e:
         _parse(url)
@@ -205,7 +215,8 @@ def test_wire_tokens_and_attributes() -> None:
     long = wire.token("ü" * 200, "x")
     assert len(long) == 64 and long == wire.token("ü" * 200, "y")
     assert wire.string_attributes({"Category": "", "Source": "s"}) == {
-        "Source": {"DataType": "String", "StringValue": "s"}}
+        "Source": {"DataType": "String", "StringValue": "s"}
+    }
     with pytest.raises(RejectedError):
         wire.string_attributes({"AWS.reserved": "x"})
     with pytest.raises(RejectedError):
@@ -215,8 +226,14 @@ def test_wire_tokens_and_attributes() -> None:
 def test_missing_region_and_credentials_are_clear_errors(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_DEFAULT_REGION", "AWS_REGION"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -274,16 +291,22 @@ def test_binary_bodies_round_trip_and_are_base64_on_the_wire(
     a = adapters(name)
     bodies = [bytes(range(256)), b"nul\x00inside", "plain ✓".encode()]
     assert a.send_batch([bag(b, category="blob") for b in bodies]) == [None] * 3
-    raw = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                              MessageAttributeNames=["All"])["Messages"]
+    raw = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"]
+    )["Messages"]
     wire_view = {m["Body"]: m.get("MessageAttributes", {}) for m in raw}
     assert "plain ✓" in wire_view and wire.ENCODING_ATTR not in wire_view["plain ✓"]
     encoded = [m for m in raw if m["Body"] != "plain ✓"]
-    assert all(m["MessageAttributes"][wire.ENCODING_ATTR]["StringValue"] == "base64"
-               for m in encoded)
-    sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
-        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-        for i, m in enumerate(raw)])
+    assert all(
+        m["MessageAttributes"][wire.ENCODING_ATTR]["StringValue"] == "base64" for m in encoded
+    )
+    sqs.change_message_visibility_batch(
+        QueueUrl=url,
+        Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for i, m in enumerate(raw)
+        ],
+    )
     got = drain(a, 3)
     assert sorted(b.body for b in got) == sorted(bodies)
     assert all(wire.ENCODING_ATTR not in b.attributes for b in got)
@@ -345,9 +368,7 @@ def test_a_batch_refused_for_one_entry_is_resent_one_by_one(
 
 
 @pytest.mark.integration
-def test_fifo_keeps_order_per_group_across_1000_messages(
-    make_queue: Any, adapters: Any
-) -> None:
+def test_fifo_keeps_order_per_group_across_1000_messages(make_queue: Any, adapters: Any) -> None:
     name, _ = make_queue(fifo=True)
     producer, consumer = adapters(name), adapters(name)
     groups = ["alpha", "beta", "gamma", "delta"]
@@ -368,8 +389,9 @@ def test_fifo_keeps_order_per_group_across_1000_messages(
 
     worker = start(consume, name="fifo-consumer")  # consume while producing: shallow queue
     for first in range(0, total, 10):
-        batch = [bag(json.dumps({"seq": i}), category=groups[i % 4]) for i in
-                 range(first, first + 10)]
+        batch = [
+            bag(json.dumps({"seq": i}), category=groups[i % 4]) for i in range(first, first + 10)
+        ]
         assert producer.send_batch(batch) == [None] * 10
     worker.outcome(timeout=120)
     for g, seqs in got.items():
@@ -410,10 +432,14 @@ def test_raw_boto3_message_arrives_with_category_and_source(
 ) -> None:
     # What a Go service built on fogfish/swarm sends: JSON body, two String attributes.
     name, url = make_queue()
-    sqs.send_message(QueueUrl=url, MessageBody='{"id":"go-1","amount":2.5}', MessageAttributes={
-        "Category": {"DataType": "String", "StringValue": "Order"},
-        "Source": {"DataType": "String", "StringValue": "go-service"},
-    })
+    sqs.send_message(
+        QueueUrl=url,
+        MessageBody='{"id":"go-1","amount":2.5}',
+        MessageAttributes={
+            "Category": {"DataType": "String", "StringValue": "Order"},
+            "Source": {"DataType": "String", "StringValue": "go-service"},
+        },
+    )
     sqs.send_message(QueueUrl=url, MessageBody='{"bare":true}')  # no attributes at all
     got = {b.body: b for b in drain(adapters(name), 2)}
     typed = got[b'{"id":"go-1","amount":2.5}']
@@ -430,11 +456,13 @@ def test_qchan_message_is_plain_json_with_string_attributes(
     name, url = make_queue()
     body = '{"id": "py-1", "amount": 9.5}'
     assert adapters(name).send_batch([bag(body)]) == [None]
-    m = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2,
-                            MessageAttributeNames=["All"])["Messages"][0]
+    m = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2, MessageAttributeNames=["All"])[
+        "Messages"
+    ][0]
     assert m["Body"] == body
     assert m["MessageAttributes"] == {
-        k: {"DataType": "String", "StringValue": v} for k, v in ATTRS.items()}
+        k: {"DataType": "String", "StringValue": v} for k, v in ATTRS.items()
+    }
     sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
@@ -553,8 +581,15 @@ def test_endpoint_down_at_start_then_back(sqs_endpoint: str) -> None:
             a.receive(10, 1)
         with MotoServer(port):
             # The kernel would retry with backoff; here we retry by hand.
-            outcomes = wait_for(lambda: (o := a.send_batch([bag("early-1"), bag("early-2")]))
-                                and all(x is None for x in o) and o, 30, "sends to succeed")
+            outcomes = wait_for(
+                lambda: (
+                    (o := a.send_batch([bag("early-1"), bag("early-2")]))
+                    and all(x is None for x in o)
+                    and o
+                ),
+                30,
+                "sends to succeed",
+            )
             assert sorted(b.body for b in drain(a, 2)) == [b"early-1", b"early-2"]
     finally:
         a.close()
@@ -569,9 +604,7 @@ def test_repr_names_queue_and_endpoint_only(make_queue: Any, adapters: Any) -> N
 
 
 @pytest.mark.integration
-def test_concurrent_send_receive_ack_from_several_threads(
-    make_queue: Any, adapters: Any
-) -> None:
+def test_concurrent_send_receive_ack_from_several_threads(make_queue: Any, adapters: Any) -> None:
     # The kernel calls send_batch, receive and ack from different threads.
     name, _ = make_queue()
     a = adapters(name)
@@ -587,9 +620,15 @@ def test_concurrent_send_receive_ack_from_several_threads(
                 got.extend(b.body for b in batch)
 
     consumers = [start(consume, name=f"c{i}") for i in range(2)]
-    producers = [start(lambda k=k: [a.send_batch([bag(f"{k}-{i + j}") for j in range(10)])
-                                    for i in range(0, n // 3, 10)], name=f"p{k}")
-                 for k in range(3)]
+    producers = [
+        start(
+            lambda k=k: [
+                a.send_batch([bag(f"{k}-{i + j}") for j in range(10)]) for i in range(0, n // 3, 10)
+            ],
+            name=f"p{k}",
+        )
+        for k in range(3)
+    ]
     for p in producers:
         assert all(o is None for batch in p.outcome(60) for o in batch)
     wait_for(lambda: len(got) >= n, 60, f"{n} messages")
@@ -638,10 +677,14 @@ def test_boto3_message_arrives_typed_and_qchan_message_reads_as_plain_json(
     make_queue: Any, sqs: Any, sqs_endpoint: str
 ) -> None:
     name, url = make_queue()
-    sqs.send_message(QueueUrl=url, MessageBody='{"id": "go-7", "amount": 7.5}',
-                     MessageAttributes={
-                         "Category": {"DataType": "String", "StringValue": "Order"},
-                         "Source": {"DataType": "String", "StringValue": "go-swarm"}})
+    sqs.send_message(
+        QueueUrl=url,
+        MessageBody='{"id": "go-7", "amount": 7.5}',
+        MessageAttributes={
+            "Category": {"DataType": "String", "StringValue": "Order"},
+            "Source": {"DataType": "String", "StringValue": "go-swarm"},
+        },
+    )
     with connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1, agent="py") as q:
         with dequeue(Order, q) as (rcv, ack):
             m = rcv.recv(timeout=20)
@@ -650,21 +693,25 @@ def test_boto3_message_arrives_typed_and_qchan_message_reads_as_plain_json(
         assert m.category == "Order" and m.attributes["Source"] == "go-swarm"
         with enqueue(Order, q) as (out, _):
             out.send(Order("py-8", 8.0))
-    raw = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5,
-                              MessageAttributeNames=["All"])["Messages"][0]
+    raw = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, MessageAttributeNames=["All"])[
+        "Messages"
+    ][0]
     assert json.loads(raw["Body"]) == {"id": "py-8", "amount": 8.0}
     assert {k: v["StringValue"] for k, v in raw["MessageAttributes"].items()} == {
-        "Category": "Order", "Source": "py", "System": "sqs", "Queue": name}
+        "Category": "Order",
+        "Source": "py",
+        "System": "sqs",
+        "Queue": name,
+    }
     assert all(v["DataType"] == "String" for v in raw["MessageAttributes"].values())
 
 
 @pytest.mark.integration
-def test_oversized_message_goes_to_dlq_without_retries(
-    make_queue: Any, sqs_endpoint: str
-) -> None:
+def test_oversized_message_goes_to_dlq_without_retries(make_queue: Any, sqs_endpoint: str) -> None:
     name, _ = make_queue(MaximumMessageSize="1024")
-    with connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1,
-                 retry=Constant(0.01, max_attempts=5)) as q:
+    with connect(
+        sqs_url(sqs_endpoint, name), wait=1, poll_wait=1, retry=Constant(0.01, max_attempts=5)
+    ) as q:
         big = Order("x" * 2000, 1.0)
         with enqueue(Order, q) as (out, dlq):
             out.send(Order("small", 1.0))
@@ -687,8 +734,15 @@ def test_endpoint_down_at_start_retries_then_delivers_everything(
 ) -> None:
     port = free_port()
     url = sqs_url(f"http://127.0.0.1:{port}", f"qchan-late-{uuid.uuid4().hex[:8]}")
-    q = connect(url, create=True, wait=1, poll_wait=1, max_attempts=1, connect_timeout=1,
-                retry=Constant(0.2, max_attempts=None, max_elapsed=60))
+    q = connect(
+        url,
+        create=True,
+        wait=1,
+        poll_wait=1,
+        max_attempts=1,
+        connect_timeout=1,
+        retry=Constant(0.2, max_attempts=None, max_elapsed=60),
+    )
     server = MotoServer(port)
     try:
         out, dlq = enqueue(Order, q, policy=AT_MOST_ONCE, capacity=100)
@@ -761,8 +815,13 @@ def test_crash_before_ack_redelivers_after_the_visibility_timeout(
     url = sqs_url(sqs_endpoint, name)
     with connect(url, wait=1, poll_wait=1) as q, enqueue(Order, q) as (out, _):
         out.send(Order("crash-1", 1.0))
-    child = subprocess.run([sys.executable, "-c", CRASHING_CONSUMER, url], capture_output=True,
-                           timeout=60, text=True, check=False)
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_CONSUMER, url],
+        capture_output=True,
+        timeout=60,
+        text=True,
+        check=False,
+    )
     assert child.returncode == 3, child.stderr
     assert child.stdout.strip() == "crash-1"
     t0 = time.monotonic()
@@ -800,15 +859,24 @@ def test_poison_is_left_for_the_redrive_policy(
 ) -> None:
     dlq_name, dlq_url = make_queue(fifo=fifo)
     arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
-    name, _ = make_queue(fifo=fifo, VisibilityTimeout="1", RedrivePolicy=json.dumps({
-        "deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 2}))
+    name, _ = make_queue(
+        fifo=fifo,
+        VisibilityTimeout="1",
+        RedrivePolicy=json.dumps(
+            {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 2}
+        ),
+    )
     poison = b"\xff{not json"  # not UTF-8 either: base64 on the wire
     assert adapters(name).send_batch([bag(poison), bag('{"id": "good", "amount": 1.0}')]) == [
-        None, None]
+        None,
+        None,
+    ]
     errors: Chan[Exception] = Chan(16)
     dlq = adapters(dlq_name)
-    with connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1, errors=errors) as q, \
-            dequeue(Order, q) as (rcv, ack):
+    with (
+        connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1, errors=errors) as q,
+        dequeue(Order, q) as (rcv, ack),
+    ):
         m = rcv.recv(timeout=20)
         ack.send(m)
         # Reported, left in the queue, redelivered after 1 s, reported again;
@@ -828,8 +896,13 @@ def test_poison_is_left_for_the_redrive_policy(
     ("fifo", "in_flight"), [(False, 500), (True, 20)], ids=["standard-default", "fifo-20"]
 )
 def test_a_slow_consumer_never_sends_a_message_to_the_redrive_dlq(
-    fifo: bool, in_flight: int, make_queue: Any, sqs: Any, sqs_endpoint: str,
-    *, adapters: Any,
+    fifo: bool,
+    in_flight: int,
+    make_queue: Any,
+    sqs: Any,
+    sqs_endpoint: str,
+    *,
+    adapters: Any,
 ) -> None:
     """Issue 13 on SQS: with maxReceiveCount=2, a receive the application never saw (a
     release at visibility 0 while the kernel holds) would send messages to the DLQ.
@@ -837,8 +910,13 @@ def test_a_slow_consumer_never_sends_a_message_to_the_redrive_dlq(
     order on a FIFO queue (one producer, one consumer, one message group)."""
     dlq_name, dlq_url = make_queue(fifo=fifo)
     arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
-    name, _ = make_queue(fifo=fifo, VisibilityTimeout="30", RedrivePolicy=json.dumps({
-        "deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 2}))
+    name, _ = make_queue(
+        fifo=fifo,
+        VisibilityTimeout="30",
+        RedrivePolicy=json.dumps(
+            {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 2}
+        ),
+    )
     n = 600
     with connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1, in_flight=in_flight) as q:
         got = slow_consume(q, n, work=0.001)
@@ -863,15 +941,16 @@ class TestSQSConformance(Conformance):
     redelivery_after = 2.0
 
     @pytest.fixture
-    def adapter_factory(
-        self, sqs_endpoint: str, sqs: Any
-    ) -> Iterator[Callable[[str], Adapter]]:
+    def adapter_factory(self, sqs_endpoint: str, sqs: Any) -> Iterator[Callable[[str], Adapter]]:
         urls: set[str] = set()
 
         def make(name: str) -> Adapter:
-            a = from_url(sqs_url(sqs_endpoint, name + (".fifo" if self.fifo else "")),
-                         create=True, wait=1, queue_attributes={
-                             "VisibilityTimeout": str(int(self.redelivery_after))})
+            a = from_url(
+                sqs_url(sqs_endpoint, name + (".fifo" if self.fifo else "")),
+                create=True,
+                wait=1,
+                queue_attributes={"VisibilityTimeout": str(int(self.redelivery_after))},
+            )
             urls.add(a.queue_url)
             return a
 
@@ -892,8 +971,10 @@ class TestSQSFifoConformance(TestSQSConformance):
     def test_poison_payload_goes_to_errors_and_the_worker_keeps_going(
         self, open_queue: Callable[..., Any], inject: Callable[[list[Bag]], None]
     ) -> None:
-        pytest.skip("on FIFO, a poison message blocks its group until the queue's redrive "
-                    "policy moves it: test_poison_is_left_for_the_redrive_policy[fifo]")
+        pytest.skip(
+            "on FIFO, a poison message blocks its group until the queue's redrive "
+            "policy moves it: test_poison_is_left_for_the_redrive_policy[fifo]"
+        )
 
 
 @pytest.mark.integration
@@ -906,8 +987,13 @@ def test_serve_retries_with_visibility_then_gives_up_to_the_redrive_dlq(
     dead-letter queue at once, attributes intact."""
     dlq_name, dlq_url = make_queue(fifo=fifo)
     arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
-    name, _ = make_queue(fifo=fifo, VisibilityTimeout="30", RedrivePolicy=json.dumps({
-        "deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 10}))
+    name, _ = make_queue(
+        fifo=fifo,
+        VisibilityTimeout="30",
+        RedrivePolicy=json.dumps(
+            {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 10}
+        ),
+    )
     calls, handle = outage_then_invalid()
     stop = threading.Event()
 

@@ -20,7 +20,9 @@ QCHAN = [sys.executable, "-m", "qchan"]
 
 
 def run(
-    argv: list[str], stdin: str = "", monkeypatch: pytest.MonkeyPatch | None = None,
+    argv: list[str],
+    stdin: str = "",
+    monkeypatch: pytest.MonkeyPatch | None = None,
     capsys: pytest.CaptureFixture[str] | None = None,
 ) -> tuple[int, str, str]:
     assert monkeypatch is not None and capsys is not None
@@ -39,12 +41,12 @@ def test_send_then_listen_round_trip(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = '{"id": 1, "item": "tea"}\n\n{"id": 2}\n"just text"\n'
-    code, _, err = run(["send", f"mem://{name}", "--category", "order"], lines, monkeypatch,
-                       capsys)
+    code, _, err = run(["send", f"mem://{name}", "--category", "order"], lines, monkeypatch, capsys)
     assert code == 0, err
     assert "sent 3 message(s)" in err and "0 not delivered" in err
-    code, out, err = run(["listen", f"mem://{name}", "--count", "3", "--timeout", "5"], "",
-                         monkeypatch, capsys)
+    code, out, err = run(
+        ["listen", f"mem://{name}", "--count", "3", "--timeout", "5"], "", monkeypatch, capsys
+    )
     assert code == 0, err
     got = [json.loads(line) for line in out.splitlines()]
     assert [g["body"] for g in got] == [{"id": 1, "item": "tea"}, {"id": 2}, "just text"]
@@ -65,8 +67,9 @@ def test_a_bad_line_sends_nothing_and_says_which_and_why(
 def test_stream_mode_stops_at_the_bad_line(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(["send", f"mem://{name}", "--stream"], '{"a": 1}\nnope\n{"b": 2}\n',
-                       monkeypatch, capsys)
+    code, _, err = run(
+        ["send", f"mem://{name}", "--stream"], '{"a": 1}\nnope\n{"b": 2}\n', monkeypatch, capsys
+    )
     assert code == 2
     assert "stopped at line 2" in err and "the 1 line(s) before it were sent" in err
     assert broker(name).depth == 1
@@ -76,8 +79,9 @@ def test_listen_no_ack_leaves_the_messages(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run(["send", f"mem://{name}"], '{"a": 1}\n', monkeypatch, capsys)
-    code, out, _ = run(["listen", f"mem://{name}", "--count", "1", "--no-ack"], "", monkeypatch,
-                       capsys)
+    code, out, _ = run(
+        ["listen", f"mem://{name}", "--count", "1", "--no-ack"], "", monkeypatch, capsys
+    )
     assert code == 0 and json.loads(out)["body"] == {"a": 1}
     assert broker(name).depth == 1  # released at close, not acked
 
@@ -95,8 +99,9 @@ def test_listen_prints_binary_bodies_as_base64(
 def test_listen_timeout_without_messages(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(["listen", f"mem://{name}", "--count", "1", "--timeout", "0.2"], "",
-                         monkeypatch, capsys)
+    code, out, err = run(
+        ["listen", f"mem://{name}", "--count", "1", "--timeout", "0.2"], "", monkeypatch, capsys
+    )
     assert (code, out) == (1, "")
     assert "no message within 0.2 s" in err
 
@@ -136,8 +141,9 @@ def test_unreachable_broker_exit_1_and_the_password_stays_hidden(
 def test_bench_reports_rates_and_latency(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(["bench", f"mem://{name}", "--count", "500", "--size", "200"], "",
-                         monkeypatch, capsys)
+    code, out, err = run(
+        ["bench", f"mem://{name}", "--count", "500", "--size", "200"], "", monkeypatch, capsys
+    )
     assert code == 0, err
     for label in ("enqueue", "dequeue + ack", "end to end", "latency p50 / p99"):
         assert label in out
@@ -152,8 +158,13 @@ def test_help_and_module_entry_point() -> None:
 
 
 def test_demo_accounts_for_every_message() -> None:
-    proc = subprocess.run([*QCHAN, "demo", "--count", "2000", "--quiet"], capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [*QCHAN, "demo", "--count", "2000", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.splitlines()[-1].split()
     assert last[-5:] == ["every", "message", "accounted", "for", "yes"], proc.stdout
@@ -167,11 +178,22 @@ def test_send_and_listen_across_processes_over_rabbitmq() -> None:
     url = f"amqp://guest:guest@127.0.0.1:5672/%2F?queue={queue}"
     lines = "".join(json.dumps({"n": i}) + "\n" for i in range(20))
     try:
-        sent = subprocess.run([*QCHAN, "send", url], input=lines, capture_output=True, check=False,
-                              text=True, timeout=60)
+        sent = subprocess.run(
+            [*QCHAN, "send", url],
+            input=lines,
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=60,
+        )
         assert sent.returncode == 0, sent.stderr
-        heard = subprocess.run([*QCHAN, "listen", url, "--count", "20", "--timeout", "20"],
-                               capture_output=True, text=True, timeout=60, check=False)
+        heard = subprocess.run(
+            [*QCHAN, "listen", url, "--count", "20", "--timeout", "20"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert heard.returncode == 0, heard.stderr
         assert sorted(json.loads(x)["body"]["n"] for x in heard.stdout.splitlines()) == list(
             range(20)
@@ -202,8 +224,9 @@ def test_an_unreachable_kafka_says_so_in_a_few_lines_within_retry_seconds(quiet:
     url = f"kafka://127.0.0.1:{_free_port()}/t"
     argv = [*QCHAN, "send", url, "--retry-seconds", "3", *(["--quiet"] if quiet else [])]
     started = time.monotonic()
-    done = subprocess.run(argv, input='{"a": 1}\n', capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        argv, input='{"a": 1}\n', capture_output=True, text=True, timeout=60, check=False
+    )
     elapsed = time.monotonic() - started
     lines = done.stderr.splitlines()
     assert done.returncode == 1, done.stderr
@@ -216,8 +239,13 @@ def test_an_unreachable_kafka_says_so_in_a_few_lines_within_retry_seconds(quiet:
 @pytest.mark.integration
 def test_listen_exits_1_when_the_broker_cannot_be_reached() -> None:
     url = f"amqp://guest:guest@127.0.0.1:{_free_port()}/%2F?queue=nowhere"
-    done = subprocess.run([*QCHAN, "listen", url, "--timeout", "2"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [*QCHAN, "listen", url, "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1, done.stderr
     assert "could not be reached" in done.stderr and "Connection refused" in done.stderr
 

@@ -40,7 +40,9 @@ def test_attrs_class_round_trip_with_nesting_and_datetime() -> None:
     inv = Invoice("i1", [Line("a", 2)], datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
     data = c.encode(inv)
     assert json.loads(data) == {
-        "id": "i1", "lines": [{"sku": "a", "qty": 2}], "issued": "2026-01-02T03:04:00+00:00",
+        "id": "i1",
+        "lines": [{"sku": "a", "qty": 2}],
+        "issued": "2026-01-02T03:04:00+00:00",
         "note": None,
     }
     assert c.decode(data) == inv

@@ -99,9 +99,11 @@ def test_queue_options_may_come_from_the_url_and_a_keyword_wins(url: str) -> Non
 def test_every_transport_suggests_the_nearest_name(
     target: str, options: dict[str, Any], said: str
 ) -> None:
-    pytest.importorskip({"kafka": "confluent_kafka", "amqp": "pika", "sqs": "boto3"}[
-        target.split(":", maxsplit=1)[0]
-    ])
+    pytest.importorskip(
+        {"kafka": "confluent_kafka", "amqp": "pika", "sqs": "boto3"}[
+            target.split(":", maxsplit=1)[0]
+        ]
+    )
     with pytest.raises(TypeError) as info:  # OptionError for a keyword, URLOptionError in a URL
         connect(target, **options)
     assert said in str(info.value)
@@ -139,9 +141,19 @@ def test_endpoints_check_their_arguments(url: str) -> None:
 def test_a_good_queue_with_every_option_opens(url: str) -> None:
     errors: Chan[Exception] = Chan(10)
     q = Queue(
-        EmbeddedAdapter(url[6:]), agent="a", system="s", batch_size=10, linger=0, retry=Constant(),
-        poll_wait=0.1, in_flight=10, time_to_flight=1, ack_linger=0, heartbeat=0.5,
-        errors=errors, close_timeout=1,
+        EmbeddedAdapter(url[6:]),
+        agent="a",
+        system="s",
+        batch_size=10,
+        linger=0,
+        retry=Constant(),
+        poll_wait=0.1,
+        in_flight=10,
+        time_to_flight=1,
+        ack_linger=0,
+        heartbeat=0.5,
+        errors=errors,
+        close_timeout=1,
     )
     q.close()
 

@@ -28,7 +28,8 @@ from qchan.adapters.embedded import Broker, broker
 
 EXAMPLE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "examples", "django_worker",
+    "examples",
+    "django_worker",
 )
 ORDER = {"customer": "ann", "item": "book", "quantity": 2}
 SUMMARY = re.compile(r"handled (\d+) order\(s\), (\d+) failed")
@@ -43,8 +44,11 @@ def django_project() -> Iterator[None]:
     # The example's LOGGING configures the "qchan" logger, and Django sets the process's
     # time zone (TZ) from TIME_ZONE: give both back as they were.
     tz = os.environ.get("TZ")
-    saved = {name: (lg.level, list(lg.handlers), lg.propagate) for name in ("qchan", "orders")
-             for lg in [logging.getLogger(name)]}
+    saved = {
+        name: (lg.level, list(lg.handlers), lg.propagate)
+        for name in ("qchan", "orders")
+        for lg in [logging.getLogger(name)]
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(EXAMPLE)
         mp.setenv("DJANGO_SETTINGS_MODULE", "worker_site.settings")
@@ -78,7 +82,10 @@ def queue_name() -> Iterator[str]:
 
 
 def post(
-    client: Client, body: Any = None, raw: bytes | None = None, path: str = "/orders/",
+    client: Client,
+    body: Any = None,
+    raw: bytes | None = None,
+    path: str = "/orders/",
 ) -> Any:
     data = raw if raw is not None else json.dumps(body)
     return client.post(path, data=data, content_type="application/json")
@@ -98,7 +105,13 @@ def test_the_view_enqueues_and_the_worker_handles_and_acks_every_order(queue_nam
     assert len(ids) == 10 and broker(queue_name).depth == 10  # synchronous: all on the broker
     out = io.StringIO()
     summary = start(
-        call_command, "qchan_worker", "--workers", "1", "--count", "10", stdout=out,
+        call_command,
+        "qchan_worker",
+        "--workers",
+        "1",
+        "--count",
+        "10",
+        stdout=out,
     ).outcome(20)
     assert SUMMARY.search(summary).groups() == ("10", "0")  # type: ignore[union-attr]
     assert "handling orders from mem://" in out.getvalue()
@@ -111,8 +124,11 @@ def test_the_worker_runs_until_its_stop_event_with_several_workers(queue_name: s
     client = Client()
     for i in range(20):  # posted while the worker runs
         assert post(client, {**ORDER, "id": f"o-{i}"}).status_code == 202
-    wait_for(lambda: broker(queue_name).depth == 0 and broker(queue_name).in_flight == 0,
-             timeout=10, what="every order handled and acked")
+    wait_for(
+        lambda: broker(queue_name).depth == 0 and broker(queue_name).in_flight == 0,
+        timeout=10,
+        what="every order handled and acked",
+    )
     assert worker.is_alive()  # only the event stops it
     stop.set()
     summary = worker.outcome(20)
@@ -122,7 +138,8 @@ def test_the_worker_runs_until_its_stop_event_with_several_workers(queue_name: s
 
 
 def test_a_failing_handler_nacks_and_the_order_comes_back(
-    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from orders.handlers import OrderHandler
 
@@ -138,7 +155,13 @@ def test_a_failing_handler_nacks_and_the_order_comes_back(
     monkeypatch.setattr(OrderHandler, "__call__", flaky)
     assert post(Client(), {**ORDER, "id": "flaky"}).status_code == 202
     summary = start(
-        call_command, "qchan_worker", "--workers", "1", "--count", "1", stdout=io.StringIO(),
+        call_command,
+        "qchan_worker",
+        "--workers",
+        "1",
+        "--count",
+        "1",
+        stdout=io.StringIO(),
     ).outcome(20)
     assert SUMMARY.search(summary).groups() == ("1", "1")  # type: ignore[union-attr]
     assert calls == ["flaky", "flaky"] and drained(broker(queue_name))
@@ -155,7 +178,9 @@ def test_a_failing_handler_nacks_and_the_order_comes_back(
     ids=["malformed", "missing", "wrong-type", "invalid"],
 )
 def test_a_bad_body_is_a_400_that_names_the_problem(
-    queue_name: str, raw: bytes, expected: str,
+    queue_name: str,
+    raw: bytes,
+    expected: str,
 ) -> None:
     resp = post(Client(), raw=raw)
     assert resp.status_code == 400 and expected in resp.json()["error"]
@@ -203,7 +228,10 @@ def test_manage_py_qchan_worker_stops_gracefully_on_a_signal(sig: signal.Signals
     """A real process: `python manage.py qchan_worker`, a signal once it runs, exit 0."""
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "qchan_worker", "--workers", "2"],
-        cwd=EXAMPLE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=EXAMPLE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "QCHAN_URL": "mem://sigterm-test"},
     )
     try:

@@ -97,8 +97,17 @@ def test_a_client_chosen_id_is_kept(make: Any) -> None:
         (b'{"customer": " ", "item": "book", "quantity": 1}', "customer must not be empty"),
         (b'{"customer": "a", "item": "b", "quantity": 1, "qty": 1}', "extra fields found (qty)"),
     ],
-    ids=["truncated", "not-utf8", "list", "missing", "str-int", "float-int", "zero", "blank",
-         "extra"],
+    ids=[
+        "truncated",
+        "not-utf8",
+        "list",
+        "missing",
+        "str-int",
+        "float-int",
+        "zero",
+        "blank",
+        "extra",
+    ],
 )
 def test_a_bad_body_is_a_400_that_names_the_problem(make: Any, body: bytes, expected: str) -> None:
     ex = make()
@@ -177,7 +186,11 @@ def test_the_process_exits_cleanly_with_the_queue_open() -> None:
         "print(resp.status_code, flush=True)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert (proc.returncode, proc.stdout.strip()) == (0, "202"), proc.stderr
     assert "Traceback" not in proc.stderr

@@ -30,9 +30,7 @@ from qchan.testing import Faulty, Order, Spy, Wrapped
 # -- emitter: failures, dead letters, the delayed guarantee -------------------
 
 
-def test_leaving_enqueue_raises_for_undrained_dead_letters(
-    queues: list[Queue], name: str
-) -> None:
+def test_leaving_enqueue_raises_for_undrained_dead_letters(queues: list[Queue], name: str) -> None:
     q = open_q(queues, name, Faulty(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=2))
     sent = Order("x", 1.0)
     with pytest.raises(EnqueueError) as info, enqueue(Order, q) as (out, _):
@@ -94,8 +92,13 @@ def test_a_run_with_a_bad_or_traced_object_keeps_order_and_loses_nothing(
         emitter = q._emitter
         assert emitter is not None
         sender = Sender(
-            category="Order", codec=codec_for(Order), attributes={"Category": "Order"},
-            out=None, dlq=Chan(4), key=None, is_event=False,
+            category="Order",
+            codec=codec_for(Order),
+            attributes={"Category": "Order"},
+            out=None,
+            dlq=Chan(4),
+            key=None,
+            is_event=False,
         )
         batch = Outgoing()
         trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
@@ -104,7 +107,9 @@ def test_a_run_with_a_bad_or_traced_object_keeps_order_and_loses_nothing(
         assert batch.objs == [Order("a", 1.0), Order("b", 2.0), Order("c", 3.0)]
         assert [json.loads(b.body)["id"] for b in batch.bags] == ["a", "b", "c"]
         assert [b.attributes.get("traceparent") for b in batch.bags] == [
-            None, trace["traceparent"], None,
+            None,
+            trace["traceparent"],
+            None,
         ]
         assert batch.origins == [sender] * 3
         assert len({b.id for b in batch.bags}) == 3

@@ -113,8 +113,13 @@ def test_emitter_failure_fails_the_queue_and_names_every_message(
     name: str, crit_logs: pytest.LogCaptureFixture
 ) -> None:
     errors = _errors()
-    q = Queue(Faulty(EmbeddedAdapter(name)), retry=BrokenBackoff(), errors=errors,
-              close_timeout=CLOSE, linger=0.001)
+    q = Queue(
+        Faulty(EmbeddedAdapter(name)),
+        retry=BrokenBackoff(),
+        errors=errors,
+        close_timeout=CLOSE,
+        linger=0.001,
+    )
     accepted: list[Order] = []
     started = time.monotonic()
     raised: list[QueueFailed] = []
@@ -155,8 +160,13 @@ def test_emitter_failure_fails_the_queue_and_names_every_message(
 
 def test_a_send_blocked_on_a_failed_queue_raises_within_a_second(name: str) -> None:
     errors = _errors()
-    q = Queue(Faulty(EmbeddedAdapter(name)), retry=BrokenBackoff(), errors=errors,
-              close_timeout=CLOSE, batch_size=1)
+    q = Queue(
+        Faulty(EmbeddedAdapter(name)),
+        retry=BrokenBackoff(),
+        errors=errors,
+        close_timeout=CLOSE,
+        batch_size=1,
+    )
     gate = threading.Event()
 
     class Gated(BrokenBackoff):
@@ -353,8 +363,9 @@ class Crashes(Wrapped):
 
 def test_a_send_side_adapter_bug_is_named_on_dlq_not_lost(name: str) -> None:
     """An adapter returning garbage: each message fails, is retried, then handed back."""
-    q = Queue(NoOutcomes(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=2),
-              close_timeout=CLOSE)
+    q = Queue(
+        NoOutcomes(EmbeddedAdapter(name)), retry=Constant(0.0, max_attempts=2), close_timeout=CLOSE
+    )
     with q, enqueue(Order, q) as (out, dlq):
         out.send(Order(id="1", amount=1.0))
         msg = dlq.recv(timeout=5.0)

@@ -40,9 +40,7 @@ class Gated(Spy):
 # -- at-least-once: a send joins the batch being gathered --------------------------
 
 
-def test_at_least_once_sends_join_the_batch_being_gathered(
-    queues: list[Queue], name: str
-) -> None:
+def test_at_least_once_sends_join_the_batch_being_gathered(queues: list[Queue], name: str) -> None:
     """While the emitter gathers, a send returns without waiting for the emitter
     thread to take it (no thread switch per message), up to the batch's room."""
     spy = Spy(EmbeddedAdapter(name))
@@ -56,9 +54,7 @@ def test_at_least_once_sends_join_the_batch_being_gathered(
     assert broker(name).depth == 50
 
 
-def test_at_least_once_sends_wait_while_the_emitter_sends(
-    queues: list[Queue], name: str
-) -> None:
+def test_at_least_once_sends_wait_while_the_emitter_sends(queues: list[Queue], name: str) -> None:
     """The room is lent only while gathering: during a send the channel is unbuffered."""
     gated = Gated(EmbeddedAdapter(name))
     q = Queue(gated, batch_size=10, linger=0.0)
@@ -114,9 +110,7 @@ class Piped(Wrapped):
     def _send(self, bags: Sequence[Bag]) -> list[BaseException | None]:
         good = [b for b in bags if not (self.poison and self.poison.encode() in b.body)]
         results = iter(self.inner.send_batch(good))
-        return [
-            next(results) if b in good else ConnectionLost("injected failure") for b in bags
-        ]
+        return [next(results) if b in good else ConnectionLost("injected failure") for b in bags]
 
     def submit(self, bags: Sequence[Bag]) -> Sending:
         sending = _Later(self, self._send(bags))
@@ -220,6 +214,7 @@ def test_a_wrapped_adapter_keeps_the_pipelined_path() -> None:
     """`Wrapped` forwards `pipeline` and `submit`: a wrapped Kafka adapter once ran the
     non-pipelined path (one send_batch at a time) without a word; a `Spy` still sees
     every batch."""
+
     class Submitting(EmbeddedAdapter):
         pipeline = 3
 

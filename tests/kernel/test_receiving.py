@@ -150,7 +150,7 @@ def test_a_slow_consumer_makes_the_poller_hold_never_idle(queues: list[Queue], n
     wait_for(lambda: rec.calls[-1:] == ["idle"], what="idle once nobody listens")
     assert got == [str(i) for i in range(n)]
     assert "hold" in open_calls, "the in-flight limit was never reached"
-    assert "idle" not in open_calls[open_calls.index("receive"):], open_calls
+    assert "idle" not in open_calls[open_calls.index("receive") :], open_calls
     assert rec.given_back == 0
     assert q.stats().redelivered == 0
 
@@ -244,8 +244,12 @@ def test_catch_all_and_no_category_channels(queues: list[Queue], name: str) -> N
         Bag("", b"plain", {}, id="no-category"),
         Bag("Whatever", b'{"k": 1}', {"Category": "Whatever"}, id="other"),
     )
-    with dequeue(bytes, q, category="") as (bare, a1), dequeue(bytes, q, category="*") as (
-        anything, a2,
+    with (
+        dequeue(bytes, q, category="") as (bare, a1),
+        dequeue(bytes, q, category="*") as (
+            anything,
+            a2,
+        ),
     ):
         m1 = bare.recv(timeout=5)
         m2 = anything.recv(timeout=5)
@@ -388,11 +392,13 @@ def test_the_adapter_is_told_why_each_message_failed(queues: list[Queue], name: 
             again.add(m.object.id)
             ack.send(m)
     assert m0.bag is not None and m1.bag is not None and m2.bag is not None
-    assert sorted(adapter.failed) == sorted([
-        (m0.bag.body, "ValueError('no such customer')", 0.0),
-        (m1.bag.body, "RuntimeError('busy')", 0.1),
-        (m2.bag.body, "TimeoutError('not acked within time_to_flight=0.3 s')", 0.0),
-    ])
+    assert sorted(adapter.failed) == sorted(
+        [
+            (m0.bag.body, "ValueError('no such customer')", 0.0),
+            (m1.bag.body, "RuntimeError('busy')", 0.1),
+            (m2.bag.body, "TimeoutError('not acked within time_to_flight=0.3 s')", 0.0),
+        ]
+    )
     assert (q.stats().nacked, q.stats().expired) == (2, 1)
 
 
@@ -410,9 +416,7 @@ def test_close_releases_delivered_and_buffered_messages_at_once(
     assert broker(name).depth == 5 and broker(name).in_flight == 0
 
 
-def test_leaving_dequeue_applies_acks_and_releases_the_rest(
-    queues: list[Queue], name: str
-) -> None:
+def test_leaving_dequeue_applies_acks_and_releases_the_rest(queues: list[Queue], name: str) -> None:
     q = open_q(queues, name)
     with enqueue(Order, q) as (out, _):
         for i in range(5):

@@ -106,8 +106,20 @@ def test_kernel_workers_never_see_the_queue() -> None:
 def test_the_core_below_the_kernel_imports_no_kernel_nor_application_module() -> None:
     """Channels, messages, codecs and the adapter contract stand on their own."""
     graph = _graph()
-    base = ["chan", "select", "errors", "message", "event", "codec", "retry", "adapter",
-            "urls", "options", "logs", "tracing"]
+    base = [
+        "chan",
+        "select",
+        "errors",
+        "message",
+        "event",
+        "codec",
+        "retry",
+        "adapter",
+        "urls",
+        "options",
+        "logs",
+        "tracing",
+    ]
     above = ("qchan.kernel", "qchan.cli", "qchan.testing", "qchan.endpoints", "qchan.worker")
     for name in base:
         bad = {m for m in graph[f"qchan.{name}"] if m.startswith(above)}
@@ -118,6 +130,9 @@ def test_adapters_import_the_contract_not_the_kernel() -> None:
     graph = _graph()
     for name, imports in graph.items():
         if name.startswith("qchan.adapters"):
-            bad = {m for m in imports if m.startswith(("qchan.kernel", "qchan.cli",
-                                                       "qchan.endpoints", "qchan.worker"))}
+            bad = {
+                m
+                for m in imports
+                if m.startswith(("qchan.kernel", "qchan.cli", "qchan.endpoints", "qchan.worker"))
+            }
             assert not bad, f"{name} imports {bad}"

@@ -26,14 +26,27 @@ KAFKA = [
 @pytest.mark.integration
 def test_each_broker_fixture_starts_once_per_session() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "--setup-show", "-p", "no:cacheprovider",
-         *(str(TESTS / t) for t in SQS + KAFKA)],
-        cwd=TESTS.parent, capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--setup-show",
+            "-p",
+            "no:cacheprovider",
+            *(str(TESTS / t) for t in SQS + KAFKA),
+        ],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     setups = [  # "SETUP    S kafka_cluster (fixtures used: tmp_path_factory)"
         line.split("SETUP    S ", 1)[1].split()[0]
-        for line in run.stdout.splitlines() if "SETUP    S " in line
+        for line in run.stdout.splitlines()
+        if "SETUP    S " in line
     ]
     assert setups.count("sqs_endpoint") == 1, setups
     assert setups.count("kafka_cluster") == 1, setups

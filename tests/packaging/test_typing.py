@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-USER_CODE = '''
+USER_CODE = """
 import attrs
 from qchan import connect, dequeue, enqueue, Msg
 
@@ -28,22 +28,26 @@ def main() -> None:
                 reveal_type(msg.object)
                 handle(msg.object)
                 ack.send(msg)
-'''
+"""
 
-MISTAKE = '''
+MISTAKE = """
 from qchan import connect, enqueue
 
 def main() -> None:
     with connect("mem://orders") as q, enqueue(int, q) as (out, _):
         out.send("not an int")
-'''
+"""
 
 
 def _mypy(tmp_path: pathlib.Path, code: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "user.py").write_text(code)
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "user.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -57,6 +61,4 @@ def test_mypy_on_a_user_module_resolves_every_qchan_type(tmp_path: pathlib.Path)
 def test_mypy_on_a_user_module_catches_a_wrong_type(tmp_path: pathlib.Path) -> None:
     run = _mypy(tmp_path, MISTAKE)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert 'incompatible type "str"; expected "int"' in run.stdout, (
-        run.stdout
-    )
+    assert 'incompatible type "str"; expected "int"' in run.stdout, run.stdout

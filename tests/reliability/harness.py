@@ -36,7 +36,13 @@ import pytest
 from qchan import Chan, ChannelClosed, EnqueueError, Msg, Queue, dequeue, enqueue, select
 
 __all__ = [
-    "LONG", "Numbered", "Report", "account", "collect_errors", "fault_for", "receive_until",
+    "LONG",
+    "Numbered",
+    "Report",
+    "account",
+    "collect_errors",
+    "fault_for",
+    "receive_until",
 ]
 
 log = logging.getLogger("qchan.tests.harness")
@@ -45,8 +51,10 @@ log = logging.getLogger("qchan.tests.harness")
 #: unless QCHAN_SLOW=1, so `make test` stays inside its time budget.
 LONG = [
     pytest.mark.slow,
-    pytest.mark.skipif(not os.environ.get("QCHAN_SLOW"),
-                       reason="long variant: set QCHAN_SLOW=1 (make test-reliability)"),
+    pytest.mark.skipif(
+        not os.environ.get("QCHAN_SLOW"),
+        reason="long variant: set QCHAN_SLOW=1 (make test-reliability)",
+    ),
 ]
 
 
@@ -261,9 +269,9 @@ def account(
                         now = time.monotonic()
                         if settle_until is None:
                             settle_until = now + settle
-                        if (consumer.stats().in_flight == 0 and (
-                            leftover is None or not leftover()
-                        )) or now >= settle_until:
+                        if (
+                            consumer.stats().in_flight == 0 and (leftover is None or not leftover())
+                        ) or now >= settle_until:
                             break
                     continue
                 if m.object.run != run:
@@ -309,10 +317,12 @@ def account(
     p.join(max(1.0, deadline - time.monotonic()) + 30)
     c.join(max(1.0, deadline - time.monotonic()) + settle + 30)
     if p.is_alive() or c.is_alive():
-        failures.append(AssertionError(
-            f"harness threads still running after the deadline (producer alive: "
-            f"{p.is_alive()}, consumer alive: {c.is_alive()})"
-        ))
+        failures.append(
+            AssertionError(
+                f"harness threads still running after the deadline (producer alive: "
+                f"{p.is_alive()}, consumer alive: {c.is_alive()})"
+            )
+        )
     report.seconds = time.monotonic() - started
     report.retried = producer.stats().retried
     report.batch = producer.batch_size
@@ -339,8 +349,13 @@ def account(
 
 
 def receive_until(
-    q: Queue, run: str, wanted: set[int], timeout: float, *,
-    leftover: Callable[[], int | None] | None = None, quiet: float = 3.0,
+    q: Queue,
+    run: str,
+    wanted: set[int],
+    timeout: float,
+    *,
+    leftover: Callable[[], int | None] | None = None,
+    quiet: float = 3.0,
 ) -> collections.Counter[int]:
     """Receive (and ack) on `q`, a fresh consumer, until every wanted number of `run` came,
     then until the broker holds nothing more (where `leftover` can tell; otherwise until

@@ -29,12 +29,21 @@ class MockApi(_MockApi):
     def __init__(self, brokers: int) -> None:
         super().__init__(brokers)
         self.brokers = brokers
-        self._sig(self.lib.rd_kafka_mock_broker_set_rtt,
-                  [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int], ctypes.c_int)
-        self._sig(self.lib.rd_kafka_mock_set_group_consumer_session_timeout_ms,
-                  [ctypes.c_void_p, ctypes.c_int], None)
-        self._sig(self.lib.rd_kafka_mock_set_group_consumer_heartbeat_interval_ms,
-                  [ctypes.c_void_p, ctypes.c_int], None)
+        self._sig(
+            self.lib.rd_kafka_mock_broker_set_rtt,
+            [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int],
+            ctypes.c_int,
+        )
+        self._sig(
+            self.lib.rd_kafka_mock_set_group_consumer_session_timeout_ms,
+            [ctypes.c_void_p, ctypes.c_int],
+            None,
+        )
+        self._sig(
+            self.lib.rd_kafka_mock_set_group_consumer_heartbeat_interval_ms,
+            [ctypes.c_void_p, ctypes.c_int],
+            None,
+        )
 
     def command(self, cmd: str, args: list[str]) -> str:
         if cmd == "rtt":
@@ -43,7 +52,8 @@ class MockApi(_MockApi):
         if cmd == "session":  # KIP-848 groups: session timeout and heartbeat interval (ms)
             self.lib.rd_kafka_mock_set_group_consumer_session_timeout_ms(self.cluster, int(args[0]))
             self.lib.rd_kafka_mock_set_group_consumer_heartbeat_interval_ms(
-                self.cluster, int(args[1]))
+                self.cluster, int(args[1])
+            )
             return "ok"
         if cmd in ("alldown", "allup"):
             for b in range(1, self.brokers + 1):

@@ -53,8 +53,9 @@ def _ephemeral_low() -> int:
 class _Pipe:
     """One direction of one connection: a reader, a delay line, a writer."""
 
-    def __init__(self, conn: _Conn, proxy: TcpProxy, src: socket.socket, dst: socket.socket,
-                 label: str):
+    def __init__(
+        self, conn: _Conn, proxy: TcpProxy, src: socket.socket, dst: socket.socket, label: str
+    ):
         self.conn = conn
         self.proxy = proxy
         self.src = src
@@ -63,8 +64,7 @@ class _Pipe:
         self._line: deque[tuple[float, bytes]] = deque()
         self._eof = False
         self.reader = threading.Thread(target=self._read, name=f"proxy-read-{label}", daemon=True)
-        self.writer = threading.Thread(target=self._write, name=f"proxy-write-{label}",
-                                       daemon=True)
+        self.writer = threading.Thread(target=self._write, name=f"proxy-write-{label}", daemon=True)
 
     def start(self) -> None:
         self.reader.start()
@@ -307,7 +307,9 @@ class TcpProxy:
             s.close()
             raise
         acceptor = threading.Thread(
-            target=self._accept, args=(s,), name=f"proxy-accept-{s.getsockname()[1]}",
+            target=self._accept,
+            args=(s,),
+            name=f"proxy-accept-{s.getsockname()[1]}",
             daemon=True,
         )
         with self._lock:

@@ -44,16 +44,21 @@ class Child:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), *args], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, str(CHILD), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put),
-                         daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append),
-                         daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True
+        ).start()
+        threading.Thread(
+            target=self._read, args=(self.proc.stderr, self.stderr.append), daemon=True
+        ).start()
 
     @staticmethod
     def _read(stream: IO[str], put: Any) -> None:
@@ -95,8 +100,14 @@ def test_consumer_killed_with_sigkill_while_holding_unacked_messages(
         for i in range(n):
             out.send(Numbered(run, i))
     started = time.monotonic()
-    child = Child("hold", transport.url(name), run, str(n_hold), str(n_ack),
-                  json.dumps(transport.child_options))
+    child = Child(
+        "hold",
+        transport.url(name),
+        run,
+        str(n_hold),
+        str(n_ack),
+        json.dumps(transport.child_options),
+    )
     try:
         acked_part, _, held_part = child.line(timeout=60).removeprefix("holding ").partition("|")
     finally:
@@ -104,14 +115,24 @@ def test_consumer_killed_with_sigkill_while_holding_unacked_messages(
     acked = {int(x) for x in acked_part.split()}
     held = {int(x) for x in held_part.split()}
     assert len(acked) == n_ack and len(held) == n_hold
-    seen = receive_until(transport.open(name), run, set(range(n)) - acked,
-                         transport.crash_patience, leftover=lambda: transport.leftover(name))
+    seen = receive_until(
+        transport.open(name),
+        run,
+        set(range(n)) - acked,
+        transport.crash_patience,
+        leftover=lambda: transport.leftover(name),
+    )
     got = set(seen) | acked
     r = Report(
-        transport=transport.name, scenario="consumer SIGKILLed holding 100 un-acked", sent=n,
-        received=len(got), deliveries=sum(seen.values()) + len(acked),
-        lost=n - len(got), missing=sorted(set(range(n)) - got)[:10],
-        broker_left=transport.leftover(name), seconds=time.monotonic() - started,
+        transport=transport.name,
+        scenario="consumer SIGKILLed holding 100 un-acked",
+        sent=n,
+        received=len(got),
+        deliveries=sum(seen.values()) + len(acked),
+        lost=n - len(got),
+        missing=sorted(set(range(n)) - got)[:10],
+        broker_left=transport.leftover(name),
+        seconds=time.monotonic() - started,
     )
     r.duplicates = r.deliveries - r.received
     record.append(r)
@@ -129,8 +150,9 @@ def test_producer_ending_normally_delivers_what_it_still_batched(
     name = transport.new_name()
     run, n = uuid.uuid4().hex[:8], transport.sizes["producer"]
     started = time.monotonic()
-    child = Child("produce", transport.url(name), run, str(n), how,
-                  json.dumps(transport.child_options))
+    child = Child(
+        "produce", transport.url(name), run, str(n), how, json.dumps(transport.child_options)
+    )
     try:
         assert child.line(timeout=60) == f"sent {n}"
         last = child.line(timeout=60) if how == "close" else ""
@@ -139,12 +161,18 @@ def test_producer_ending_normally_delivers_what_it_still_batched(
         child.kill()
     if how == "close":
         assert last == "closed 0", last  # nothing undelivered, nothing on dlq
-    seen = receive_until(transport.open(name), run, set(range(n)), 60,
-                         leftover=lambda: transport.leftover(name))
+    seen = receive_until(
+        transport.open(name), run, set(range(n)), 60, leftover=lambda: transport.leftover(name)
+    )
     r = Report(
-        transport=transport.name, scenario=f"producer process ends ({how}) with a batch pending",
-        sent=n, received=len(seen), deliveries=sum(seen.values()), lost=n - len(seen),
-        missing=sorted(set(range(n)) - set(seen))[:10], broker_left=transport.leftover(name),
+        transport=transport.name,
+        scenario=f"producer process ends ({how}) with a batch pending",
+        sent=n,
+        received=len(seen),
+        deliveries=sum(seen.values()),
+        lost=n - len(seen),
+        missing=sorted(set(range(n)) - set(seen))[:10],
+        broker_left=transport.leftover(name),
         seconds=time.monotonic() - started,
     )
     r.duplicates = r.deliveries - r.received
@@ -160,18 +188,24 @@ def test_producer_dying_with_an_at_most_once_buffer_loses_it(
     external(transport)
     name = transport.new_name()
     run, n = uuid.uuid4().hex[:8], 2000
-    child = Child("produce", transport.url(name), run, str(n), "abandon",
-                  json.dumps(transport.child_options))
+    child = Child(
+        "produce", transport.url(name), run, str(n), "abandon", json.dumps(transport.child_options)
+    )
     try:
         assert child.line(timeout=60) == f"sent {n}"
         child.proc.wait(60)
     finally:
         child.kill()
-    seen = receive_until(transport.open(name), run, set(range(n)), 3,
-                         leftover=lambda: transport.leftover(name))
+    seen = receive_until(
+        transport.open(name), run, set(range(n)), 3, leftover=lambda: transport.leftover(name)
+    )
     r = Report(
-        transport=transport.name, scenario="producer os._exit with an at-most-once buffer",
-        sent=n, received=len(seen), deliveries=sum(seen.values()), lost=n - len(seen),
+        transport=transport.name,
+        scenario="producer os._exit with an at-most-once buffer",
+        sent=n,
+        received=len(seen),
+        deliveries=sum(seen.values()),
+        lost=n - len(seen),
         broker_left=transport.leftover(name),
     )
     record.append(r)

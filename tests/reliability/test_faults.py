@@ -56,8 +56,14 @@ def run(
     if opened is not None:
         opened += [producer, consumer]
     return account(
-        producer, consumer, n, transport=transport.name, scenario=scenario, errors=errors,
-        leftover=lambda: transport.leftover(name), **harness,
+        producer,
+        consumer,
+        n,
+        transport=transport.name,
+        scenario=scenario,
+        errors=errors,
+        leftover=lambda: transport.leftover(name),
+        **harness,
     )
 
 
@@ -97,8 +103,13 @@ def test_connection_cut_mid_way(transport: Transport, record: list[Report], seco
         link.restore()
 
     r = run(
-        transport, f"cut {seconds:g} s mid-way", n, producer_link=link, consumer_link=link,
-        on_sent={n // 2: fault_for(seconds, link.cut, restore)}, opened=opened,
+        transport,
+        f"cut {seconds:g} s mid-way",
+        n,
+        producer_link=link,
+        consumer_link=link,
+        on_sent={n // 2: fault_for(seconds, link.cut, restore)},
+        opened=opened,
     )
     record.append(r)
     bound = IN_FLIGHT + r.batch
@@ -123,7 +134,11 @@ def test_link_stalls_mid_way(transport: Transport, record: list[Report]) -> None
     link.restore()
     n = transport.sizes["stall"]
     r = run(
-        transport, "link stalls 5 s mid-way", n, producer_link=link, consumer_link=link,
+        transport,
+        "link stalls 5 s mid-way",
+        n,
+        producer_link=link,
+        consumer_link=link,
         on_sent={n // 2: fault_for(5.0, link.stall, link.restore)},
     )
     record.append(r)
@@ -140,9 +155,14 @@ def test_cut_longer_than_the_retry_policy_dead_letters_and_loses_nothing(
     n = transport.sizes["unreachable"]
     cut = transport.long_cut
     r = run(
-        transport, f"cut {cut:g} s, retry policy gives up first", n, producer_link=link,
-        producer_options={"retry": Constant(0.1, max_attempts=2, max_elapsed=None),
-                          **transport.fail_fast},
+        transport,
+        f"cut {cut:g} s, retry policy gives up first",
+        n,
+        producer_link=link,
+        producer_options={
+            "retry": Constant(0.1, max_attempts=2, max_elapsed=None),
+            **transport.fail_fast,
+        },
         on_sent={n // 2: fault_for(cut, link.cut, link.restore)},
     )
     record.append(r)
@@ -187,7 +207,11 @@ def test_consumer_connection_dropped_with_messages_in_flight(
     dropped: list[int] = []
     hold = 100
     r = run(
-        transport, "consumer connection dropped", n, consumer_link=link, hold=hold,
+        transport,
+        "consumer connection dropped",
+        n,
+        consumer_link=link,
+        hold=hold,
         on_received={n // 2 - 1: lambda: dropped.append(link.drop_connections())},
     )
     record.append(r)
@@ -222,8 +246,13 @@ def test_rabbitmq_broker_restart_mid_way(rabbit: str, record: list[Report]) -> N
             starter.start()
 
     try:
-        r = run(t, "broker restart (stop_app/start_app)", n,
-                on_sent={n // 2: stop_then_start}, timeout=180)
+        r = run(
+            t,
+            "broker restart (stop_app/start_app)",
+            n,
+            on_sent={n // 2: stop_then_start},
+            timeout=180,
+        )
         starter.join(120)
         record.append(r)
         assert started == [None], started
@@ -245,8 +274,9 @@ def test_producer_closing_while_the_broker_is_unreachable_reports_what_it_holds(
     name = transport.new_name()
     link.cut()
     n, close_timeout, run = 300, 2.0, uuid.uuid4().hex[:8]
-    q = transport.open(name, link, close_timeout=close_timeout, retry=PATIENT,
-                       **transport.fail_fast)
+    q = transport.open(
+        name, link, close_timeout=close_timeout, retry=PATIENT, **transport.fail_fast
+    )
     out, dlq = enqueue(Numbered, q, policy=AT_MOST_ONCE, capacity=n)
     for i in range(n):
         out.send(Numbered(run, i))
@@ -263,14 +293,26 @@ def test_producer_closing_while_the_broker_is_unreachable_reports_what_it_holds(
         except (TimeoutError, ChannelClosed):
             break
     link.restore()
-    seen = receive_until(transport.open(name), run, set(range(n)) - reported, 30,
-                         leftover=lambda: transport.leftover(name))
+    seen = receive_until(
+        transport.open(name),
+        run,
+        set(range(n)) - reported,
+        30,
+        leftover=lambda: transport.leftover(name),
+    )
     got = set(seen) | reported
     r = Report(
-        transport=transport.name, scenario="producer closes while unreachable", sent=n,
-        received=len(set(seen)), deliveries=sum(seen.values()), dead_lettered=len(reported),
-        both=len(set(seen) & reported), lost=n - len(got), missing=sorted(set(range(n)) - got),
-        broker_left=transport.leftover(name), seconds=took,
+        transport=transport.name,
+        scenario="producer closes while unreachable",
+        sent=n,
+        received=len(set(seen)),
+        deliveries=sum(seen.values()),
+        dead_lettered=len(reported),
+        both=len(set(seen) & reported),
+        lost=n - len(got),
+        missing=sorted(set(range(n)) - got),
+        broker_left=transport.leftover(name),
+        seconds=took,
     )
     r.duplicates = r.deliveries - r.received
     record.append(r)

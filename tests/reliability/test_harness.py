@@ -50,8 +50,16 @@ def leftover(name: str) -> int:
 
 def test_a_lost_message_is_counted_and_fails_the_check() -> None:
     producer, consumer, name = queues(Lossy)
-    r = account(producer, consumer, 200, transport="mem", scenario="lossy", settle=0.5,
-                timeout=3, leftover=lambda: leftover(name))
+    r = account(
+        producer,
+        consumer,
+        200,
+        transport="mem",
+        scenario="lossy",
+        settle=0.5,
+        timeout=3,
+        leftover=lambda: leftover(name),
+    )
     assert r.lost == 20 and r.received == 180
     assert r.missing[:3] == [0, 10, 20]
     with pytest.raises(AssertionError, match="20 message"):
@@ -60,8 +68,14 @@ def test_a_lost_message_is_counted_and_fails_the_check() -> None:
 
 def test_duplicates_are_counted_and_bounded() -> None:
     producer, consumer, name = queues(Doubling)
-    r = account(producer, consumer, 100, transport="mem", scenario="doubling",
-                leftover=lambda: leftover(name))
+    r = account(
+        producer,
+        consumer,
+        100,
+        transport="mem",
+        scenario="doubling",
+        leftover=lambda: leftover(name),
+    )
     assert (r.received, r.duplicates, r.lost) == (100, 100, 0)
     r.check(max_duplicates=100)
     with pytest.raises(AssertionError, match="duplicates"):
@@ -70,11 +84,18 @@ def test_duplicates_are_counted_and_bounded() -> None:
 
 def test_dead_letters_count_as_accounted_for_not_lost() -> None:
     name = f"harness-{uuid.uuid4().hex[:8]}"
-    producer = Queue(Faulty(EmbeddedAdapter(name), fail=50),
-                     retry=Constant(0.0, max_attempts=1), poll_wait=0.1)
+    producer = Queue(
+        Faulty(EmbeddedAdapter(name), fail=50), retry=Constant(0.0, max_attempts=1), poll_wait=0.1
+    )
     consumer = Queue(EmbeddedAdapter(name), poll_wait=0.1)
-    r = account(producer, consumer, 100, transport="mem", scenario="dead letters",
-                leftover=lambda: leftover(name))
+    r = account(
+        producer,
+        consumer,
+        100,
+        transport="mem",
+        scenario="dead letters",
+        leftover=lambda: leftover(name),
+    )
     assert (r.received, r.dead_lettered, r.lost) == (50, 50, 0)
     r.check()
     with pytest.raises(AssertionError, match="dead letters"):

@@ -26,9 +26,15 @@ def test_oversized_message_goes_to_dlq_with_a_clear_error(transport: Transport) 
         assert dead.object == b"x" * (limit + 1)  # the original, handed back
         text = str(dead.error)
         # Clear: it names the limit (its value, or the setting to change).
-        assert any(w in text.replace(",", "") for w in (
-            str(limit), "MaximumMessageSize", "max_message_size", "message.max.bytes",
-        )), text
+        assert any(
+            w in text.replace(",", "")
+            for w in (
+                str(limit),
+                "MaximumMessageSize",
+                "max_message_size",
+                "message.max.bytes",
+            )
+        ), text
         assert q.stats().retried == 0, "a message that can never fit was retried"
         with dequeue(bytes, q, category="blob") as (rcv, ack):
             got = []

@@ -204,7 +204,12 @@ def test_close_leaves_no_threads_behind(echo: EchoServer) -> None:
     for c in conns:
         c.close()
     wait_for(
-        lambda: not [t for t in threading.enumerate()
-                     if t.ident not in before and t.name.startswith("proxy-")],
+        lambda: (
+            not [
+                t
+                for t in threading.enumerate()
+                if t.ident not in before and t.name.startswith("proxy-")
+            ]
+        ),
         what="proxy threads to end",
     )

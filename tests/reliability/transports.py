@@ -26,7 +26,11 @@ from .links import InjectedLink, Link
 from .proxy import TcpProxy
 
 __all__ = [
-    "PATIENT", "EmbeddedTransport", "KafkaTransport", "RabbitTransport", "SQSTransport",
+    "PATIENT",
+    "EmbeddedTransport",
+    "KafkaTransport",
+    "RabbitTransport",
+    "SQSTransport",
     "Transport",
 ]
 
@@ -41,8 +45,14 @@ class Transport(abc.ABC):
     name: ClassVar[str]
     #: Messages per scenario (the issue asks for 5,000 through the cuts).
     sizes: ClassVar[dict[str, int]] = {
-        "baseline": 2000, "cut": 5000, "stall": 2500, "unreachable": 1000, "latency": 500,
-        "drop": 2000, "restart": 3000, "producer": 2000,
+        "baseline": 2000,
+        "cut": 5000,
+        "stall": 2500,
+        "unreachable": 1000,
+        "latency": 500,
+        "drop": 2000,
+        "restart": 3000,
+        "producer": 2000,
     }
     #: Seconds the broker takes to redeliver a message whose ack was lost.
     redelivery: ClassVar[float] = 2.0
@@ -230,7 +240,11 @@ class SQSTransport(Transport):
     name = "sqs"
     max_message_size = 1024 * 1024  # moto's default MaximumMessageSize, as AWS's since 2025
     sizes: ClassVar[dict[str, int]] = {
-        **Transport.sizes, "latency": 100, "stall": 1000, "drop": 1000, "unreachable": 500,
+        **Transport.sizes,
+        "latency": 100,
+        "stall": 1000,
+        "drop": 1000,
+        "unreachable": 500,
         "producer": 1000,
     }
 
@@ -244,12 +258,15 @@ class SQSTransport(Transport):
         self.client = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
 
     def url(self, name: str, endpoint: str | None = None) -> str:
-        return (f"sqs://{name}?endpoint={endpoint or self.endpoint}&region=us-east-1"
-                f"&visibility_timeout={int(self.redelivery)}&wait=1")
+        return (
+            f"sqs://{name}?endpoint={endpoint or self.endpoint}&region=us-east-1"
+            f"&visibility_timeout={int(self.redelivery)}&wait=1"
+        )
 
     def prepare(self, name: str) -> None:
-        self.client.create_queue(QueueName=name,
-                                 Attributes={"VisibilityTimeout": str(int(self.redelivery))})
+        self.client.create_queue(
+            QueueName=name, Attributes={"VisibilityTimeout": str(int(self.redelivery))}
+        )
 
     def open(self, name: str, link: Link | None = None, **options: Any) -> Queue:
         endpoint = None
@@ -268,10 +285,14 @@ class SQSTransport(Transport):
     def leftover(self, name: str) -> int | None:
         try:
             url = self.client.get_queue_url(QueueName=name)["QueueUrl"]
-            a = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=[
-                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ])["Attributes"]
+            a = self.client.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )["Attributes"]
         except Exception:
             return None
         return sum(int(v) for v in a.values())
@@ -290,7 +311,10 @@ class ControlledCluster:
         self._log = open(log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, str(self.LAUNCHER), "--brokers", str(brokers)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
             bufsize=1,
         )
         self._lock = threading.Lock()
@@ -416,10 +440,13 @@ class KafkaTransport(Transport):
         try:
             c = self._lag.get(name)
             if c is None:
-                c = self._lag[name] = Consumer({
-                    "bootstrap.servers": self.cluster.bootstrap, "group.id": f"g-{name}",
-                    "enable.auto.commit": False,
-                })
+                c = self._lag[name] = Consumer(
+                    {
+                        "bootstrap.servers": self.cluster.bootstrap,
+                        "group.id": f"g-{name}",
+                        "enable.auto.commit": False,
+                    }
+                )
             meta = c.list_topics(name, timeout=2)
             parts = [TopicPartition(name, p) for p in meta.topics[name].partitions]
             lag = 0

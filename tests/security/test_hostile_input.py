@@ -40,9 +40,7 @@ from qchan.codec import BytesCodec, JSONCodec, StrCodec, default_converter
 from qchan.errors import MessageError
 from qchan.testing import Order
 
-BOUNDED = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+BOUNDED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @attrs.frozen
@@ -54,21 +52,24 @@ class Tree:
 
 
 CODECS = {
-    "orjson" if type(default_converter()).__module__.endswith("orjson") else "json":
-        JSONCodec(Order),
+    "orjson" if type(default_converter()).__module__.endswith("orjson") else "json": JSONCodec(
+        Order
+    ),
     "stdlib-json": JSONCodec(Order, make_stdlib_json()),
 }
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 invalid_utf8 = st.binary(min_size=1, max_size=64).map(lambda b: b"\xff" + b + b"\xc3")
 deep = st.sampled_from([100, 1_000, 1_025, 10_000, 100_000]).flatmap(
-    lambda d: st.sampled_from([b"[" * d + b"]" * d, b'{"a":' * d + b"1" + b"}" * d,
-                               b"[" * d])  # the last one is also truncated
+    lambda d: st.sampled_from(
+        [b"[" * d + b"]" * d, b'{"a":' * d + b"1" + b"}" * d, b"[" * d]
+    )  # the last one is also truncated
 )
 bodies = st.one_of(
     st.binary(max_size=512),
@@ -121,13 +122,16 @@ def test_str_and_bytes_codecs_on_any_bytes(body: bytes) -> None:
     assert isinstance(out, str | UnicodeDecodeError)
 
 
-@pytest.mark.parametrize("body", [
-    b'{"id": {"a": 1}, "amount": 1.0}',  # object where a str is expected
-    b'{"id": "x", "amount": 1.0, "tags": "abc"}',  # a string where a list is expected
-    b'{"id": "x", "amount": true}',  # a bool where a float is expected
-    b'{"id": "x", "amount": "nan"}',  # a string where a float is expected
-    b'{"id": 7, "amount": 1.0}',  # a number where a str is expected
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": {"a": 1}, "amount": 1.0}',  # object where a str is expected
+        b'{"id": "x", "amount": 1.0, "tags": "abc"}',  # a string where a list is expected
+        b'{"id": "x", "amount": true}',  # a bool where a float is expected
+        b'{"id": "x", "amount": "nan"}',  # a string where a float is expected
+        b'{"id": 7, "amount": 1.0}',  # a number where a str is expected
+    ],
+)
 def test_json_that_does_not_match_the_type_is_refused(body: bytes) -> None:
     out = _decode_or_error(JSONCodec(Order), body)
     assert isinstance(out, Exception), f"accepted as {out!r}"
@@ -143,11 +147,13 @@ class Listening:
     def __init__(self) -> None:
         self.name = f"hostile-{uuid.uuid4().hex[:8]}"
         # Poison policy of this broker: after one receive without an ack, dead letters.
-        EmbeddedAdapter(self.name, visibility_timeout=0.3, max_deliveries=1,
-                        max_message_size=8 * 1024 * 1024)
+        EmbeddedAdapter(
+            self.name, visibility_timeout=0.3, max_deliveries=1, max_message_size=8 * 1024 * 1024
+        )
         self.errors: Chan[Exception] = Chan(4096)
-        self.q = Queue(EmbeddedAdapter(self.name), errors=self.errors, poll_wait=0.05,
-                       ack_linger=0.001)
+        self.q = Queue(
+            EmbeddedAdapter(self.name), errors=self.errors, poll_wait=0.05, ack_linger=0.001
+        )
         self.rcv, self.ack = dequeue(Order, self.q, capacity=64)
         self.good = 0
         self.bad_ids: set[str] = set()
@@ -179,19 +185,22 @@ def listening() -> Iterator[Listening]:
 @st.composite
 def hostile_bags(draw: st.DrawFn) -> Bag:
     body = draw(bodies)
-    category = draw(st.one_of(
-        st.just("Order"),  # known: a decode problem
-        st.just(""),  # no Category attribute (a foreign producer)
-        st.text(max_size=30),  # unknown, maybe odd characters
-        st.just("Ωrder\u0000\ud7ff"),
-    ))
+    category = draw(
+        st.one_of(
+            st.just("Order"),  # known: a decode problem
+            st.just(""),  # no Category attribute (a foreign producer)
+            st.text(max_size=30),  # unknown, maybe odd characters
+            st.just("Ωrder\u0000\ud7ff"),
+        )
+    )
     attributes: dict[str, str] = {}
     if category or draw(st.booleans()):
         attributes["Category"] = category
     if draw(st.booleans()):
         attributes["Source"] = "s" * draw(st.sampled_from([0, 1, 1_000, 300_000]))
-    extra = draw(st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=50),
-                                 max_size=3))
+    extra = draw(
+        st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=50), max_size=3)
+    )
     attributes.update({k: v for k, v in extra.items() if k != "Category"})
     return Bag(category, body, attributes, id=f"bad-{uuid.uuid4().hex}")
 
@@ -204,8 +213,15 @@ def _expect_error(bag: Bag) -> type[MessageError] | None:
     return None if isinstance(out, Order) else DecodeError
 
 
-def _drain(lst: Listening, goods: set[str], *, reported: dict[str, Exception],
-           delivered: set[str], want_errors: int, timeout: float = 10.0) -> None:
+def _drain(
+    lst: Listening,
+    goods: set[str],
+    *,
+    reported: dict[str, Exception],
+    delivered: set[str],
+    want_errors: int,
+    timeout: float = 10.0,
+) -> None:
     deadline = time.monotonic() + timeout
     while goods or len(reported) < want_errors:
         if time.monotonic() > deadline:

@@ -82,7 +82,7 @@ class Exposure:
 
 def _context(text: str, needle: str) -> str:
     i = text.find(needle)
-    return text[max(0, i - 200): i + 50]
+    return text[max(0, i - 200) : i + 50]
 
 
 @pytest.fixture
@@ -111,13 +111,16 @@ def exercise(exposure: Exposure, q: Queue, errors: Chan[Exception], seconds: flo
 # -- URLs -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [
-    "amqp://user:{pw}@host:5672/%2F?queue=q",
-    "amqps://user:{pw}@host/%2F?queue=q",
-    "kafka://user:{pw}@host:9092/topic",
-    "amqp://user:p%40{pw}@host/%2F?queue=q",  # percent-encoded
-    "amqp://user:p@{pw}@host/%2F?queue=q",  # an unencoded @ in the password
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://user:{pw}@host:5672/%2F?queue=q",
+        "amqps://user:{pw}@host/%2F?queue=q",
+        "kafka://user:{pw}@host:9092/topic",
+        "amqp://user:p%40{pw}@host/%2F?queue=q",  # percent-encoded
+        "amqp://user:p@{pw}@host/%2F?queue=q",  # an unencoded @ in the password
+    ],
+)
 def test_redact_masks_the_password(url: str) -> None:
     pw = secret()
     shown = redact(url.format(pw=pw))
@@ -147,21 +150,24 @@ def test_queue_repr_hides_secrets_given_as_query_parameters() -> None:
 
 
 @pytest.mark.integration
-def test_amqp_password_stays_hidden_through_failures(
-    rabbit: str, exposure: Exposure
-) -> None:
+def test_amqp_password_stays_hidden_through_failures(rabbit: str, exposure: Exposure) -> None:
     pw = secret()
     name = f"qchan-sec-{uuid.uuid4().hex[:8]}"
     for port in (5672, closed_port()):  # the broker refuses the login; nothing listens
         errors: Chan[Exception] = Chan(64)
         q = connect(
-            f"amqp://guest:{pw}@127.0.0.1:{port}/%2F?queue={name}", errors=errors,
-            retry=Constant(0.05, max_attempts=2), poll_wait=0.2,
+            f"amqp://guest:{pw}@127.0.0.1:{port}/%2F?queue={name}",
+            errors=errors,
+            retry=Constant(0.05, max_attempts=2),
+            poll_wait=0.2,
         )
         exercise(exposure, q, errors)
     # Bad URLs and options: the URL shows up in the error, the password does not.
-    for bad in (f"amqp://guest:{pw}@127.0.0.1:5672/%2F", f"amqp://guest:{pw}@h/%2F?queue=q&x=1",
-                f"amqp://guest:{pw}@h:notaport/%2F?queue=q"):
+    for bad in (
+        f"amqp://guest:{pw}@127.0.0.1:5672/%2F",
+        f"amqp://guest:{pw}@h/%2F?queue=q&x=1",
+        f"amqp://guest:{pw}@h:notaport/%2F?queue=q",
+    ):
         with pytest.raises(Exception) as info:
             connect(bad)
         exposure.add(info.value)
@@ -186,17 +192,26 @@ def test_aws_secret_key_stays_hidden_through_failures(
     name = f"qchan-sec-{uuid.uuid4().hex[:8]}"
     errors: Chan[Exception] = Chan(64)
     # A reachable endpoint first (requests are signed with the key), then an unreachable one.
-    q = connect(f"sqs://{name}?endpoint={sqs_endpoint}&region=us-east-1&create=true",
-                errors=errors, retry=Constant(0.05, max_attempts=2), poll_wait=0.2)
+    q = connect(
+        f"sqs://{name}?endpoint={sqs_endpoint}&region=us-east-1&create=true",
+        errors=errors,
+        retry=Constant(0.05, max_attempts=2),
+        poll_wait=0.2,
+    )
     with enqueue(Order, q) as (out, _):
         out.send(Order("ok", 1.0))
     with dequeue(Order, q) as (rcv, ack):
         ack.send(rcv.recv(timeout=30))
     q.close()
     errors = Chan(64)
-    q = connect(f"sqs://{name}?endpoint=http://127.0.0.1:{closed_port()}&region=us-east-1",
-                errors=errors, retry=Constant(0.05, max_attempts=2), poll_wait=0.2,
-                connect_timeout=0.5, max_attempts=1)
+    q = connect(
+        f"sqs://{name}?endpoint=http://127.0.0.1:{closed_port()}&region=us-east-1",
+        errors=errors,
+        retry=Constant(0.05, max_attempts=2),
+        poll_wait=0.2,
+        connect_timeout=0.5,
+        max_attempts=1,
+    )
     exercise(exposure, q, errors)
     exposure.assert_hidden(key)
     # The key id is no secret to AWS, but qchan itself never prints it either
@@ -214,16 +229,25 @@ def test_kafka_sasl_password_stays_hidden_through_failures(exposure: Exposure, h
     port = closed_port()
     errors: Chan[Exception] = Chan(256)
     options: dict[str, Any] = {
-        "errors": errors, "retry": Constant(0.05, max_attempts=2), "poll_wait": 0.2,
-        "send_timeout": 1.0, "admin_timeout": 1.0,
+        "errors": errors,
+        "retry": Constant(0.05, max_attempts=2),
+        "poll_wait": 0.2,
+        "send_timeout": 1.0,
+        "admin_timeout": 1.0,
     }
     if how == "userinfo":
-        url = (f"kafka://alice:{pw}@127.0.0.1:{port}/t-{uuid.uuid4().hex[:6]}"
-               f"?security.protocol=SASL_PLAINTEXT")
+        url = (
+            f"kafka://alice:{pw}@127.0.0.1:{port}/t-{uuid.uuid4().hex[:6]}"
+            f"?security.protocol=SASL_PLAINTEXT"
+        )
     else:
         url = f"kafka://127.0.0.1:{port}/t-{uuid.uuid4().hex[:6]}"
-        options["config"] = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
-                             "sasl.username": "alice", "sasl.password": pw}
+        options["config"] = {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "alice",
+            "sasl.password": pw,
+        }
     try:
         q = connect(url, **options)
     except Exception as e:  # the topic cannot be created on a broker that is not there
@@ -279,7 +303,8 @@ def test_no_code_executing_decoder_in_anything_that_ships_or_runs() -> None:
     folders = ("channels", "adapters", "examples", "benchmarks")
     offenders = [
         f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
-        for folder in folders if (ROOT / folder).exists()
+        for folder in folders
+        if (ROOT / folder).exists()
         for p in sorted((ROOT / folder).rglob("*.py"))
         for n, line in _code_lines(p)
         if BANNED.search(line) and "re.compile" not in line
@@ -289,8 +314,10 @@ def test_no_code_executing_decoder_in_anything_that_ships_or_runs() -> None:
 
 def test_the_grep_would_catch_an_unpickle(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text('"""Doc mentioning pickle is fine."""\nimport json  # pickle in a comment\n'
-                   "obj = __import__('pick' + 'le').loads(data)\nv = eval(text)\n")
+    bad.write_text(
+        '"""Doc mentioning pickle is fine."""\nimport json  # pickle in a comment\n'
+        "obj = __import__('pick' + 'le').loads(data)\nv = eval(text)\n"
+    )
     found = [n for n, line in _code_lines(bad) if BANNED.search(line)]
     assert found == [3, 4]
 
@@ -325,10 +352,12 @@ def test_a_pickle_payload_through_the_listener_is_reported_or_delivered_as_bytes
         with dequeue(Order, q), dequeue(bytes, q, category="blob") as (rcv, ack):
             # Both channels are open before the broker has the messages: otherwise the
             # poller may take "blob" between the two dequeues, as unroutable (a flake).
-            broker(name).send([
-                Bag("Order", bomb, {"Category": "Order"}, id="b1"),
-                Bag("blob", bomb, {"Category": "blob"}, id="b2"),
-            ])
+            broker(name).send(
+                [
+                    Bag("Order", bomb, {"Category": "Order"}, id="b1"),
+                    Bag("blob", bomb, {"Category": "blob"}, id="b2"),
+                ]
+            )
             m = rcv.recv(timeout=5)
             ack.send(m)
             err = errors.recv(timeout=5)
@@ -378,8 +407,9 @@ def test_amqps_refuses_an_untrusted_certificate_and_works_with_its_ca(
         with enqueue(Order, q) as (out, dlq):
             out.send(Order("untrusted", 1.0))
             dead = dlq.recv(timeout=60)
-        assert "CERTIFICATE_VERIFY_FAILED" in repr(dead.error) + repr(dead.error.__cause__) + \
-            "".join(traceback.format_exception(dead.error)), dead.error
+        assert "CERTIFICATE_VERIFY_FAILED" in repr(dead.error) + repr(
+            dead.error.__cause__
+        ) + "".join(traceback.format_exception(dead.error)), dead.error
         q.close()
         q = connect(f"{base}&cafile={cert}")
         with enqueue(Order, q) as (out, _):
@@ -429,8 +459,9 @@ def test_sqs_https_endpoint_and_verify_pass_through(tmp_path: pathlib.Path) -> N
     ca = tmp_path / "ca.pem"
     ca.write_text("")
     for verify in (None, False, str(ca)):
-        a = SQSAdapter("orders", endpoint="https://sqs.internal:8443", region="eu-west-1",
-                       verify=verify)
+        a = SQSAdapter(
+            "orders", endpoint="https://sqs.internal:8443", region="eu-west-1", verify=verify
+        )
         assert a.endpoint == "https://sqs.internal:8443"
         used = a.client._endpoint.http_session._verify
         if verify is None:  # verification on, with the system's CA bundle

@@ -91,8 +91,9 @@ def _sliced_long_poll(receive: Any) -> Any:
     and at most 50 ms (deletes do not notify it).
     """
 
-    def receive_message(self: Any, queue_name: str, count: int, wait_seconds_timeout: int,
-                        *rest: Any) -> Any:
+    def receive_message(
+        self: Any, queue_name: str, count: int, wait_seconds_timeout: int, *rest: Any
+    ) -> Any:
         deadline = time.monotonic() + (wait_seconds_timeout or 0)
         while True:
             result = receive(self, queue_name, count, 0, *rest)

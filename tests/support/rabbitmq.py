@@ -169,6 +169,7 @@ def stays(predicate: Callable[[], Any], seconds: float = 0.5) -> bool:
 
 def get_one(admin: Any, queue: str, timeout: float = 10.0) -> tuple[Any, Any, bytes]:
     """basic_get with a deadline (auto-acked): (method, properties, body)."""
+
     def one() -> tuple[Any, Any, bytes] | None:
         method, props, body = admin.basic_get(queue, auto_ack=True)
         return (method, props, body) if method is not None else None

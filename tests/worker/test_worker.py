@@ -58,8 +58,9 @@ def test_a_raising_handler_nacks_and_logs(caplog: pytest.LogCaptureFixture) -> N
         stop.set()
 
     with caplog.at_level(logging.WARNING, logger="qchan.worker"):
-        served = start(serve, handle, Order, q, workers=2, stop=stop,
-                       retries=Retries(delay=0.01)).outcome(30)
+        served = start(
+            serve, handle, Order, q, workers=2, stop=stop, retries=Retries(delay=0.01)
+        ).outcome(30)
     assert (served.handled, served.failed, len(attempts)) == (1, 1, 2)
     assert "first time fails" in caplog.text and "redelivered" in caplog.text
 
@@ -110,7 +111,9 @@ def test_sigterm_stops_a_worker_process_gracefully(tmp_path: object) -> None:
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
@@ -129,6 +132,7 @@ def test_a_signal_that_lands_while_the_main_thread_holds_the_stop_events_lock() 
     received: list[signal.Signals] = []
     watcher = _SignalStop(stop, received)
     try:
+
         def signal_inside_wait() -> None:
             with stop._cond:  # type: ignore[attr-defined]  # as inside Event.wait
                 watcher.handler(signal.SIGTERM, None)
@@ -156,8 +160,10 @@ def test_queue_closed_elsewhere_ends_serve() -> None:
     name = f"w-{uuid.uuid4().hex[:8]}"
     q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
     w = start(serve, lambda o: None, Order, q, workers=2)
-    wait_for(lambda: [t for t in threading.enumerate() if t.name.startswith("qchan-worker")],
-             what="workers up")
+    wait_for(
+        lambda: [t for t in threading.enumerate() if t.name.startswith("qchan-worker")],
+        what="workers up",
+    )
     q.close()
     assert w.outcome(30).handled == 0
 

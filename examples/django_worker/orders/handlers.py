@@ -24,8 +24,7 @@ class OrderHandler:
         self.units: Counter[str] = Counter()
 
     def __call__(self, order: Order) -> None:
-        log.info("order %s: %d x %s for %s", order.id, order.quantity, order.item,
-                 order.customer)
+        log.info("order %s: %d x %s for %s", order.id, order.quantity, order.item, order.customer)
         with self._lock:
             self.orders += 1
             self.units[order.item] += order.quantity

@@ -72,7 +72,7 @@ _INPUT.register_structure_hook(str, _exact(str))
 
 def _describe(exc: BaseException, type_: type[Any] | None) -> str:
     if type_ is None and isinstance(exc, ValueError):  # an attrs validator: its message
-        return str(exc)                                 # already names the field
+        return str(exc)  # already names the field
     return format_exception(exc, type_)
 
 

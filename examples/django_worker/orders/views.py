@@ -45,7 +45,9 @@ def create_order(request: HttpRequest) -> JsonResponse:
     except InvalidOrder as e:
         return _error(400, str(e), problems=e.problems)
     order = Order(
-        id=new.id or uuid.uuid4().hex, customer=new.customer, item=new.item,
+        id=new.id or uuid.uuid4().hex,
+        customer=new.customer,
+        item=new.item,
         quantity=new.quantity,
     )
     timeout: float = settings.QCHAN_PUT_TIMEOUT
@@ -68,6 +70,7 @@ def create_order(request: HttpRequest) -> JsonResponse:
         cause = e.__cause__ or e
         log.warning("order %s: not accepted by the broker: %s", order.id, cause)
         return _error(503, f"the broker did not accept the order: {cause}", id=order.id)
-    log.info("order %s accepted: %s x %s for %s", order.id, order.quantity, order.item,
-             order.customer)
+    log.info(
+        "order %s accepted: %s x %s for %s", order.id, order.quantity, order.item, order.customer
+    )
     return JsonResponse({"id": order.id, "status": "accepted"}, status=202)

@@ -35,17 +35,25 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
-            "--workers", type=int, default=4, metavar="N",
+            "--workers",
+            type=int,
+            default=4,
+            metavar="N",
             help="threads handling orders at once (default 4)",
         )
         parser.add_argument(
-            "--count", type=int, default=None, metavar="N",
+            "--count",
+            type=int,
+            default=None,
+            metavar="N",
             help="stop once N orders are handled (for scripts and tests). Orders other "
             "workers hold at that moment are finished too, so with --workers above 1 "
             "up to N + workers - 1 may be handled; --workers 1 makes it exact.",
         )
         parser.add_argument(
-            "--url", default=None, help="the queue (default: settings.QCHAN_URL)",
+            "--url",
+            default=None,
+            help="the queue (default: settings.QCHAN_URL)",
         )
 
     def handle(self, *args: Any, **options: Any) -> str:
@@ -71,7 +79,11 @@ class Command(BaseCommand):
             )
             self.stdout.flush()  # scripts wait for this line
             served = qchan.serve(
-                _counting(handler, count, stop), Order, q, workers=workers, stop=stop,
+                _counting(handler, count, stop),
+                Order,
+                q,
+                workers=workers,
+                stop=stop,
                 signals=(),  # stop_on_signals above handles them
             )
         why = f" (stopped by {received[0].name})" if received else ""
@@ -82,7 +94,9 @@ class Command(BaseCommand):
 
 
 def _counting(
-    handler: Callable[[Order], None], count: int | None, stop: threading.Event,
+    handler: Callable[[Order], None],
+    count: int | None,
+    stop: threading.Event,
 ) -> Callable[[Order], None]:
     """Call `handler`; once `count` orders were handled, set `stop`."""
     if count is None:
@@ -99,5 +113,3 @@ def _counting(
                 stop.set()
 
     return handle
-
-
