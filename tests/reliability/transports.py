@@ -112,6 +112,11 @@ class Transport(abc.ABC):
         """Messages the broker holds for `name` (visible or in flight); None if it cannot tell."""
         return None
 
+    def written(self, name: str) -> int | None:
+        """Records the broker has stored for `name` since it was created (a log's length:
+        what the producer wrote, its resends included); None where consuming removes them."""
+        return None
+
     def cleanup(self, name: str) -> None:  # noqa: B027 - optional hook
         """Delete the queue (after the test)."""
 
@@ -434,19 +439,40 @@ class KafkaTransport(Transport):
         options.setdefault("admin_timeout", 2.0)
         return connect(self.url(name), **options)
 
-    def leftover(self, name: str) -> int | None:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+    def _inspector(self, name: str) -> Any:
+        """A consumer in the scenario's group that only reads offsets (never subscribes)."""
+        from confluent_kafka import Consumer
+
+        c = self._lag.get(name)
+        if c is None:
+            c = self._lag[name] = Consumer(
+                {
+                    "bootstrap.servers": self.cluster.bootstrap,
+                    "group.id": f"g-{name}",
+                    "enable.auto.commit": False,
+                }
+            )
+        return c
+
+    def written(self, name: str) -> int | None:
+        from confluent_kafka import KafkaException, TopicPartition
 
         try:
-            c = self._lag.get(name)
-            if c is None:
-                c = self._lag[name] = Consumer(
-                    {
-                        "bootstrap.servers": self.cluster.bootstrap,
-                        "group.id": f"g-{name}",
-                        "enable.auto.commit": False,
-                    }
-                )
+            c = self._inspector(name)
+            meta = c.list_topics(name, timeout=2)
+            total = 0
+            for p in meta.topics[name].partitions:
+                low, high = c.get_watermark_offsets(TopicPartition(name, p), timeout=2)
+                total += high - low
+            return total
+        except (KafkaException, KeyError):
+            return None
+
+    def leftover(self, name: str) -> int | None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            c = self._inspector(name)
             meta = c.list_topics(name, timeout=2)
             parts = [TopicPartition(name, p) for p in meta.topics[name].partitions]
             lag = 0
