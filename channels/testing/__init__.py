@@ -24,11 +24,19 @@ and never acked: the visibility timeout the fixture configures, or 0 where
 closing the consumer redelivers at once). Keep the fixture's visibility
 timeout short (a second or two) so the suite stays fast.
 
+`features` declares what the adapter does beyond the required methods (see
+`FEATURES`); the tests of a feature run only where it is declared, so a
+declaration is a promise the suite then checks. `missing_queue` also needs a
+`missing_adapter_factory` fixture: `make(name)` opens an adapter on a queue
+that does not exist (without creating it).
+
 A new adapter is done when this suite passes against the real broker.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -36,18 +44,72 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from ..adapter import Adapter
+from ..adapter import Adapter, Hooks
 from ..chan import Chan
 from ..endpoints import AT_MOST_ONCE, dequeue, enqueue, enqueue_sync
-from ..errors import ConnectionLost, DecodeError, EnqueueError, UnroutableError
+from ..errors import ConnectionLost, DecodeError, EnqueueError, QchanError, UnroutableError
 from ..kernel.queue import Queue
 from ..message import Bag, Msg
 from ..retry import Constant
 from .doubles import Faulty, Spy, Wrapped
 
-__all__ = ["Conformance", "Faulty", "Order", "Refund", "Spy", "Wrapped"]
+__all__ = ["FEATURES", "Conformance", "Faulty", "Order", "Refund", "Spy", "Wrapped"]
 
 AdapterFactory = Callable[[str], Adapter]
+
+#: What an adapter may declare in `Conformance.features`, and what each promises.
+FEATURES: dict[str, str] = {
+    "receive": "it receives: dequeue works (a send-only transport leaves it out)",
+    "wakeup": "wakeup() cuts short a receive already waiting in another thread",
+    "sticky_wakeup": "a wakeup() just before a receive still cuts that receive short",
+    "nack_delay": "nack(bags, delay) holds the redelivery back for about `delay` seconds",
+    "delivery_count": "a redelivered bag says so: `deliveries` counts each hand-out",
+    "missing_queue": "an adapter on a queue that does not exist raises an error naming it",
+    "double_ack": "acking one delivery twice neither raises, reports nor disturbs others",
+}
+
+_TestFunction = Callable[..., None]
+
+
+def needs(*features: str) -> Callable[[_TestFunction], _TestFunction]:
+    """Run the decorated suite test only for adapters that declare every one of `features`
+    (a test without it needs "receive")."""
+    unknown = set(features) - FEATURES.keys()
+    assert not unknown, f"unknown features {sorted(unknown)}"
+
+    def mark(test: _TestFunction) -> _TestFunction:
+        test._qchan_needs = frozenset(features)  # type: ignore[attr-defined]
+        return test
+
+    return mark
+
+
+class _Reports(Hooks):
+    """Hooks that keep what the adapter reports."""
+
+    def __init__(self) -> None:
+        self.reported: list[BaseException] = []
+
+    def report(self, error: BaseException) -> None:
+        self.reported.append(error)
+
+
+def _bag(n: int) -> Bag:
+    body = f'{{"id": "{n}", "amount": 1.0}}'.encode()
+    return Bag("Order", body, {"Category": "Order"}, id=uuid.uuid4().hex)
+
+
+def _take(adapter: Adapter, n: int, patience: float) -> list[Bag]:
+    """Exactly `n` bags straight from the adapter, within `patience` seconds."""
+    got: list[Bag] = []
+    deadline = time.monotonic() + patience
+    while len(got) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"received {len(got)} of {n} bags in {patience} s")
+        got += adapter.receive(n - len(got), min(1.0, left))
+    assert len(got) == n, f"asked for {n}, received {len(got)}"
+    return got
 
 
 @attrs.frozen
@@ -92,6 +154,24 @@ class Conformance:
     patience: ClassVar[float] = 30.0
     quiet: ClassVar[float] = 2.0
     redelivery_after: ClassVar[float] = 0.0
+    features: ClassVar[frozenset[str]] = frozenset({"receive"})
+
+    @pytest.fixture(autouse=True)
+    def _declared(self, request: pytest.FixtureRequest) -> None:
+        """Skip a test whose features the adapter does not declare."""
+        needed = getattr(request.function, "_qchan_needs", frozenset({"receive"}))
+        missing = needed - self.features
+        if missing:
+            pytest.skip(f"the adapter does not declare {', '.join(sorted(missing))}")
+
+    @pytest.fixture
+    def missing_adapter_factory(self) -> AdapterFactory:
+        pytest.fail("an adapter that declares missing_queue gives missing_adapter_factory")
+
+    @needs()
+    def test_declared_features_are_known(self) -> None:
+        unknown = self.features - FEATURES.keys()
+        assert not unknown, f"unknown features {sorted(unknown)}; known: {sorted(FEATURES)}"
 
     @pytest.fixture
     def queue_name(self) -> str:
@@ -369,3 +449,126 @@ class Conformance:
         assert isinstance(dead.error, ConnectionLost)
         assert list(faulty[0].attempts.values()) == [3]
         assert q.stats().dead_lettered == 1
+
+    # -- features: the adapter on its own (see FEATURES) ----------------------------
+
+    @needs("receive", "sticky_wakeup")
+    def test_a_wakeup_just_before_a_receive_cuts_it_short(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = adapter_factory(queue_name)
+        try:
+            a.receive(1, 0.2)  # connected (a group joined) before the clock starts
+            a.wakeup()
+            began = time.monotonic()
+            assert list(a.receive(10, 20.0)) == []
+            assert time.monotonic() - began < 2.0, "the wakeup was lost"
+        finally:
+            a.close()
+
+    @needs("receive", "wakeup")
+    def test_a_wakeup_cuts_a_waiting_receive_short(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = adapter_factory(queue_name)
+        try:
+            a.receive(1, 0.2)
+            got: list[Any] = []
+            waiter = threading.Thread(target=lambda: got.append(a.receive(10, 30.0)))
+            began = time.monotonic()
+            waiter.start()
+            # Woken while it waits (or, should the thread start late, just before).
+            threading.Timer(0.3, a.wakeup).start()
+            waiter.join(10.0)
+            assert not waiter.is_alive(), "receive still waiting 10 s after the wakeup"
+            assert [list(g) for g in got] == [[]]
+            assert time.monotonic() - began < 5.0
+        finally:
+            a.close()
+
+    @needs("receive", "nack_delay")
+    def test_a_nack_delay_holds_the_redelivery_back(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = adapter_factory(queue_name)
+        try:
+            assert a.send_batch([_bag(1)]) == [None]
+            first = _take(a, 1, self.patience)
+            nacked = time.monotonic()
+            a.nack(first, 2.0)
+            again = _take(a, 1, self.patience)
+            waited = time.monotonic() - nacked
+            a.ack(again)
+            assert again[0].body == first[0].body
+            assert waited >= 1.5, f"redelivered {waited:.2f} s after a nack with a 2 s delay"
+        finally:
+            a.close()
+
+    @needs("receive", "delivery_count")
+    def test_a_redelivery_counts_as_another_delivery(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = adapter_factory(queue_name)
+        try:
+            assert a.send_batch([_bag(1)]) == [None]
+            first = _take(a, 1, self.patience)
+            a.nack(first)
+            again = _take(a, 1, self.patience)
+            a.ack(again)
+            assert (first[0].deliveries, again[0].deliveries) == (1, 2)
+        finally:
+            a.close()
+
+    @needs("missing_queue")
+    def test_a_missing_queue_is_an_error_that_names_it(
+        self, missing_adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        name = f"{queue_name}-missing"
+        errors: list[BaseException] = []
+        try:
+            a = missing_adapter_factory(name)
+        except QchanError as e:
+            errors.append(e)  # refused at once: nothing to send or receive through
+        else:
+            try:
+                calls: list[Callable[[], Any]] = [lambda: a.send_batch([_bag(1)])]
+                if "receive" in self.features:
+                    calls.append(lambda: a.receive(1, 0.5))
+                for call in calls:
+                    try:
+                        outcome = call()
+                    except QchanError as e:
+                        errors.append(e)
+                    else:
+                        assert outcome, "send_batch returned no outcome"
+                        assert all(o is not None for o in outcome), outcome
+                        errors += [o for o in outcome if o is not None]
+            finally:
+                a.close()
+        assert errors
+        for error in errors:
+            assert isinstance(error, QchanError), repr(error)
+            assert name in str(error), f"{error!r} does not name the queue"
+
+    @needs("receive", "double_ack")
+    def test_acking_a_delivery_twice_is_harmless(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = adapter_factory(queue_name)
+        hooks = _Reports()
+        a.bind(hooks)
+        try:
+            assert a.send_batch([_bag(1), _bag(2)]) == [None, None]
+            one, two = _take(a, 2, self.patience)
+            a.ack([one])
+            a.ack([one])
+            a.ack([two, one])
+        finally:
+            a.close()
+        assert hooks.reported == []
+        b = adapter_factory(queue_name)
+        try:
+            # Long enough for an un-acked delivery to have come back by now.
+            assert list(b.receive(10, self.redelivery_after + self.quiet)) == []
+        finally:
+            b.close()

@@ -699,20 +699,6 @@ def test_too_large_message_is_refused_alone(
 
 
 @pytest.mark.integration
-def test_wakeup_cuts_a_waiting_receive_short(
-    kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
-) -> None:
-    a = adapter(kafka_bootstrap, topic)
-    adapters.append(a)
-    assert a.receive(10, 0.2) == []  # joined the group
-    began = time.monotonic()
-    waiter = start(a.receive, 10, 30.0)
-    a.wakeup()
-    assert waiter.outcome(5.0) == []
-    assert time.monotonic() - began < 2.0
-
-
-@pytest.mark.integration
 def test_rebalance_revokes_partitions_and_the_new_owner_redelivers(
     kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
 ) -> None:
@@ -969,6 +955,26 @@ class TestKafkaConformance(Conformance):
 
     pytestmark = pytest.mark.integration
     patience = 30.0
+    features = frozenset(
+        {
+            "receive",
+            "wakeup",
+            "sticky_wakeup",
+            "nack_delay",
+            "delivery_count",
+            "missing_queue",
+            "double_ack",
+        }
+    )
+
+    @pytest.fixture
+    def missing_adapter_factory(self, kafka_cluster: Cluster) -> Callable[[str], Adapter]:
+        def make(name: str) -> Adapter:
+            return KafkaAdapter(
+                name, bootstrap=kafka_cluster.bootstrap, consumer_config=group_config()
+            )
+
+        return make
 
     @pytest.fixture
     def adapter_factory(self, kafka_cluster: Cluster) -> Callable[[str], Adapter]:

@@ -301,17 +301,6 @@ def test_coalesced_acks_never_cover_a_held_or_repeated_delivery(
 
 
 @integration
-def test_nack_requeues_at_once_and_counts_deliveries(make_adapter: Any, queue_name: str) -> None:
-    adapter = make_adapter(queue_name)
-    adapter.send_batch([bag(1)])
-    (got,) = receive_n(adapter, 1)
-    adapter.nack([got])
-    (again,) = receive_n(adapter, 1, timeout=5.0)
-    assert (again.id, again.deliveries) == ("m-1", 2)
-    adapter.ack([again])
-
-
-@integration
 def test_nack_with_delay_holds_the_message_then_requeues_it(
     make_adapter: Any, queue_name: str
 ) -> None:
@@ -714,6 +703,24 @@ class TestRabbitMQConformance(Conformance):
     queue_options = {"poll_wait": 0.5}
     patience = 20.0
     quiet = 1.0
+    features = frozenset(
+        {
+            "receive",
+            "wakeup",
+            "sticky_wakeup",
+            "nack_delay",
+            "delivery_count",
+            "missing_queue",
+            "double_ack",
+        }
+    )
+
+    @pytest.fixture
+    def missing_adapter_factory(self, rabbit: str) -> Callable[[str], Adapter]:
+        def make(name: str) -> Adapter:
+            return from_url(url_for(name), declare="passive")
+
+        return make
 
     @pytest.fixture
     def adapter_factory(self, rabbit: str) -> Iterator[Callable[[str], Adapter]]:
