@@ -22,6 +22,7 @@ from support.lambda_events import (
     sns_record,
     sqs_record,
 )
+from support.otel import memory_spans
 
 from qchan import Msg, OptionError, connect, enqueue, serve
 from qchan.aws import (
@@ -446,22 +447,11 @@ def test_one_work_function_runs_unchanged_under_serve_and_under_lambda() -> None
 
 # -- tracing ----------------------------------------------------------------------------
 
-otel = pytest.importorskip("opentelemetry.sdk.trace")
-
-
 def test_a_traceparent_attribute_continues_the_producers_span() -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
     from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER_SET_ONCE._done = False  # type: ignore[attr-defined]
-    trace.set_tracer_provider(provider)
-
+    exporter = memory_spans()
     trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     traceparent = f"00-{trace_id}-{span_id}-01"
     handler = lambda_handler(lambda o: None, Order)
