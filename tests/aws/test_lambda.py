@@ -447,6 +447,7 @@ def test_one_work_function_runs_unchanged_under_serve_and_under_lambda() -> None
 
 # -- tracing ----------------------------------------------------------------------------
 
+
 def test_a_traceparent_attribute_continues_the_producers_span() -> None:
     pytest.importorskip("opentelemetry.sdk.trace")
     from opentelemetry import trace
