@@ -16,7 +16,7 @@ import attrs
 import boto3
 import pytest
 
-from qchan import OptionError, connect, dequeue
+from qchan import Chan, DecodeError, OptionError, connect, dequeue
 from qchan.adapters.sqs import SQSAdapter, _parse, from_url
 from qchan.message import Bag
 from qchan.urls import URLError
@@ -244,6 +244,20 @@ def test_a_dead_letter_is_the_envelope_as_received(
     assert envelope["id"] == event_id and envelope["detail-type"] == "User"
     assert "MessageAttributes" not in dead[0]  # nothing added, as received
     assert depth(aws, url) == 0
+
+
+def test_an_inner_body_that_does_not_decode_is_reported_with_the_envelope_fields(
+    aws: Any, queue: Any, eventbridge: Any, sqs_endpoint: str
+) -> None:
+    name, _, arn = queue()
+    event_id = put_event(aws, eventbridge(arn), "User", {"id": "u-5"})  # no name
+    errors: Chan[Exception] = Chan(16)
+    q = connect(sqs_url(sqs_endpoint, name), poll_wait=1, errors=errors)
+    with q, dequeue(User, q) as _:
+        error = errors.recv(timeout=20)
+    assert isinstance(error, DecodeError)
+    assert json.loads(error.bag.body) == {"id": "u-5"}
+    assert error.bag.attributes["EventId"] == event_id
 
 
 def test_a_qchan_message_whose_body_looks_like_an_envelope_is_left_alone(
