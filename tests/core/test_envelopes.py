@@ -228,6 +228,9 @@ LOOK_ALIKES = {
     "notification with an attribute without Value": body(
         {**AWS_SNS, "MessageAttributes": {"Category": {"Type": "String"}}}
     ),
+    "notification whose Message is not Unicode": body({**AWS_SNS, "Message": "x"}).replace(
+        b'"Message": "x"', b'"Message": "\\ud800"'
+    ),
     "subscription confirmation": body({**AWS_SNS, "Type": "SubscriptionConfirmation"}),
     "JSON array": body([AWS_EVENT]),
     "JSON string": body(json.dumps(AWS_EVENT)),
