@@ -11,9 +11,10 @@ Detection rule (`unwrap`): a body is an envelope only when all of these hold:
 - the message carries no `Category` attribute (qchan and swarm producers always
   send one, so their messages are never unwrapped, whatever their body holds);
 - the body is a JSON object (its first non-blank byte is `{`);
-- it is an **EventBridge event**: it has every key AWS always sends, each of the
-  right type: `version`, `id`, `detail-type`, `source`, `account`, `time`,
-  `region` (strings), `resources` (a list of strings) and `detail` (an object);
+- it is an **EventBridge event**: `version`, `id`, `detail-type`, `source`,
+  `time`, `region` are strings, `resources` is a list of strings and `detail` an
+  object (AWS always sends all of them), and `account`, which AWS sends and moto
+  leaves out, is a string if present;
 - or it is an **SNS notification**: `Type` is `"Notification"`, `MessageId`,
   `Timestamp` and `Message` are strings, `TopicArn` is a string starting with
   `arn:`, `Subject` (if present) a string or null, and `MessageAttributes` (if
@@ -34,7 +35,7 @@ Binary by its base64 text), then the envelope's own fields, which win a clash:
 | `Source` | `source` | the `Source` message attribute |
 | `EventId` | `id` | |
 | `EventTime` | `time` | |
-| `EventAccount` | `account` | |
+| `EventAccount` | `account`, when given | |
 | `EventRegion` | `region` | |
 | `EventResources` | `resources` as a JSON array, when not empty | |
 | `SnsMessageId` | | `MessageId` |
@@ -70,8 +71,8 @@ ATTR_ENVELOPE = "Envelope"
 EVENTBRIDGE = "eventbridge"
 SNS = "sns"
 
-# EventBridge event fields: every one is always present in what AWS delivers.
-_EVENTBRIDGE_STRINGS = ("version", "id", "detail-type", "source", "account", "time", "region")
+# EventBridge event fields AWS always delivers (`account` too, but moto leaves it out).
+_EVENTBRIDGE_STRINGS = ("version", "id", "detail-type", "source", "time", "region")
 _EVENTBRIDGE_ATTRS = {
     "id": "EventId",
     "time": "EventTime",
@@ -134,6 +135,8 @@ def from_eventbridge(event: Mapping[str, Any]) -> Unwrapped:
     """
     for key in _EVENTBRIDGE_STRINGS:
         _expect_str(event, key, "EventBridge event")
+    if "account" in event:
+        _expect_str(event, "account", "EventBridge event")
     resources = event.get("resources")
     if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
         raise ValueError("EventBridge event: 'resources' must be a list of strings")
@@ -148,7 +151,8 @@ def from_eventbridge(event: Mapping[str, Any]) -> Unwrapped:
     if category is not None:
         attributes[ATTR_CATEGORY] = category
     for key, name in _EVENTBRIDGE_ATTRS.items():
-        attributes[name] = event[key]
+        if key in event:
+            attributes[name] = event[key]
     if resources:
         attributes["EventResources"] = json.dumps(resources, separators=(",", ":"))
     return Unwrapped(category=category, body=body.encode("utf-8"), attributes=attributes)
@@ -221,6 +225,7 @@ def _sns_attributes(raw: Any) -> dict[str, str]:
 def _is_eventbridge(document: Mapping[str, Any]) -> bool:
     return (
         all(isinstance(document.get(k), str) for k in _EVENTBRIDGE_STRINGS)
+        and isinstance(document.get("account", ""), str)
         and isinstance(document.get("resources"), list)
         and all(isinstance(r, str) for r in document["resources"])
         and isinstance(document.get("detail"), dict)

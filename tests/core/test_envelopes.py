@@ -25,18 +25,16 @@ AWS_EVENT: dict[str, Any] = {
     "detail": {"id": "u-1", "name": "Ann", "tags": ["a", "é"]},
 }
 
-# What moto's EventBridge puts on the queue: no resources, plus its own `ingestion-time`.
+# What moto 5.2's EventBridge puts on the queue (seen on its server): no account.
 MOTO_EVENT = {
+    "id": "20b5b96f-c371-4821-862f-160930c7dc38",
+    "time": "2026-12-03T07:39:35Z",
     "version": "0",
-    "id": "0d9a4e77-4c2e-4e0e-a1e2-8a34b0c2c111",
     "detail-type": "User",
     "source": "signup",
-    "account": "123456789012",
-    "time": "2026-12-03T07:40:00Z",
     "region": "us-east-1",
     "resources": [],
     "detail": {"id": "u-2", "name": "Bob"},
-    "ingestion-time": 1796283600.123,
 }
 
 # An SNS notification as an SQS body (raw delivery off), as AWS sends it.
@@ -98,14 +96,15 @@ def test_an_eventbridge_event_is_its_detail_routed_by_its_detail_type() -> None:
     }
 
 
-def test_moto_shape_with_extra_keys_and_no_resources_is_an_envelope() -> None:
-    inner = unwrap(b"  \n" + body(MOTO_EVENT, indent=2), {"SenderTag": "x"})
+def test_moto_shape_without_account_and_resources_is_an_envelope() -> None:
+    inner = unwrap(b"  \n" + body({**MOTO_EVENT, "extra": 1}, indent=2), {"SenderTag": "x"})
     assert inner is not None
     assert inner.category == "User"
     assert json.loads(inner.body) == {"id": "u-2", "name": "Bob"}
     assert "EventResources" not in inner.attributes
+    assert "EventAccount" not in inner.attributes
     assert inner.attributes["SenderTag"] == "x"  # what the SQS message carried is kept
-    assert inner.attributes["EventTime"] == "2026-12-03T07:40:00Z"
+    assert inner.attributes["EventTime"] == "2026-12-03T07:39:35Z"
 
 
 def test_the_event_lambda_is_invoked_with_reads_the_same() -> None:
@@ -212,7 +211,9 @@ LOOK_ALIKES = {
     "user object with detail-type, source and detail": body(
         {"detail-type": "User", "source": "me", "detail": {"a": 1}}
     ),
-    "event missing its account": body(without(AWS_EVENT, "account")),
+    "event missing its region": body(without(AWS_EVENT, "region")),
+    "event missing its version": body(without(MOTO_EVENT, "version")),
+    "event whose account is a number": body({**AWS_EVENT, "account": 111122223333}),
     "event whose detail is a string": body({**AWS_EVENT, "detail": '{"a": 1}'}),
     "event whose resources hold a number": body({**AWS_EVENT, "resources": [1]}),
     "event whose time is a number": body({**AWS_EVENT, "time": 1796283600}),
@@ -226,6 +227,9 @@ LOOK_ALIKES = {
     "notification with attributes as a list": body({**AWS_SNS, "MessageAttributes": []}),
     "notification with an attribute without Value": body(
         {**AWS_SNS, "MessageAttributes": {"Category": {"Type": "String"}}}
+    ),
+    "notification whose Message is not Unicode": body({**AWS_SNS, "Message": "x"}).replace(
+        b'"Message": "x"', b'"Message": "\\ud800"'
     ),
     "subscription confirmation": body({**AWS_SNS, "Type": "SubscriptionConfirmation"}),
     "JSON array": body([AWS_EVENT]),
@@ -255,6 +259,7 @@ def test_a_message_with_a_category_attribute_is_never_unwrapped(document: Any) -
     [
         (from_eventbridge, without(AWS_EVENT, "source"), "'source' must be a string, not missing"),
         (from_eventbridge, {**AWS_EVENT, "id": 7}, "'id' must be a string, not a int"),
+        (from_eventbridge, {**AWS_EVENT, "account": 1}, "'account' must be a string"),
         (from_eventbridge, {**AWS_EVENT, "detail": []}, "'detail' must be a JSON object"),
         (from_eventbridge, {**AWS_EVENT, "resources": "arn"}, "'resources' must be a list"),
         (from_sns, {**AWS_SNS, "Type": "Other"}, "'Type' must be 'Notification'"),
