@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -44,7 +45,13 @@ from qchan.errors import (
     describe,
 )
 from qchan.message import Bag
-from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, unknown
+from qchan.options import (
+    QUEUE_URL_OPTIONS,
+    OptionError,
+    URLOptionError,
+    check_keywords,
+    unknown,
+)
 from qchan.urls import URLError, redact
 
 from . import _wire as wire
@@ -141,8 +148,13 @@ class SQSAdapter(Adapter):
         read_timeout: float = 10.0,
         max_attempts: int = 3,
         max_pool_connections: int = 10,
+        unwrap: bool = True,
     ) -> None:
         super().__init__(name)
+        if not isinstance(unwrap, bool):
+            raise OptionError(
+                f"sqs://{name}: option 'unwrap' must be True or False, not {unwrap!r}"
+            )
         if not 0 <= wait <= wire.MAX_WAIT_SECONDS:
             raise ValueError(f"wait must be 0 to {wire.MAX_WAIT_SECONDS} s, not {wait}")
         if visibility_timeout is not None and not (
@@ -158,6 +170,12 @@ class SQSAdapter(Adapter):
         self.poll_wait = wait
         self.visibility_timeout = visibility_timeout
         self.max_request_bytes = max_request_bytes
+        #: Receive EventBridge and SNS envelopes as the message inside (docs/sqs.md).
+        self.unwrap = unwrap
+        # Unwrapped bag -> the SQS message as received, which a dead letter copies.
+        # Weak: an entry goes with its bag once the kernel has settled it.
+        self._envelopes: weakref.WeakKeyDictionary[Bag, Bag] = weakref.WeakKeyDictionary()
+        self._envelopes_lock = threading.Lock()
         self._create = create
         self._queue_attributes = dict(queue_attributes or {})
         self._owner = owner
@@ -295,7 +313,17 @@ class SQSAdapter(Adapter):
             reply = self._poll_client.receive_message(**request)
         except (BotoCoreError, ClientError) as e:
             raise self._error("receive", e) from e
-        return [wire.bag_from_message(m) for m in reply.get("Messages", [])]
+        return [self._received(wire.bag_from_message(m)) for m in reply.get("Messages", [])]
+
+    def _received(self, bag: Bag) -> Bag:
+        if not self.unwrap:
+            return bag
+        inner = wire.unwrapped(bag)
+        if inner is None:
+            return bag
+        with self._envelopes_lock:
+            self._envelopes[inner] = bag
+        return inner
 
     def ack(self, bags: Sequence[Bag]) -> None:
         for chunk in _batches(bags):
@@ -321,7 +349,9 @@ class SQSAdapter(Adapter):
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         """The application gave up: copy each to the queue's redrive dead-letter queue, then
         delete it here (a copy that fails leaves the message to be redelivered). Without a
-        redrive policy, the messages are nacked: they come back until the retention ends."""
+        redrive policy, the messages are nacked: they come back until the retention ends.
+        An unwrapped message is copied as it was received, envelope and all, as SQS's
+        own redrive would move it."""
         target = self._dead_letter_queue()
         if target is None:
             self.hooks.report(
@@ -335,13 +365,15 @@ class SQSAdapter(Adapter):
         fifo = target.endswith(".fifo")
         copied: list[Bag] = []
         for bag, error in zip(bags, errors, strict=True):
+            with self._envelopes_lock:
+                received = self._envelopes.get(bag, bag)
             try:
                 entry, _ = wire.entry(
-                    bag,
+                    received,
                     "0",
                     limit=wire.DEFAULT_MAX_REQUEST_BYTES,
                     fifo=fifo,
-                    group=self._group(bag),
+                    group=self._group(received),
                     dedup=bag.id,
                 )
                 message: dict[str, Any] = {k: v for k, v in entry.items() if k != "Id"}
@@ -671,6 +703,7 @@ _QUERY: dict[str, Callable[[str], Any]] = {
     "read_timeout": float,
     "max_attempts": int,
     "max_pool_connections": int,
+    "unwrap": lambda v: _BOOL[v.lower()],
 }
 _KEYWORDS = frozenset({*_QUERY, "queue_attributes", "group_id", "session", "client_cert"})
 #: The keyword options of `from_url`.

@@ -14,19 +14,23 @@ Pure functions, no I/O, so the format can be read (and tested) in one place.
   without `Category` is "").
 - Size: SQS counts the body plus, per attribute, its name, data type and
   value, all in UTF-8 bytes; that is what `message_size` returns.
+- Envelopes: a message an EventBridge rule or an SNS subscription (raw delivery
+  off) put on the queue is received as the message inside (`unwrapped`, by the
+  rule of `qchan.envelopes`), with the SQS message's id, receipt and counts.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from qchan.envelopes import unwrap
 from qchan.errors import MessageTooLarge, RejectedError
 from qchan.message import ATTR_CATEGORY, Bag
+from qchan.transfer import BASE64, ENCODING_ATTR, decode_body
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import (
@@ -34,10 +38,6 @@ if TYPE_CHECKING:
         MessageTypeDef,
         SendMessageBatchRequestEntryTypeDef,
     )
-
-#: Marker attribute of a base64-encoded body, and its only value.
-ENCODING_ATTR = "ContentTransferEncoding"
-BASE64 = "base64"
 
 #: SQS limits (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html).
 MAX_ATTRIBUTES = 10
@@ -162,17 +162,7 @@ def bag_from_message(message: MessageTypeDef) -> Bag:
         elif "BinaryValue" in value:
             # qchan never sends these; foreign producers may. Keep them readable.
             attrs[name] = base64.b64encode(value["BinaryValue"]).decode("ascii")
-    text = message.get("Body", "")
-    body = text.encode("utf-8")
-    if attrs.get(ENCODING_ATTR) == BASE64:
-        try:
-            body = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            # Leave body and marker as they are: the kernel fails to decode
-            # it and reports it with the raw text and attributes.
-            pass
-        else:
-            del attrs[ENCODING_ATTR]
+    body, attrs = decode_body(message.get("Body", ""), attrs)
     system = message.get("Attributes", {})
     return Bag(
         category=attrs.get(ATTR_CATEGORY, ""),
@@ -182,4 +172,21 @@ def bag_from_message(message: MessageTypeDef) -> Bag:
         key=system.get("MessageGroupId"),
         digest=message.get("ReceiptHandle"),
         deliveries=int(system.get("ApproximateReceiveCount", 1)),
+    )
+
+
+def unwrapped(bag: Bag) -> Bag | None:
+    """The received `bag` as the message inside its EventBridge or SNS envelope; None if
+    it is none. Id, key, receipt and delivery count stay the SQS message's."""
+    inner = unwrap(bag.body, bag.attributes)
+    if inner is None:
+        return None
+    return Bag(
+        category=inner.category or "",
+        body=inner.body,
+        attributes=inner.attributes,
+        id=bag.id,
+        key=bag.key,
+        digest=bag.digest,
+        deliveries=bag.deliveries,
     )

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from support.helpers import start, wait_for
+from support.otel import memory_spans
 
 from qchan import Queue, Stats, dequeue, enqueue, enqueue_sync, observe, serve
 from qchan.adapters.embedded import EmbeddedAdapter
@@ -54,18 +55,7 @@ otel = pytest.importorskip("opentelemetry.sdk.trace")
 
 @pytest.fixture
 def spans() -> object:
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER_SET_ONCE._done = False  # type: ignore[attr-defined]
-    trace.set_tracer_provider(provider)
-    return exporter
+    return memory_spans()
 
 
 @pytest.mark.parametrize("how", ["out.send", "put"])

@@ -112,6 +112,8 @@ def test_the_core_below_the_kernel_imports_no_kernel_nor_application_module() ->
         "errors",
         "message",
         "event",
+        "envelopes",
+        "transfer",
         "codec",
         "retry",
         "adapter",
@@ -120,7 +122,14 @@ def test_the_core_below_the_kernel_imports_no_kernel_nor_application_module() ->
         "logs",
         "tracing",
     ]
-    above = ("qchan.kernel", "qchan.cli", "qchan.testing", "qchan.endpoints", "qchan.worker")
+    above = (
+        "qchan.kernel",
+        "qchan.cli",
+        "qchan.testing",
+        "qchan.endpoints",
+        "qchan.worker",
+        "qchan.aws",
+    )
     for name in base:
         bad = {m for m in graph[f"qchan.{name}"] if m.startswith(above)}
         assert not bad, f"qchan.{name} imports {bad}"
@@ -133,6 +142,24 @@ def test_adapters_import_the_contract_not_the_kernel() -> None:
             bad = {
                 m
                 for m in imports
-                if m.startswith(("qchan.kernel", "qchan.cli", "qchan.endpoints", "qchan.worker"))
+                if m.startswith(
+                    ("qchan.kernel", "qchan.cli", "qchan.endpoints", "qchan.worker", "qchan.aws")
+                )
             }
             assert not bad, f"{name} imports {bad}"
+
+
+def test_aws_sits_beside_the_worker_and_nothing_imports_it() -> None:
+    """qchan.aws (Lambda handlers) imports the core up to the worker level, never an adapter
+    (so never boto3), the CLI or the testing kit; no other module imports it."""
+    graph = _graph()
+    aws = {name for name in graph if name == "qchan.aws" or name.startswith("qchan.aws.")}
+    assert {"qchan.aws", "qchan.aws._handler", "qchan.aws._sources"} <= aws
+    for name in aws:
+        bad = {
+            m for m in graph[name] if m.startswith(("qchan.adapters", "qchan.cli", "qchan.testing"))
+        }
+        assert not bad, f"{name} imports {bad}"
+    for name, imports in graph.items():
+        if name not in aws:
+            assert not imports & aws, f"{name} imports {imports & aws}"
