@@ -452,72 +452,60 @@ class Conformance:
 
     # -- features: the adapter on its own (see FEATURES) ----------------------------
 
-    @needs("receive", "sticky_wakeup")
-    def test_a_wakeup_just_before_a_receive_cuts_it_short(
-        self, adapter_factory: AdapterFactory, queue_name: str
-    ) -> None:
-        a = adapter_factory(queue_name)
-        try:
-            a.receive(1, 0.2)  # connected (a group joined) before the clock starts
-            a.wakeup()
-            began = time.monotonic()
-            assert list(a.receive(10, 20.0)) == []
-            assert time.monotonic() - began < 2.0, "the wakeup was lost"
-        finally:
-            a.close()
-
-    @needs("receive", "wakeup")
-    def test_a_wakeup_cuts_a_waiting_receive_short(
-        self, adapter_factory: AdapterFactory, queue_name: str
-    ) -> None:
+    @pytest.fixture
+    def adapter(self, adapter_factory: AdapterFactory, queue_name: str) -> Iterator[Adapter]:
+        """An adapter on the test's queue, connected (a group joined) and closed after."""
         a = adapter_factory(queue_name)
         try:
             a.receive(1, 0.2)
-            got: list[Any] = []
-            waiter = threading.Thread(target=lambda: got.append(a.receive(10, 30.0)))
-            began = time.monotonic()
-            waiter.start()
-            # Woken while it waits (or, should the thread start late, just before).
-            threading.Timer(0.3, a.wakeup).start()
-            waiter.join(10.0)
-            assert not waiter.is_alive(), "receive still waiting 10 s after the wakeup"
-            assert [list(g) for g in got] == [[]]
-            assert time.monotonic() - began < 5.0
+            yield a
         finally:
             a.close()
+
+    def _one(self, adapter: Adapter) -> Bag:
+        """Send one bag through `adapter` and receive it back."""
+        assert adapter.send_batch([_bag(1)]) == [None]
+        (got,) = _take(adapter, 1, self.patience)
+        return got
+
+    @needs("receive", "sticky_wakeup")
+    def test_a_wakeup_just_before_a_receive_cuts_it_short(self, adapter: Adapter) -> None:
+        adapter.wakeup()
+        began = time.monotonic()
+        assert list(adapter.receive(10, 20.0)) == []
+        assert time.monotonic() - began < 2.0, "the wakeup was lost"
+
+    @needs("receive", "wakeup")
+    def test_a_wakeup_cuts_a_waiting_receive_short(self, adapter: Adapter) -> None:
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(adapter.receive(10, 30.0)))
+        began = time.monotonic()
+        waiter.start()
+        # Woken while it waits (or, should the thread start late, just before).
+        threading.Timer(0.3, adapter.wakeup).start()
+        waiter.join(10.0)
+        assert not waiter.is_alive(), "receive still waiting 10 s after the wakeup"
+        assert [list(g) for g in got] == [[]]
+        assert time.monotonic() - began < 5.0
 
     @needs("receive", "nack_delay")
-    def test_a_nack_delay_holds_the_redelivery_back(
-        self, adapter_factory: AdapterFactory, queue_name: str
-    ) -> None:
-        a = adapter_factory(queue_name)
-        try:
-            assert a.send_batch([_bag(1)]) == [None]
-            first = _take(a, 1, self.patience)
-            nacked = time.monotonic()
-            a.nack(first, 2.0)
-            again = _take(a, 1, self.patience)
-            waited = time.monotonic() - nacked
-            a.ack(again)
-            assert again[0].body == first[0].body
-            assert waited >= 1.5, f"redelivered {waited:.2f} s after a nack with a 2 s delay"
-        finally:
-            a.close()
+    def test_a_nack_delay_holds_the_redelivery_back(self, adapter: Adapter) -> None:
+        first = self._one(adapter)
+        nacked = time.monotonic()
+        adapter.nack([first], 2.0)
+        (again,) = _take(adapter, 1, self.patience)
+        waited = time.monotonic() - nacked
+        adapter.ack([again])
+        assert again.body == first.body
+        assert waited >= 1.5, f"redelivered {waited:.2f} s after a nack with a 2 s delay"
 
     @needs("receive", "delivery_count")
-    def test_a_redelivery_counts_as_another_delivery(
-        self, adapter_factory: AdapterFactory, queue_name: str
-    ) -> None:
-        a = adapter_factory(queue_name)
-        try:
-            assert a.send_batch([_bag(1)]) == [None]
-            first = _take(a, 1, self.patience)
-            a.nack(first)
-            again = _take(a, 1, self.patience)
-            a.ack(again)
-            assert (first[0].deliveries, again[0].deliveries) == (1, 2)
-        finally:
-            a.close()
+    def test_a_redelivery_counts_as_another_delivery(self, adapter: Adapter) -> None:
+        first = self._one(adapter)
+        adapter.nack([first])
+        (again,) = _take(adapter, 1, self.patience)
+        adapter.ack([again])
+        assert (first.deliveries, again.deliveries) == (1, 2)
 
     @needs("missing_queue")
     def test_a_missing_queue_is_an_error_that_names_it(
