@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 import attrs
 import cattrs
@@ -21,6 +21,15 @@ from ._sources import Batch, Record, parse
 __all__ = ["LambdaHandler", "RecordsFailed", "lambda_handler"]
 
 T = TypeVar("T")
+
+
+class RouteOptions(TypedDict, Generic[T], total=False):
+    """How a route decodes and calls its handler (`serve`'s keywords of the same names)."""
+
+    category: str | None
+    with_msg: bool
+    codec: Codec[T] | None
+    converter: cattrs.Converter | None
 log = logging.getLogger("qchan.aws")
 
 #: What a partial batch response looks like: {"batchItemFailures": [{"itemIdentifier": id}]}.
@@ -248,12 +257,9 @@ def lambda_handler(
     work: Callable[[T], object] | Callable[[Msg[T]], object],
     type_: type[T],
     *,
-    category: str | None = None,
-    with_msg: bool = False,
-    codec: Codec[T] | None = None,
-    converter: cattrs.Converter | None = None,
     margin: float = 1.0,
     unwrap: bool = True,
+    **options: Unpack[RouteOptions[T]],
 ) -> LambdaHandler:
     """The function for Lambda to call, running `work` on every `type_` message of an event.
 
@@ -275,6 +281,4 @@ def lambda_handler(
     if not isinstance(unwrap, bool):
         raise OptionError(f"lambda_handler: unwrap must be True or False, not {unwrap!r}")
     handler = LambdaHandler(float(margin), unwrap)
-    return handler.route(
-        work, type_, category=category, with_msg=with_msg, codec=codec, converter=converter
-    )
+    return handler.route(work, type_, **options)
