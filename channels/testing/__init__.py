@@ -351,13 +351,14 @@ class Conformance:
 
     # -- bad input ------------------------------------------------------------------
 
-    def test_poison_payload_goes_to_errors_and_the_worker_keeps_going(
-        self, open_queue: Callable[..., Queue], inject: Callable[[list[Bag]], None]
-    ) -> None:
+    def _bad_then_good(
+        self, open_queue: Callable[..., Queue], inject: Callable[[list[Bag]], None], bad: Bag
+    ) -> tuple[Msg[Order], Exception]:
+        """Inject `bad` (its attributes completed for the queue), send a good Order after it;
+        the good one received and acked, and the error the bad one was reported with."""
         errors: Chan[Exception] = Chan(16)
         q = open_queue(errors=errors)
-        poison = b"\xff{not json"
-        inject([Bag("Order", poison, q.attributes("Order"), id=uuid.uuid4().hex)])
+        inject([attrs.evolve(bad, attributes=q.attributes(bad.category), id=uuid.uuid4().hex)])
         with enqueue(Order, q) as (out, _):
             out.send(Order("good", 1.0))
         with dequeue(Order, q) as (rcv, ack):
@@ -365,6 +366,13 @@ class Conformance:
             ack.send(m)
             err = errors.recv(timeout=self.patience)
         assert m.object == Order("good", 1.0)
+        return m, err
+
+    def test_poison_payload_goes_to_errors_and_the_worker_keeps_going(
+        self, open_queue: Callable[..., Queue], inject: Callable[[list[Bag]], None]
+    ) -> None:
+        poison = b"\xff{not json"
+        _, err = self._bad_then_good(open_queue, inject, Bag("Order", poison))
         assert isinstance(err, DecodeError)
         assert err.bag.body == poison
         assert "Order" in str(err)
@@ -372,16 +380,7 @@ class Conformance:
     def test_unknown_category_is_reported_and_others_still_flow(
         self, open_queue: Callable[..., Queue], inject: Callable[[list[Bag]], None]
     ) -> None:
-        errors: Chan[Exception] = Chan(16)
-        q = open_queue(errors=errors)
-        inject([Bag("Nobody", b'{"x": 1}', q.attributes("Nobody"), id=uuid.uuid4().hex)])
-        with enqueue(Order, q) as (out, _):
-            out.send(Order("after", 1.0))
-        with dequeue(Order, q) as (rcv, ack):
-            m = rcv.recv(timeout=self.patience)
-            ack.send(m)
-            err = errors.recv(timeout=self.patience)
-        assert m.object.id == "after"
+        _, err = self._bad_then_good(open_queue, inject, Bag("Nobody", b'{"x": 1}'))
         assert isinstance(err, UnroutableError)
         assert "Nobody" in str(err)
 
