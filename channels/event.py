@@ -17,7 +17,12 @@ T = TypeVar("T")
 @attrs.frozen
 class Meta:
     """What happened, by whom, when. The library fills `id`, `type`, `agent` and `created`
-    on send unless the sender set them; unset fields are left out of the JSON."""
+    on send unless the sender set them; unset fields are left out of the JSON.
+
+    The fields and their JSON names are those of fogfish/swarm's `Meta`; `realm`,
+    `target`, `participant` and `sink` are carried as they are, so an event passing
+    through a qchan service keeps them.
+    """
 
     id: str | None = None
     type: str | None = None
@@ -26,6 +31,7 @@ class Meta:
     created: datetime.datetime | None = None
     target: str | None = None
     participant: str | None = None
+    sink: str | None = None
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
-from qchan.options import check_keywords
+from qchan.options import OptionError, check_keywords
 from qchan.urls import URLError, redact
 
 from .. import _aws as aws
@@ -110,8 +111,13 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         read_timeout: float = 10.0,
         max_attempts: int = 3,
         max_pool_connections: int = 10,
+        unwrap: bool = True,
     ) -> None:
         super().__init__(name)
+        if not isinstance(unwrap, bool):
+            raise OptionError(
+                f"sqs://{name}: option 'unwrap' must be True or False, not {unwrap!r}"
+            )
         if not 0 <= wait <= wire.MAX_WAIT_SECONDS:
             raise ValueError(f"wait must be 0 to {wire.MAX_WAIT_SECONDS} s, not {wait}")
         if visibility_timeout is not None and not (
@@ -127,6 +133,12 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         self.poll_wait = wait
         self.visibility_timeout = visibility_timeout
         self.max_request_bytes = max_request_bytes
+        #: Receive EventBridge and SNS envelopes as the message inside (docs/sqs.md).
+        self.unwrap = unwrap
+        # Unwrapped bag -> the SQS message as received, which a dead letter copies.
+        # Weak: an entry goes with its bag once the kernel has settled it.
+        self._envelopes: weakref.WeakKeyDictionary[Bag, Bag] = weakref.WeakKeyDictionary()
+        self._envelopes_lock = threading.Lock()
         self._create = create
         self._queue_attributes = dict(queue_attributes or {})
         self._owner = owner
@@ -213,7 +225,17 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
             reply = self._poll_client.receive_message(**request)
         except (BotoCoreError, ClientError) as e:
             raise self._error("receive", e) from e
-        return [wire.bag_from_message(m) for m in reply.get("Messages", [])]
+        return [self._received(wire.bag_from_message(m)) for m in reply.get("Messages", [])]
+
+    def _received(self, bag: Bag) -> Bag:
+        if not self.unwrap:
+            return bag
+        inner = wire.unwrapped(bag)
+        if inner is None:
+            return bag
+        with self._envelopes_lock:
+            self._envelopes[inner] = bag
+        return inner
 
     def ack(self, bags: Sequence[Bag]) -> None:
         for chunk in _batches(bags):
@@ -239,7 +261,9 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         """The application gave up: copy each to the queue's redrive dead-letter queue, then
         delete it here (a copy that fails leaves the message to be redelivered). Without a
-        redrive policy, the messages are nacked: they come back until the retention ends."""
+        redrive policy, the messages are nacked: they come back until the retention ends.
+        An unwrapped message is copied as it was received, envelope and all, as SQS's
+        own redrive would move it."""
         target = self._dead_letter_queue()
         if target is None:
             self.hooks.report(
@@ -253,13 +277,15 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         fifo = target.endswith(".fifo")
         copied: list[Bag] = []
         for bag, error in zip(bags, errors, strict=True):
+            with self._envelopes_lock:
+                received = self._envelopes.get(bag, bag)
             try:
                 entry, _ = wire.entry(
-                    bag,
+                    received,
                     "0",
                     limit=wire.DEFAULT_MAX_REQUEST_BYTES,
                     fifo=fifo,
-                    group=self._group(bag),
+                    group=self._group(received),
                     dedup=bag.id,
                 )
                 message: dict[str, Any] = {k: v for k, v in entry.items() if k != "Id"}
@@ -480,6 +506,7 @@ _QUERY: dict[str, Callable[[str], Any]] = {
     "visibility_timeout": int,
     "content_dedup": lambda v: aws.BOOL[v.lower()],
     "max_request_bytes": int,
+    "unwrap": lambda v: aws.BOOL[v.lower()],
 }
 _KEYWORDS = frozenset({*_QUERY, *aws.CLIENT_KEYWORDS, "queue_attributes", "group_id"})
 #: The keyword options of `from_url`.

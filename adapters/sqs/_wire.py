@@ -14,6 +14,9 @@ Pure functions, no I/O, so the format can be read (and tested) in one place.
   without `Category` is "").
 - Size: SQS counts the body plus, per attribute, its name, data type and
   value, all in UTF-8 bytes; that is what `message_size` returns.
+- Envelopes: a message an EventBridge rule or an SNS subscription (raw delivery
+  off) put on the queue is received as the message inside (`unwrapped`, by the
+  rule of `qchan.envelopes`), with the SQS message's id, receipt and counts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from qchan.envelopes import unwrap
 from qchan.errors import MessageTooLarge, RejectedError
 from qchan.message import ATTR_CATEGORY, Bag
 
@@ -210,4 +214,21 @@ def bag_from_message(message: MessageTypeDef) -> Bag:
         key=system.get("MessageGroupId"),
         digest=message.get("ReceiptHandle"),
         deliveries=int(system.get("ApproximateReceiveCount", 1)),
+    )
+
+
+def unwrapped(bag: Bag) -> Bag | None:
+    """The received `bag` as the message inside its EventBridge or SNS envelope; None if
+    it is none. Id, key, receipt and delivery count stay the SQS message's."""
+    inner = unwrap(bag.body, bag.attributes)
+    if inner is None:
+        return None
+    return Bag(
+        category=inner.category or "",
+        body=inner.body,
+        attributes=inner.attributes,
+        id=bag.id,
+        key=bag.key,
+        digest=bag.digest,
+        deliveries=bag.deliveries,
     )

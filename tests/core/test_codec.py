@@ -112,6 +112,31 @@ def test_event_json_shape_leaves_unset_meta_out() -> None:
     assert c.decode(json.dumps(body).encode()).meta == Meta(id="e1", type="Line")
 
 
+def test_every_meta_field_of_a_swarm_event_survives_a_round_trip() -> None:
+    """Issue 16: an event passing through a qchan service keeps every field swarm's Meta has."""
+    c: JSONCodec[Event[Meta, Line]] = JSONCodec(Event[Meta, Line])
+    meta = {
+        "id": "e1",
+        "type": "Line",
+        "realm": "blue",
+        "agent": "go-service",
+        "created": "2026-12-03T07:40:00Z",
+        "target": "billing",
+        "participant": "user:ann",
+        "sink": "archive",
+    }
+    event = c.decode(json.dumps({"meta": meta, "data": {"sku": "s", "qty": 1}}).encode())
+    assert event.meta is not None and event.meta.sink == "archive"
+    again = json.loads(c.encode(event))["meta"]
+    assert again.keys() == meta.keys()
+    created = again.pop("created")
+    assert datetime.datetime.fromisoformat(created) == datetime.datetime(
+        2026, 12, 3, 7, 40, tzinfo=datetime.UTC
+    )
+    assert again == {k: v for k, v in meta.items() if k != "created"}
+    assert "sink" not in json.loads(c.encode(Event(Meta(id="e2"), Line("s", 1))))["meta"]
+
+
 def test_no_code_executing_decoder_anywhere_in_the_package() -> None:
     root = pathlib.Path(__file__).resolve().parents[2]
     banned = re.compile(r"\b(pickle|marshal|shelve|dill|cloudpickle|yaml\.load|eval|exec)\b")

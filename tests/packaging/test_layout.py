@@ -112,6 +112,7 @@ def test_the_core_below_the_kernel_imports_no_kernel_nor_application_module() ->
         "errors",
         "message",
         "event",
+        "envelopes",
         "codec",
         "retry",
         "adapter",
