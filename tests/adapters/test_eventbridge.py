@@ -172,3 +172,12 @@ def test_an_unreachable_endpoint_ends_on_dlq_as_connection_lost(aws: AWS) -> Non
     ):
         put.put(Order("1", 1.0), timeout=20)
     assert isinstance(e.value.__cause__, ConnectionLost)
+
+
+def test_the_sqs_queue_a_rule_targets_delivers_the_typed_object(aws: AWS) -> None:
+    bus, queue = aws.bus()
+    with enqueue(Order, aws.open(aws.url("eventbridge", bus), agent="billing")) as (out, _):
+        out.send(Order("e2e", 4.5))
+    (msg,) = aws.receive(queue, Order, 1)
+    assert msg.object == Order("e2e", 4.5) and msg.category == "Order"
+    assert (msg.attributes["Source"], msg.attributes["Envelope"]) == ("billing", "eventbridge")

@@ -203,3 +203,14 @@ def test_a_topic_by_arn(aws: AWS) -> None:
     with connect(aws.url("sns", arn)) as q, enqueue_sync(str, q) as put:
         put.put("by arn", timeout=20)
     assert [m["Body"] for m in aws.read(queue, 1)] == ["by arn"]
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "notification"])
+def test_the_subscribed_sqs_queue_delivers_the_typed_object(aws: AWS, raw: bool) -> None:
+    name, _, queue = aws.topic(raw=raw)
+    with enqueue(Order, aws.open(aws.url("sns", name), agent="billing")) as (out, _):
+        out.send(Order("e2e", 4.5))
+    (msg,) = aws.receive(queue, Order, 1)
+    assert msg.object == Order("e2e", 4.5) and msg.category == "Order"
+    assert (msg.attributes["Source"], msg.attributes["Queue"]) == ("billing", name)
+    assert msg.attributes.get("Envelope") == (None if raw else "sns")

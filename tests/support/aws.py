@@ -17,7 +17,7 @@ import attrs
 import boto3
 import pytest
 
-from qchan import Adapter, EnqueueError, Queue
+from qchan import Adapter, EnqueueError, Queue, connect, dequeue
 from qchan.urls import open_adapter
 
 REGION = "us-east-1"
@@ -54,6 +54,19 @@ class AWS:
     def url(self, scheme: str, target: str) -> str:
         """The qchan URL of a bus or topic on the local endpoint."""
         return f"{scheme}://{target}?endpoint={self.endpoint}&region={REGION}"
+
+    def receive(self, queue: str, type_: type[Any], n: int) -> list[Any]:
+        """`n` messages of `type_` received and acked through qchan from the SQS queue at
+        the URL `queue`, as an application reads what a rule or subscription delivers."""
+        name = queue.rsplit("/", 1)[-1]
+        with (
+            connect(f"{self.url('sqs', name)}&wait=1", poll_wait=1) as q,
+            dequeue(type_, q) as (rcv, ack),
+        ):
+            got = [rcv.recv(timeout=20) for _ in range(n)]
+            for m in got:
+                ack.send(m)
+        return got
 
     def queue(self, fifo: bool = False) -> tuple[str, str]:
         """A new SQS queue: (url, arn)."""
