@@ -121,7 +121,8 @@ def test_dequeue_raises_at_the_call_and_starts_no_poller(aws: AWS, target: Targe
     q = aws.open(target.url)
     with pytest.raises(SendOnlyError, match=r"only sends .* SQS queue .* Lambda"):
         dequeue(Order, q)
-    assert not [t for t in threading.enumerate() if t.name.startswith("qchan-poller")]
+    poller = f"qchan-poller-{q.adapter.scheme}-"  # this transport's (kernel/poller.py)
+    assert not [t for t in threading.enumerate() if t.name.startswith(poller)]
     with pytest.raises(SendOnlyError, match="only sends"):
         q.adapter.receive(10, 0)
     wrapped = aws.open(Spy(open_adapter(target.url)))  # a test double keeps it send-only
