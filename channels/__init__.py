@@ -35,6 +35,7 @@ from .errors import (
     QchanError,
     QueueFailed,
     RejectedError,
+    SendOnlyError,
     UnroutableError,
 )
 from .event import Event, Meta
@@ -85,6 +86,7 @@ __all__ = [
     "Retries",
     "Selected",
     "SendChan",
+    "SendOnlyError",
     "Served",
     "Stats",
     "StrCodec",

@@ -22,6 +22,10 @@ The methods come in groups:
 | settling | `nack_failed`, `dead_letter`, `release`, `reject`, `extend` | overrides native ones |
 | pipelining | `pipeline`, `submit` | sets both when its client sends asynchronously |
 | lifecycle | `bind`, `close` | closes its connections in `close` |
+| send-only | `send_only = True` | sets it if the broker delivers elsewhere (EventBridge, SNS) |
+
+A send-only queue refuses `dequeue` at the call (`SendOnlyError`), so no poller
+starts and `receive`, `ack`, `nack` are never called.
 
 So an adapter whose client is not thread-safe (pika) keeps one connection per
 calling thread, or hands work to the thread that owns the connection (for
@@ -129,6 +133,10 @@ class Adapter(abc.ABC):
     poll_wait: float = 1.0
     #: Most submitted batches the emitter keeps in flight (1: one `send_batch` at a time).
     pipeline: int = 1
+    #: True for a transport whose broker delivers elsewhere (EventBridge, SNS): `dequeue` on
+    #: its queue raises `SendOnlyError` and no poller starts; `receive`, `ack` and `nack`
+    #: are never called.
+    send_only: bool = False
 
     def __init__(self, name: str) -> None:
         #: The logical queue name (the `Queue` attribute on the wire).

@@ -46,6 +46,10 @@ class MessageTooLarge(RejectedError):
     """The encoded message is larger than the broker accepts."""
 
 
+class SendOnlyError(QchanError):
+    """The queue's transport only sends (EventBridge, SNS): `dequeue` where it delivers to."""
+
+
 class MessageError(QchanError):
     """A received message that could not be handed to the application.
 

@@ -20,6 +20,8 @@ __all__ = ["SECRET_KEY", "adapter_names", "open_adapter", "redact", "register_sc
 _BUILTIN: dict[str, tuple[str, str]] = {
     "mem": ("qchan.adapters.embedded", ""),
     "sqs": ("qchan.adapters.sqs", "sqs"),
+    "sns": ("qchan.adapters.sns", "sns"),
+    "eventbridge": ("qchan.adapters.eventbridge", "eventbridge"),
     "kafka": ("qchan.adapters.kafka", "kafka"),
     "amqp": ("qchan.adapters.rabbitmq", "rabbitmq"),
     "amqps": ("qchan.adapters.rabbitmq", "rabbitmq"),

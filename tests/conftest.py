@@ -14,7 +14,7 @@ import pytest
 
 from qchan import EnqueueError, Queue
 
-pytest_plugins = ["support.sqs", "support.kafka", "support.rabbitmq"]
+pytest_plugins = ["support.sqs", "support.aws", "support.kafka", "support.rabbitmq"]
 
 
 @pytest.fixture

@@ -18,42 +18,19 @@ import json
 import logging
 import math
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
 
 import boto3
-import botocore.exceptions
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-    NoRegionError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
-from qchan.adapter import Adapter
-from qchan.errors import (
-    ConnectionLost,
-    MessageError,
-    MessageTooLarge,
-    QchanError,
-    RejectedError,
-    describe,
-)
+from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
-from qchan.options import (
-    QUEUE_URL_OPTIONS,
-    OptionError,
-    URLOptionError,
-    check_keywords,
-    unknown,
-)
+from qchan.options import OptionError, check_keywords
 from qchan.urls import URLError, redact
 
+from .. import _aws as aws
 from . import _wire as wire
 
 if TYPE_CHECKING:
@@ -86,17 +63,6 @@ _PERMANENT_CODES = frozenset(
         "AWS.SimpleQueueService.UnsupportedOperation",
     }
 )
-_THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "RequestThrottled",
-        "KmsThrottled",
-        "KMS.ThrottlingException",
-        "ServiceUnavailable",
-        "InternalError",
-    }
-)
 _NOT_FOUND_CODES = frozenset(
     {
         "AWS.SimpleQueueService.NonExistentQueue",
@@ -105,22 +71,19 @@ _NOT_FOUND_CODES = frozenset(
 )
 
 
-class SQSError(QchanError):
+class SQSError(aws.AWSError):
     """SQS refused a request or one entry of a batch; `code` is SQS's error code."""
-
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class QueueNotFound(SQSError):
     """The queue does not exist at this endpoint (and `create` is off)."""
 
 
-class SQSAdapter(Adapter):
+class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
     """One SQS queue, standard or FIFO (name ends in `.fifo`). Use `from_url` to build one."""
 
     scheme = "sqs"
+    service = aws.Service("SQS", "queue", SQSError, _PERMANENT_CODES, _NOT_FOUND_CODES)
     max_batch = wire.MAX_BATCH_ENTRIES
     max_receive = wire.MAX_BATCH_ENTRIES
     poll_wait = DEFAULT_WAIT
@@ -182,46 +145,32 @@ class SQSAdapter(Adapter):
         self._content_dedup = content_dedup
         self._group_id = group_id
         self._queue_url = queue_url
-        self._resolved = threading.Event()
-        self._resolve_lock = threading.Lock()
         self._woken = threading.Event()
-        # Filled in by _resolve from the queue's attributes.
+        # Filled in by _look_up from the queue's attributes.
         self._max_message_bytes = wire.DEFAULT_MAX_REQUEST_BYTES
         self._queue_visibility = 30
         self._queue_content_dedup = False
         self._dead_letter_arn: str | None = None  # from the queue's RedrivePolicy
         self._dead_letter_url: str | None = None
 
-        session = session or boto3.session.Session(profile_name=profile)
-        # The kernel retries sends with its own backoff, so botocore only gets
-        # a short budget for transient errors (throttling, 5xx, a dropped
-        # connection); acks and visibility changes benefit from it most.
-        common: dict[str, Any] = {
+        common: aws.ClientOptions = {
+            "session": aws.session_for(session, profile),
+            "endpoint": endpoint,
+            "region": region,
+            "verify": verify,
+            "client_cert": client_cert,
             "connect_timeout": connect_timeout,
-            "retries": {"mode": "standard", "total_max_attempts": max_attempts},
+            "read_timeout": read_timeout,
+            "max_attempts": max_attempts,
             "max_pool_connections": max_pool_connections,
         }
-        if client_cert is not None:
-            common["client_cert"] = client_cert
-        kwargs: dict[str, Any] = {"region_name": region, "endpoint_url": endpoint}
-        if verify is not None:
-            kwargs["verify"] = verify
-        try:
-            self._client: SQSClient = session.client(
-                "sqs", config=Config(read_timeout=read_timeout, **common), **kwargs
-            )
-        except NoRegionError:
-            raise ValueError(
-                f"no AWS region for SQS queue {name!r}: pass region=... (or ?region= in the "
-                f"URL) or set AWS_DEFAULT_REGION"
-            ) from None
+        what = f"SQS queue {name!r}"
+        self._client: SQSClient = aws.client("sqs", what, **common)
         # Long polls hold a request open for up to WaitTimeSeconds: they get
         # their own client so the read timeout of every other call stays short.
-        self._poll_client: SQSClient = session.client(
-            "sqs",
-            config=Config(read_timeout=wire.MAX_WAIT_SECONDS + read_timeout, **common),
-            **kwargs,
-        )
+        poll = common.copy()
+        poll["read_timeout"] = wire.MAX_WAIT_SECONDS + read_timeout
+        self._poll_client: SQSClient = aws.client("sqs", what, **poll)
         # boto3 >= 1.34.x names the system attributes MessageSystemAttributeNames;
         # older releases (the extra allows 1.28) only know the deprecated name.
         shape = self._poll_client.meta.service_model.operation_model("ReceiveMessage").input_shape
@@ -244,7 +193,7 @@ class SQSAdapter(Adapter):
     @property
     def queue_url(self) -> str:
         """The queue's URL (resolves the queue on first use)."""
-        self._resolve()
+        self._prepare()
         assert self._queue_url is not None
         return self._queue_url
 
@@ -254,52 +203,15 @@ class SQSAdapter(Adapter):
         If the endpoint cannot be reached, the lookup is left to the first
         send or receive (whose outcomes are then errors the kernel retries).
         """
-        try:
-            self._resolve()
-        except ConnectionLost as e:
-            log.warning(
-                "queue %s: endpoint not reachable yet, will retry on first use: %s", self.name, e
-            )
+        self._check_now(self._prepare)
 
     # -- the contract --------------------------------------------------------
-
-    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
-        outcomes: list[BaseException | None] = [None] * len(bags)
-        try:
-            self._resolve()
-        except QchanError as e:
-            return [e] * len(bags)
-        pending: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]] = []
-        for i, bag in enumerate(bags):
-            try:
-                entry, size = wire.entry(
-                    bag,
-                    str(i),
-                    limit=self._max_message_bytes,
-                    fifo=self.fifo,
-                    group=self._group(bag),
-                    dedup=self._dedup(bag),
-                )
-            except RejectedError as e:
-                log.warning("queue %s: message rejected before sending: %s", self.name, e)
-                outcomes[i] = e
-            else:
-                pending.append((i, entry, size))
-        down: BaseException | None = None
-        for chunk in self._chunks(pending):
-            if down is not None:
-                # The endpoint just failed; do not wait out a timeout per chunk.
-                for i, _, _ in chunk:
-                    outcomes[i] = down
-                continue
-            down = self._send_chunk(chunk, outcomes)
-        return outcomes
 
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         if self._woken.is_set():
             self._woken.clear()
             return []
-        self._resolve()
+        self._prepare()
         request: dict[str, Any] = {
             "QueueUrl": self._queue_url,
             "MaxNumberOfMessages": max(1, min(max_items, wire.MAX_BATCH_ENTRIES)),
@@ -449,93 +361,33 @@ class SQSAdapter(Adapter):
     # -- internals -----------------------------------------------------------
 
     def _group(self, bag: Bag) -> str | None:
-        if not self.fifo:
-            return None
-        if bag.key is not None:
-            return bag.key
-        if self._group_id is not None:
-            try:
-                return self._group_id(bag)
-            except Exception as e:
-                raise RejectedError(
-                    f"group_id function failed for a {bag.category!r} message: {e!r}"
-                ) from e
-        return bag.category
+        return wire.group_id(bag, self._group_id) if self.fifo else None
 
     def _dedup(self, bag: Bag) -> str | None:
         if not self.fifo:
             return None
         content = self._content_dedup
-        if content is None:
-            content = self._queue_content_dedup
-        if content:
-            return None
-        # The kernel's id is stable across its retries, so a resend after a
-        # lost reply is dropped by SQS within its 5-minute window.
-        return bag.id or uuid.uuid4().hex
+        return wire.dedup_id(bag, self._queue_content_dedup if content is None else content)
 
-    def _chunks(
-        self, pending: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]
-    ) -> Iterator[list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]]]:
-        """Consecutive runs of at most 10 entries and max_request_bytes (order kept)."""
-        chunk: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]] = []
-        total = 0
-        for item in pending:
-            size = item[2]
-            if chunk and (
-                len(chunk) == wire.MAX_BATCH_ENTRIES or total + size > self.max_request_bytes
-            ):
-                yield chunk
-                chunk, total = [], 0
-            chunk.append(item)
-            total += size
-        if chunk:
-            yield chunk
+    def _entry(self, index: int, bag: Bag) -> tuple[SendMessageBatchRequestEntryTypeDef, int]:
+        return wire.entry(
+            bag,
+            str(index),
+            limit=self._max_message_bytes,
+            fifo=self.fifo,
+            group=self._group(bag),
+            dedup=self._dedup(bag),
+        )
 
-    def _send_chunk(
-        self,
-        chunk: list[tuple[int, SendMessageBatchRequestEntryTypeDef, int]],
-        outcomes: list[BaseException | None],
-    ) -> BaseException | None:
-        """Send one request; fill `outcomes`. Returns the error if the endpoint is down."""
-        try:
-            reply = self._client.send_message_batch(
-                QueueUrl=self.queue_url, Entries=[e for _, e, _ in chunk]
-            )
-        except ClientError as e:
-            code = _code(e)
-            if code in _PERMANENT_CODES and len(chunk) > 1:
-                # SQS refused the whole request for something one entry holds;
-                # send them one by one so only that entry fails.
-                log.info(
-                    "queue %s: batch refused (%s), resending its %d entries one by one",
-                    self.name,
-                    code,
-                    len(chunk),
-                )
-                for item in chunk:
-                    down = self._send_chunk([item], outcomes)
-                    if down is not None:
-                        return down
-                return None
-            err = self._error("send", e)
-            for i, _, _ in chunk:
-                outcomes[i] = err
-            return None
-        except BotoCoreError as e:
-            err = self._error("send", e)
-            for i, _, _ in chunk:
-                outcomes[i] = err
-            return err if isinstance(err, ConnectionLost) else None
-        for failed in reply.get("Failed", []):
-            i = int(failed["Id"])
-            code = failed.get("Code", "")
-            text = f"SQS refused message for queue {self.name}: {code}: {failed.get('Message', '')}"
-            if failed.get("SenderFault") and code not in _THROTTLING_CODES:
-                outcomes[i] = RejectedError(text)
-            else:
-                outcomes[i] = SQSError(text, code)
-        return None
+    def _request(
+        self, entries: list[SendMessageBatchRequestEntryTypeDef]
+    ) -> list[BaseException | None]:
+        """One SendMessageBatch; an outcome per entry."""
+        reply = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        failed = aws.failed_entries(
+            reply.get("Failed", []), f"SQS refused message for queue {self.name}", SQSError
+        )
+        return [failed.get(e["Id"]) for e in entries]
 
     def _change_visibility(self, bags: Sequence[Bag], timeout: int, what: str) -> None:
         for chunk in _batches(bags):
@@ -566,76 +418,48 @@ class SQSAdapter(Adapter):
                 )
             )
 
-    def _error(self, what: str, e: BaseException) -> QchanError:
-        """The qchan error for a botocore failure (never includes credentials)."""
-        where = redact(self.endpoint)
-        if isinstance(e, ClientError):
-            code = _code(e)
-            msg = e.response.get("Error", {}).get("Message", "")
-            if code in _NOT_FOUND_CODES:
-                return QueueNotFound(self._not_found(), code)
-            text = f"SQS {what} on queue {self.name} at {where} failed: {code}: {msg}"
-            if code in _PERMANENT_CODES:
-                if "shorter than" in msg or "too long" in msg.lower() or code == "MessageTooLong":
-                    return MessageTooLarge(text)
-                return RejectedError(text)
-            return SQSError(text, code)
-        if isinstance(e, (botocore.exceptions.ConnectionError, HTTPClientError)):
-            return ConnectionLost(f"SQS {what} on queue {self.name} at {where} failed: {e}")
-        if isinstance(e, NoCredentialsError):
-            return SQSError(
-                f"SQS {what} on queue {self.name}: no AWS credentials found (boto3 "
-                f"looks in the environment, ~/.aws, profile=..., instance or task "
-                f"role)",
-                "NoCredentials",
-            )
-        return SQSError(f"SQS {what} on queue {self.name} at {where} failed: {e}")
+    def _not_found(self, code: str) -> QchanError:
+        return QueueNotFound(self._missing(), code)
 
-    def _not_found(self) -> str:
+    def _missing(self) -> str:
         return (
             f"queue {self.name!r} not found at {redact(self.endpoint)}; "
             f"create it or pass create=True"
         )
 
-    def _resolve(self) -> None:
-        """Find (or create) the queue and read the attributes the adapter needs, once."""
-        if self._resolved.is_set():
-            return
-        with self._resolve_lock:
-            if self._resolved.is_set():
-                return
-            try:
-                if self._queue_url is None:
-                    self._queue_url = self._lookup()
-                attrs = self._client.get_queue_attributes(
-                    QueueUrl=self._queue_url,
-                    AttributeNames=[
-                        "MaximumMessageSize",
-                        "VisibilityTimeout",
-                        "ContentBasedDeduplication",
-                        "RedrivePolicy",
-                    ],
-                ).get("Attributes", {})
-            except (BotoCoreError, ClientError) as e:
-                raise self._error("queue lookup", e) from e
-            self._max_message_bytes = int(
-                attrs.get("MaximumMessageSize", wire.DEFAULT_MAX_REQUEST_BYTES)
-            )
-            self._queue_visibility = int(attrs.get("VisibilityTimeout", 30))
-            self._queue_content_dedup = attrs.get("ContentBasedDeduplication") == "true"
-            try:
-                redrive = json.loads(attrs.get("RedrivePolicy") or "{}")
-                self._dead_letter_arn = redrive.get("deadLetterTargetArn") or None
-            except (ValueError, AttributeError):
-                self._dead_letter_arn = None
-            self._resolved.set()
-            log.debug(
-                "queue %s: resolved to %s (max message %d bytes, visibility %d s)",
-                self.name,
-                self._queue_url,
-                self._max_message_bytes,
-                self._queue_visibility,
-            )
+    def _look_up(self) -> None:
+        """Find (or create) the queue and read the attributes the adapter needs."""
+        try:
+            if self._queue_url is None:
+                self._queue_url = self._lookup()
+            attrs = self._client.get_queue_attributes(
+                QueueUrl=self._queue_url,
+                AttributeNames=[
+                    "MaximumMessageSize",
+                    "VisibilityTimeout",
+                    "ContentBasedDeduplication",
+                    "RedrivePolicy",
+                ],
+            ).get("Attributes", {})
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("queue lookup", e) from e
+        self._max_message_bytes = int(
+            attrs.get("MaximumMessageSize", wire.DEFAULT_MAX_REQUEST_BYTES)
+        )
+        self._queue_visibility = int(attrs.get("VisibilityTimeout", 30))
+        self._queue_content_dedup = attrs.get("ContentBasedDeduplication") == "true"
+        try:
+            redrive = json.loads(attrs.get("RedrivePolicy") or "{}")
+            self._dead_letter_arn = redrive.get("deadLetterTargetArn") or None
+        except (ValueError, AttributeError):
+            self._dead_letter_arn = None
+        log.debug(
+            "queue %s: resolved to %s (max message %d bytes, visibility %d s)",
+            self.name,
+            self._queue_url,
+            self._max_message_bytes,
+            self._queue_visibility,
+        )
 
     def _lookup(self) -> str:
         request: dict[str, Any] = {"QueueName": self.name}
@@ -645,10 +469,10 @@ class SQSAdapter(Adapter):
             url: str = self._client.get_queue_url(**request)["QueueUrl"]
             return url
         except ClientError as e:
-            if _code(e) not in _NOT_FOUND_CODES:
+            if aws.code_of(e) not in _NOT_FOUND_CODES:
                 raise
             if not self._create:
-                raise QueueNotFound(self._not_found(), _code(e)) from None
+                raise QueueNotFound(self._missing(), aws.code_of(e)) from None
         attributes = dict(self._queue_attributes)
         if self.fifo:
             attributes.setdefault("FifoQueue", "true")
@@ -658,10 +482,6 @@ class SQSAdapter(Adapter):
             Attributes=attributes,  # type: ignore[arg-type]
         )["QueueUrl"]
         return created
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
 
 
 def _batches(bags: Sequence[Bag]) -> Iterator[Sequence[Bag]]:
@@ -678,34 +498,17 @@ def _wait_seconds(wait: float) -> int:
 
 # -- URLs ---------------------------------------------------------------------
 
-_BOOL = {
-    "true": True,
-    "1": True,
-    "yes": True,
-    "on": True,
-    "false": False,
-    "0": False,
-    "no": False,
-    "off": False,
-}
 _QUERY: dict[str, Callable[[str], Any]] = {
-    "endpoint": str,
-    "region": str,
-    "create": lambda v: _BOOL[v.lower()],
+    **aws.CLIENT_QUERY,
+    "create": lambda v: aws.BOOL[v.lower()],
     "owner": str,
     "wait": float,
     "visibility_timeout": int,
-    "content_dedup": lambda v: _BOOL[v.lower()],
+    "content_dedup": lambda v: aws.BOOL[v.lower()],
     "max_request_bytes": int,
-    "profile": str,
-    "verify": lambda v: _BOOL.get(v.lower(), v),
-    "connect_timeout": float,
-    "read_timeout": float,
-    "max_attempts": int,
-    "max_pool_connections": int,
-    "unwrap": lambda v: _BOOL[v.lower()],
+    "unwrap": lambda v: aws.BOOL[v.lower()],
 }
-_KEYWORDS = frozenset({*_QUERY, "queue_attributes", "group_id", "session", "client_cert"})
+_KEYWORDS = frozenset({*_QUERY, *aws.CLIENT_KEYWORDS, "queue_attributes", "group_id"})
 #: The keyword options of `from_url`.
 OPTIONS = _KEYWORDS
 
@@ -729,28 +532,7 @@ def from_url(url: str, **options: Any) -> SQSAdapter:
 
 
 def _parse(url: str) -> tuple[str, dict[str, Any]]:
-    try:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError as e:
-        raise URLError(f"malformed SQS URL {redact(url)!r}: {e}") from None
-    if parts.scheme not in ("sqs", "http", "https"):
-        raise URLError(f"not an SQS URL: {redact(url)!r}")
-    if parts.username or parts.password:
-        raise URLError(
-            f"credentials in an SQS URL are not supported ({redact(url)!r}); use boto3's "
-            f"credential chain (environment, profile=..., instance or task role)"
-        )
-    params: dict[str, Any] = {}
-    for key, value in query:
-        if key not in _QUERY:
-            raise unknown(
-                f"SQS URL {redact(url)!r}", [key], {*_QUERY, *QUEUE_URL_OPTIONS}, URLOptionError
-            )
-        try:
-            params[key] = _QUERY[key](value)
-        except (KeyError, ValueError):
-            raise URLError(f"bad value {value!r} for {key!r} in {redact(url)!r}") from None
+    parts, params = aws.parse_url(url, "SQS", ("sqs", "http", "https"), _QUERY)
     path = parts.path.strip("/")
     if not path:
         if parts.scheme != "sqs" or not parts.netloc:

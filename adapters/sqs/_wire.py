@@ -24,7 +24,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from qchan.envelopes import unwrap
@@ -122,11 +123,13 @@ def entry(
     fifo: bool,
     group: str | None,
     dedup: str | None,
+    limit_name: str = "the queue's MaximumMessageSize",
 ) -> tuple[SendMessageBatchRequestEntryTypeDef, int]:
     """The SendMessageBatch entry for `bag` and its size; RejectedError if SQS would refuse it.
 
     `group` and `dedup` are the FIFO MessageGroupId and MessageDeduplicationId
-    (dedup None: the queue de-duplicates by content).
+    (dedup None: the queue de-duplicates by content); `limit_name` says what
+    `limit` is in the MessageTooLarge error.
     """
     body, encoded = encode_body(bag.body)
     attrs = dict(bag.attributes)
@@ -140,7 +143,7 @@ def entry(
     if size > limit:
         raise MessageTooLarge(
             f"message of {size} bytes (body{' as base64' if encoded else ''} plus attributes) "
-            f"exceeds the queue's MaximumMessageSize of {limit} bytes; send a reference "
+            f"exceeds {limit_name} of {limit} bytes; send a reference "
             f"(e.g. an S3 key) instead of the payload"
         )
     out: SendMessageBatchRequestEntryTypeDef = {"Id": entry_id, "MessageBody": body}
@@ -151,6 +154,31 @@ def entry(
         if dedup is not None:
             out["MessageDeduplicationId"] = token(dedup, "default")
     return out, size
+
+
+def group_id(bag: Bag, function: Callable[[Bag], str] | None) -> str:
+    """The FIFO message group of `bag`: its key, else `function(bag)`, else its category."""
+    if bag.key is not None:
+        return bag.key
+    if function is not None:
+        try:
+            return function(bag)
+        except Exception as e:
+            raise RejectedError(
+                f"group_id function failed for a {bag.category!r} message: {e!r}"
+            ) from e
+    return bag.category
+
+
+def dedup_id(bag: Bag, content: bool) -> str | None:
+    """The FIFO MessageDeduplicationId of `bag`; None when the broker de-duplicates by content.
+
+    The kernel's id is stable across its retries, so a resend after a lost reply
+    is dropped by the broker within its 5-minute window.
+    """
+    if content:
+        return None
+    return bag.id or uuid.uuid4().hex
 
 
 def bag_from_message(message: MessageTypeDef) -> Bag:

@@ -23,6 +23,7 @@ class Wrapped(Adapter):
         self.max_batch = inner.max_batch
         self.max_receive = inner.max_receive
         self.poll_wait = inner.poll_wait
+        self.send_only = inner.send_only
         # Pipelining too: a wrapped Kafka adapter keeps the path it runs on unwrapped
         # (a subclass that sets its own `pipeline` keeps that).
         if type(self).pipeline == Wrapped.pipeline:
