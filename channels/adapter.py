@@ -143,21 +143,11 @@ class Adapter(abc.ABC):
         self.name = name
         self.hooks = Hooks()
 
-    def bind(self, hooks: Hooks) -> None:
-        """Called once by the kernel before any other call."""
-        self.hooks = hooks
+    # -- required: every adapter implements these four -------------------------
 
     @abc.abstractmethod
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
         """Send the bags; return one outcome per bag, in order (None: the broker accepted it)."""
-
-    def submit(self, bags: Sequence[Bag]) -> Sending:
-        """Start sending the bags and return without waiting for the broker (see `pipeline`).
-
-        The default sends synchronously. An exception raised here counts as the
-        failure of every bag, as for `send_batch`.
-        """
-        return Sending(self.send_batch(bags))
 
     @abc.abstractmethod
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
@@ -170,6 +160,43 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         """Make these deliveries available again after `delay` seconds (0: at once)."""
+
+    # -- flow control: the poller's three states (see the module docstring) ----
+
+    def hold(self, wait: float) -> bool:
+        """Called on the poller thread instead of `receive` while the in-flight limit is
+        reached: the application has not settled enough of what it was given.
+
+        Keep every message taken or prefetched so far (a later `receive` hands it
+        out); take nothing new; do not requeue, release or dead-letter anything, and
+        do not count anything as a delivery. An adapter whose connection does I/O
+        only inside calls on its own thread (pika's BlockingConnection) services
+        it here for up to `wait` seconds: settlements handed over by the
+        dispatcher, heartbeats. Return False when there is nothing to service
+        (the default): the kernel then waits without calling it until the state
+        changes.
+        """
+        return False
+
+    def idle(self, wait: float) -> bool:
+        """Called on the poller thread instead of `receive` while nobody listens: no channel
+        is open on the queue (before the first `dequeue`, or after the last one closed).
+
+        The adapter may give back what it prefetched (other consumers of the
+        queue get it) and services its connection for up to `wait` seconds, as
+        in `hold`. Return False when there is nothing to service (the default).
+        """
+        return False
+
+    def wakeup(self) -> None:  # noqa: B027 - optional hook
+        """Make a `receive`, `hold` or `idle` blocked in another thread return soon.
+
+        Only an interrupt: the kernel then calls whichever of the three fits the
+        queue's state. It is sticky where it can be (a wakeup just before the call
+        starts still cuts it short) and must never be read as "give back".
+        """
+
+    # -- settling beyond ack and nack: overridden where the broker has its own ---
 
     def nack_failed(
         self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
@@ -213,38 +240,21 @@ class Adapter(abc.ABC):
         visibility timeout). Brokers without visibility timeouts ignore it.
         """
 
-    def hold(self, wait: float) -> bool:
-        """Called on the poller thread instead of `receive` while the in-flight limit is
-        reached: the application has not settled enough of what it was given.
+    # -- pipelining: set `pipeline` above 1 and override `submit` --------------
 
-        Keep every message taken or prefetched so far (a later `receive` hands it
-        out); take nothing new; do not requeue, release or dead-letter anything, and
-        do not count anything as a delivery. An adapter whose connection does I/O
-        only inside calls on its own thread (pika's BlockingConnection) services
-        it here for up to `wait` seconds: settlements handed over by the
-        dispatcher, heartbeats. Return False when there is nothing to service
-        (the default): the kernel then waits without calling it until the state
-        changes.
+    def submit(self, bags: Sequence[Bag]) -> Sending:
+        """Start sending the bags and return without waiting for the broker (see `pipeline`).
+
+        The default sends synchronously. An exception raised here counts as the
+        failure of every bag, as for `send_batch`.
         """
-        return False
+        return Sending(self.send_batch(bags))
 
-    def idle(self, wait: float) -> bool:
-        """Called on the poller thread instead of `receive` while nobody listens: no channel
-        is open on the queue (before the first `dequeue`, or after the last one closed).
+    # -- lifecycle -------------------------------------------------------------
 
-        The adapter may give back what it prefetched (other consumers of the
-        queue get it) and services its connection for up to `wait` seconds, as
-        in `hold`. Return False when there is nothing to service (the default).
-        """
-        return False
-
-    def wakeup(self) -> None:  # noqa: B027 - optional hook
-        """Make a `receive`, `hold` or `idle` blocked in another thread return soon.
-
-        Only an interrupt: the kernel then calls whichever of the three fits the
-        queue's state. It is sticky where it can be (a wakeup just before the call
-        starts still cuts it short) and must never be read as "give back".
-        """
+    def bind(self, hooks: Hooks) -> None:
+        """Called once by the kernel before any other call."""
+        self.hooks = hooks
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once, after the kernel's workers stopped."""

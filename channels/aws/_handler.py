@@ -30,6 +30,8 @@ class RouteOptions(TypedDict, Generic[T], total=False):
     with_msg: bool
     codec: Codec[T] | None
     converter: cattrs.Converter | None
+
+
 log = logging.getLogger("qchan.aws")
 
 #: What a partial batch response looks like: {"batchItemFailures": [{"itemIdentifier": id}]}.

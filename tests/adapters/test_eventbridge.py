@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,10 +22,12 @@ from qchan import (
     enqueue,
     enqueue_sync,
 )
+from qchan.adapter import Adapter
 from qchan.adapters.eventbridge import BusNotFound, EventBridgeAdapter, from_url
 from qchan.adapters.eventbridge import _wire as wire
 from qchan.errors import ConnectionLost, MessageTooLarge, RejectedError
 from qchan.message import Bag
+from qchan.testing import Conformance
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +184,27 @@ def test_the_sqs_queue_a_rule_targets_delivers_the_typed_object(aws: AWS) -> Non
     (msg,) = aws.receive(queue, Order, 1)
     assert msg.object == Order("e2e", 4.5) and msg.category == "Order"
     assert (msg.attributes["Source"], msg.attributes["Envelope"]) == ("billing", "eventbridge")
+
+
+class TestEventBridgeConformance(Conformance):
+    """The shared suite's send side: eventbridge:// declares no `receive`."""
+
+    features = frozenset({"missing_queue"})
+    patience = 20.0
+
+    @pytest.fixture
+    def missing_adapter_factory(self, aws: AWS) -> Callable[[str], Adapter]:
+        return lambda name: from_url(aws.url("eventbridge", name))
+
+    @pytest.fixture
+    def adapter_factory(self, aws: AWS) -> Callable[[str], Adapter]:
+        made: set[str] = set()
+
+        def make(name: str) -> Adapter:
+            if name not in made:
+                aws.events.create_event_bus(Name=name)
+                aws.undo(lambda: aws.events.delete_event_bus(Name=name))
+                made.add(name)
+            return from_url(aws.url("eventbridge", name))
+
+        return make

@@ -8,6 +8,7 @@ import base64
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,9 +21,11 @@ from qchan import (
     enqueue,
     enqueue_sync,
 )
+from qchan.adapter import Adapter
 from qchan.adapters.sns import SNSAdapter, TopicNotFound, from_url
 from qchan.errors import MessageTooLarge, RejectedError
 from qchan.message import Bag
+from qchan.testing import Conformance
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +217,23 @@ def test_the_subscribed_sqs_queue_delivers_the_typed_object(aws: AWS, raw: bool)
     assert msg.object == Order("e2e", 4.5) and msg.category == "Order"
     assert (msg.attributes["Source"], msg.attributes["Queue"]) == ("billing", name)
     assert msg.attributes.get("Envelope") == (None if raw else "sns")
+
+
+class TestSNSConformance(Conformance):
+    """The shared suite's send side: sns:// declares no `receive`."""
+
+    features = frozenset({"missing_queue"})
+    patience = 20.0
+
+    @pytest.fixture
+    def missing_adapter_factory(self, aws: AWS) -> Callable[[str], Adapter]:
+        return lambda name: from_url(aws.url("sns", name))
+
+    @pytest.fixture
+    def adapter_factory(self, aws: AWS) -> Callable[[str], Adapter]:
+        def make(name: str) -> Adapter:
+            arn = aws.sns.create_topic(Name=name)["TopicArn"]  # idempotent
+            aws.undo(lambda: aws.sns.delete_topic(TopicArn=arn))
+            return from_url(aws.url("sns", arn))
+
+        return make

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -138,6 +138,10 @@ class AWS:
         for m in messages:
             self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
         return messages
+
+    def undo(self, step: Callable[[], Any]) -> None:
+        """Run `step` when the test ends (deleting what the test made)."""
+        self._undo.append(step)
 
     def close(self) -> None:
         for q in self._queues:
