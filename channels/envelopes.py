@@ -46,8 +46,6 @@ Binary by its base64 text), then the envelope's own fields, which win a clash:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -55,6 +53,7 @@ from typing import Any
 import attrs
 
 from .message import ATTR_CATEGORY, ATTR_SOURCE
+from .transfer import decode_body
 
 __all__ = [
     "ATTR_ENVELOPE",
@@ -82,9 +81,6 @@ _EVENTBRIDGE_ATTRS = {
 # SNS notification fields present in an SQS body and in a Lambda record's `Sns`.
 _SNS_STRINGS = ("MessageId", "TopicArn", "Message", "Timestamp")
 _SNS_ATTRS = {"MessageId": "SnsMessageId", "TopicArn": "SnsTopicArn", "Timestamp": "SnsTimestamp"}
-# A base64 body published through SNS by a qchan producer carries this marker (as on SQS).
-_ENCODING_ATTR = "ContentTransferEncoding"
-_BASE64 = "base64"
 
 
 @attrs.frozen
@@ -177,16 +173,9 @@ def from_sns(notification: Mapping[str, Any]) -> Unwrapped:
         raise ValueError(
             f"SNS notification: 'Subject' must be a string or null, not {type(subject).__name__}"
         )
-    attributes = _sns_attributes(notification.get("MessageAttributes"))
-    body = notification["Message"].encode("utf-8")
-    if attributes.get(_ENCODING_ATTR) == _BASE64:
-        try:
-            body = base64.b64decode(notification["Message"], validate=True)
-        except (binascii.Error, ValueError):
-            # Keep text and marker: the codec fails on it and reports it with the raw bytes.
-            pass
-        else:
-            del attributes[_ENCODING_ATTR]
+    body, attributes = decode_body(
+        notification["Message"], _sns_attributes(notification.get("MessageAttributes"))
+    )
     attributes[ATTR_ENVELOPE] = SNS
     for key, name in _SNS_ATTRS.items():
         attributes[name] = notification[key]

@@ -219,6 +219,16 @@ def test_the_subscribed_sqs_queue_delivers_the_typed_object(aws: AWS, raw: bool)
     assert msg.attributes.get("Envelope") == (None if raw else "sns")
 
 
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "notification"])
+def test_a_binary_body_arrives_as_the_bytes_sent(aws: AWS, raw: bool) -> None:
+    name, _, queue = aws.topic(raw=raw)
+    with enqueue(bytes, aws.open(aws.url("sns", name)), category="blob") as (out, _):
+        out.send(bytes(range(256)))  # not UTF-8: base64 on the wire
+    (msg,) = aws.receive(queue, bytes, 1, category="blob")
+    assert msg.object == bytes(range(256))
+    assert "ContentTransferEncoding" not in msg.attributes
+
+
 class TestSNSConformance(Conformance):
     """The shared suite's send side: sns:// declares no `receive`."""
 

@@ -55,13 +55,15 @@ class AWS:
         """The qchan URL of a bus or topic on the local endpoint."""
         return f"{scheme}://{target}?endpoint={self.endpoint}&region={REGION}"
 
-    def receive(self, queue: str, type_: type[Any], n: int) -> list[Any]:
+    def receive(
+        self, queue: str, type_: type[Any], n: int, category: str | None = None
+    ) -> list[Any]:
         """`n` messages of `type_` received and acked through qchan from the SQS queue at
         the URL `queue`, as an application reads what a rule or subscription delivers."""
         name = queue.rsplit("/", 1)[-1]
         with (
             connect(f"{self.url('sqs', name)}&wait=1", poll_wait=1) as q,
-            dequeue(type_, q) as (rcv, ack),
+            dequeue(type_, q, category=category) as (rcv, ack),
         ):
             got = [rcv.recv(timeout=20) for _ in range(n)]
             for m in got:
