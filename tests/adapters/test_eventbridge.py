@@ -27,7 +27,7 @@ from qchan.adapters.eventbridge import BusNotFound, EventBridgeAdapter, from_url
 from qchan.adapters.eventbridge import _wire as wire
 from qchan.errors import ConnectionLost, MessageTooLarge, RejectedError
 from qchan.message import Bag
-from qchan.testing import Conformance
+from qchan.testing import Conformance, Refund
 
 pytestmark = pytest.mark.integration
 
@@ -178,8 +178,10 @@ def test_an_unreachable_endpoint_ends_on_dlq_as_connection_lost(aws: AWS) -> Non
 
 
 def test_the_sqs_queue_a_rule_targets_delivers_the_typed_object(aws: AWS) -> None:
-    bus, queue = aws.bus()
-    with enqueue(Order, aws.open(aws.url("eventbridge", bus), agent="billing")) as (out, _):
+    bus, queue = aws.bus(detail_type="Order")  # the rule routes by category
+    q = aws.open(aws.url("eventbridge", bus), agent="billing")
+    with enqueue(Order, q) as (out, _), enqueue(Refund, q) as (refunds, _):
+        refunds.send(Refund("e2e", "not for this rule"))
         out.send(Order("e2e", 4.5))
     (msg,) = aws.receive(queue, Order, 1)
     assert msg.object == Order("e2e", 4.5) and msg.category == "Order"

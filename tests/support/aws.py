@@ -81,14 +81,17 @@ class AWS:
         ]["QueueArn"]
         return url, arn
 
-    def bus(self) -> tuple[str, str]:
-        """A new event bus with a rule sending every event to a new SQS queue: (bus, queue url)."""
+    def bus(self, detail_type: str | None = None) -> tuple[str, str]:
+        """A new event bus with a rule sending its events to a new SQS queue: (bus, queue
+        url). The rule matches every event, or those of one `detail_type` (a category)."""
         bus = f"qchan-{uuid.uuid4().hex[:12]}"
         self.events.create_event_bus(Name=bus)
         url, arn = self.queue()
         rule = f"{bus}-all"
         # Every event on a bus comes from this account: a pattern that matches them all.
-        pattern = {"account": [self.account]}
+        pattern: dict[str, list[str]] = {"account": [self.account]}
+        if detail_type is not None:
+            pattern = {"detail-type": [detail_type]}
         self.events.put_rule(Name=rule, EventBusName=bus, EventPattern=json.dumps(pattern))
         self.events.put_targets(Rule=rule, EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
 
