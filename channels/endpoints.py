@@ -187,6 +187,30 @@ def _resolve(
     return cat, codec or codec_for(type_, converter)
 
 
+def _add_sender(
+    q: Queue,
+    type_: Any,
+    cat: str,
+    cod: Codec[Any],
+    *,
+    key: Callable[[Any], str | None] | None,
+    out: Chan[Any] | None,
+    dlq: Chan[Msg[Any]] | None,
+) -> Sender:
+    """Register a sender of `type_` objects on `q` (no channels: `enqueue_sync`'s)."""
+    sender = Sender(
+        category=cat,
+        codec=cod,
+        attributes=q.attributes(cat),
+        out=out,
+        dlq=dlq,
+        key=key,
+        is_event=_is_event(type_),
+    )
+    q._add_sender(sender)
+    return sender
+
+
 def enqueue(
     type_: type[T],
     q: Queue,
@@ -224,16 +248,7 @@ def enqueue(
     dlq_cap = 2 * q.batch_size if dlq_capacity is None else dlq_capacity
     out: Chan[T] = Chan(out_cap, name=f"{q.name}/{cat}.out")
     dlq: Chan[Msg[T]] = Chan(dlq_cap, name=f"{q.name}/{cat}.dlq")
-    sender = Sender(
-        category=cat,
-        codec=cod,
-        attributes=q.attributes(cat),
-        out=out,
-        dlq=dlq,
-        key=key,
-        is_event=_is_event(type_),
-    )
-    q._add_sender(sender)
+    sender = _add_sender(q, type_, cat, cod, key=key, out=out, dlq=dlq)
     _SENDERS[out] = (q, sender)
     view = out.send_only()
     if tracing.enabled() if trace is None else trace:
@@ -355,14 +370,5 @@ def enqueue_sync(
     """Open a synchronous sender of `type_` objects: `put(obj)` returns once the broker has it."""
     _check("enqueue_sync", type_, q)
     cat, cod = _resolve(type_, category, codec, converter)
-    sender = Sender(
-        category=cat,
-        codec=cod,
-        attributes=q.attributes(cat),
-        out=None,
-        dlq=None,
-        key=key,
-        is_event=_is_event(type_),
-    )
-    q._add_sender(sender)
+    sender = _add_sender(q, type_, cat, cod, key=key, out=None, dlq=None)
     return SyncEnqueuer(q, sender)

@@ -32,6 +32,7 @@ __all__ = [
     "URLOptionError",
     "check_count",
     "check_seconds",
+    "parse_query",
     "renamed",
     "split_query",
     "unknown",
@@ -234,6 +235,37 @@ def split_query(url: str, reserved: Collection[str] = ()) -> tuple[str, dict[str
         return url, {}
     new = base + ("?" + "&".join(kept) if kept else "") + (hash_ + fragment)
     return new, found
+
+
+def parse_query(
+    query: Iterable[tuple[str, str]],
+    parsers: Mapping[str, Callable[[str], Any]],
+    *,
+    theirs: Callable[[str], bool],
+    where: str,
+    valid: Collection[str],
+    bad_value: Callable[[str, str], str],
+    noun: str = "option",
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """(the adapter's options, parsed; the client library's keys, as given) from a URL query.
+
+    `theirs(key)` says which keys are the library's. A key neither theirs nor in
+    `parsers` raises `URLOptionError` (see `unknown`); a value its parser refuses,
+    `URLError` saying `bad_value(key, value)`.
+    """
+    ours: dict[str, Any] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in query:
+        if theirs(key):
+            kept.append((key, value))
+        elif key in parsers:
+            try:
+                ours[key] = parsers[key](value)
+            except ValueError:
+                raise URLError(bad_value(key, value)) from None
+        else:
+            raise unknown(where, [key], valid, URLOptionError, noun=noun)
+    return ours, kept
 
 
 def check_keywords(where: str, given: Mapping[str, Any], valid: Collection[str]) -> None:

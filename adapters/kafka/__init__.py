@@ -85,7 +85,7 @@ class KafkaAdapter(Adapter):
         inflight = InFlight()
         self._producing = Producing(self.options, cluster)
         self._consuming = Consuming(self.options, cluster, inflight, self._report, self._revoke)
-        self._settling = Settling(self.options, cluster, inflight, self._consuming, self._report)
+        self._settling = Settling(self._consuming)
 
     def __repr__(self) -> str:
         return f"<KafkaAdapter {self.options.url()}>"

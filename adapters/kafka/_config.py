@@ -18,7 +18,7 @@ import attrs
 
 from qchan.logs import client_logger
 from qchan.message import Bag
-from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, unknown
+from qchan.options import QUEUE_URL_OPTIONS, parse_query
 from qchan.urls import SECRET_KEY, URLError, redact
 
 __all__ = [
@@ -153,23 +153,16 @@ def parse_url(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
             f"kafka URL {redact(url)!r} needs brokers and one topic: "
             "kafka://host:9092[,host2:9092]/topic?group=name"
         )
-    options: dict[str, Any] = {"topic": topic, "bootstrap": hosts}
-    config: dict[str, Any] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if "." in name:
-            config[name] = value
-        elif name in _QUERY_TYPES:
-            try:
-                options[name] = _QUERY_TYPES[name](value)
-            except ValueError:
-                raise URLError(f"kafka URL option {name}={value!r} is not valid") from None
-        else:
-            raise unknown(
-                f"kafka URL {redact(url)!r} (librdkafka properties contain a dot)",
-                [name],
-                {*_QUERY_TYPES, *QUEUE_URL_OPTIONS},
-                URLOptionError,
-            )
+    ours, theirs = parse_query(
+        parse_qsl(parts.query, keep_blank_values=True),
+        _QUERY_TYPES,
+        theirs=lambda name: "." in name,
+        where=f"kafka URL {redact(url)!r} (librdkafka properties contain a dot)",
+        valid={*_QUERY_TYPES, *QUEUE_URL_OPTIONS},
+        bad_value=lambda key, value: f"kafka URL option {key}={value!r} is not valid",
+    )
+    options: dict[str, Any] = {"topic": topic, "bootstrap": hosts, **ours}
+    config: dict[str, Any] = dict(theirs)
     if options.get("dlq") == "":
         options["dlq"] = None
     if userinfo:

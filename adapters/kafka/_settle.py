@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -20,10 +20,10 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from qchan.errors import MessageError, QchanError, UnroutableError, describe
 from qchan.message import Bag
 
-from ._cluster import GRACE, Cluster
-from ._config import KafkaOptions, producer_config
+from ._cluster import GRACE
+from ._config import producer_config
 from ._consumer import Consuming
-from ._inflight import InFlight, Receipt, redelivery
+from ._inflight import Receipt, redelivery
 from ._wire import KafkaSendError, dead_letter_headers
 
 __all__ = ["Settling"]
@@ -34,19 +34,11 @@ log = logging.getLogger("qchan.adapters.kafka")
 class Settling:
     """Acks, nacks, releases and dead letters of what `Consuming` delivered."""
 
-    def __init__(
-        self,
-        options: KafkaOptions,
-        cluster: Cluster,
-        inflight: InFlight,
-        consuming: Consuming,
-        report: Callable[[BaseException], None],
-    ) -> None:
-        self.options = options
-        self.cluster = cluster
-        self.inflight = inflight
+    def __init__(self, consuming: Consuming) -> None:
+        # The consumer's options and deliveries, by construction (kept at hand: used per message).
         self.consuming = consuming
-        self.report = report
+        self.options = consuming.options
+        self.inflight = consuming.inflight
         self._dlq_producer: Producer | None = None
 
     def ack(self, bags: Sequence[Bag]) -> None:
@@ -101,7 +93,7 @@ class Settling:
         where = f"{receipt.topic}/{receipt.partition}@{receipt.offset}"
         dlq = self.options.dlq
         if dlq is None:
-            self.report(
+            self.consuming.report(
                 QchanError(f"kafka message {where} dropped (no dead-letter topic): {reason}")
             )
             self.ack([bag])
@@ -114,7 +106,7 @@ class Settling:
             log.warning("kafka message %s moved to dead-letter topic %r: %s", where, dlq, reason)
             self.ack([bag])
             return
-        self.report(
+        self.consuming.report(
             QchanError(f"kafka message {where} could not be dead-lettered to {dlq!r}: {error}")
         )
         # Keep the offset uncommitted and try again later: never skip a message.
@@ -123,10 +115,10 @@ class Settling:
     def _produce_dead_letter(self, dlq: str, bag: Bag, reason: str) -> BaseException | None:
         producer = self._dlq_producer
         if producer is None:
-            cluster = self.cluster
+            cluster = self.consuming.cluster
             conf = producer_config(self.options, log, cluster.client_error)
             producer = self._dlq_producer = cluster.client(Producer, conf)
-        self.cluster.ensure_topic(producer, dlq)
+        self.consuming.cluster.ensure_topic(producer, dlq)
         reports: list[KafkaError | None] = []
         key = None if bag.key is None else bag.key.encode("utf-8", "surrogateescape")
         producer.produce(

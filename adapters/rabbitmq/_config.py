@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, renamed, unknown
+from qchan.options import QUEUE_URL_OPTIONS, check_keywords, parse_query, renamed
 from qchan.urls import URLError, redact
 
 from . import _pika as pk
@@ -167,24 +167,15 @@ def settings_from_url(url: str, options: Mapping[str, Any]) -> Settings:
     if parts.scheme not in ("amqp", "amqps"):
         raise URLError(f"RabbitMQ URLs start with amqp:// or amqps://, not {shown!r}")
 
-    ours: dict[str, Any] = {}
-    theirs: list[tuple[str, str]] = []
-    for key, value in query:
-        if key in _PIKA_KEYS:
-            theirs.append((key, value))
-        elif key in _OPTIONS:
-            try:
-                ours[key] = _OPTIONS[key](value)
-            except ValueError:
-                raise URLError(f"bad value {value!r} for {key}= in {shown!r}") from None
-        else:
-            raise unknown(
-                f"RabbitMQ URL {shown!r}",
-                [key],
-                {*_OPTIONS, *QUEUE_URL_OPTIONS, *_PIKA_KEYS},
-                URLOptionError,
-                noun="query key",
-            )
+    ours, theirs = parse_query(
+        query,
+        _OPTIONS,
+        theirs=_PIKA_KEYS.__contains__,
+        where=f"RabbitMQ URL {shown!r}",
+        valid={*_OPTIONS, *QUEUE_URL_OPTIONS, *_PIKA_KEYS},
+        bad_value=lambda key, value: f"bad value {value!r} for {key}= in {shown!r}",
+        noun="query key",
+    )
     ours.update(options)
     renamed(f"RabbitMQ URL {shown!r}", ours, "max_attempts", "max_deliveries")
 

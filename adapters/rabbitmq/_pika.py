@@ -97,9 +97,22 @@ class DeclareFrame(Protocol):
     method: DeclareOk
 
 
-class BlockingChannel(Protocol):
+class _Channel(Protocol):
+    """What the blocking and the asynchronous channel share."""
+
     is_open: bool
 
+    def basic_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> None: ...
+
+
+class BlockingChannel(_Channel, Protocol):
     def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0) -> None: ...
 
     def basic_consume(
@@ -143,15 +156,6 @@ class BlockingChannel(Protocol):
 
     def confirm_delivery(self) -> None: ...
 
-    def basic_publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: BasicProperties | None = None,
-        mandatory: bool = False,
-    ) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -180,9 +184,7 @@ class IOLoop(Protocol):
     def close(self) -> None: ...
 
 
-class AsyncChannel(Protocol):
-    is_open: bool
-
+class AsyncChannel(_Channel, Protocol):
     def confirm_delivery(
         self,
         ack_nack_callback: Callable[[ConfirmFrame], None],
@@ -194,15 +196,6 @@ class AsyncChannel(Protocol):
     ) -> None: ...
 
     def add_on_close_callback(self, callback: Callable[[Any, Exception], None]) -> None: ...
-
-    def basic_publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: BasicProperties | None = None,
-        mandatory: bool = False,
-    ) -> None: ...
 
 
 class SelectConn(Protocol):

@@ -15,7 +15,7 @@ from typing import IO, Any
 import attrs
 
 from ..chan import Chan
-from ..codec import EncodeError
+from ..codec import StrCodec
 from ..endpoints import dequeue, enqueue
 from ..errors import ConnectionLost
 from ..kernel.queue import Queue, connect
@@ -34,18 +34,10 @@ def err(text: str) -> None:
     print(f"qchan: {text}", file=sys.stderr, flush=True)
 
 
-class JSONText:
+class JSONText(StrCodec):
     """A codec for JSON documents kept as text: sent byte for byte, labelled as JSON."""
 
     content_type = "application/json"
-
-    def encode(self, obj: str) -> bytes:
-        if not isinstance(obj, str):
-            raise EncodeError(f"expected JSON text, not {type(obj).__name__}")
-        return obj.encode()
-
-    def decode(self, data: bytes) -> str:
-        return data.decode()
 
 
 def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:

@@ -132,6 +132,24 @@ class Outgoing:
             part.add(self.origins[i], self.objs[i], self.bags[i])
         return part
 
+    def fail(self, error: BaseException) -> list[Msg[Any]]:
+        """Answer every synchronous put with `error`; the other messages, as Msgs naming it."""
+        failed: list[Msg[Any]] = []
+        for origin, obj, bag in zip(self.origins, self.objs, self.bags, strict=True):
+            if origin is None:  # its put() caller gets the answer directly
+                obj.resolve(error)
+            else:
+                failed.append(
+                    Msg(
+                        object=obj,
+                        category=bag.category,
+                        attributes=bag.attributes,
+                        error=error,
+                        bag=bag,
+                    )
+                )
+        return failed
+
 
 class Emitter:
     """The emitter thread of one queue. `Queue` creates it on the first `enqueue`."""
@@ -237,23 +255,9 @@ class Emitter:
             f"outcome unknown: the broker did not answer within close_timeout={timeout} s; "
             f"the message may still be delivered"
         )
-        abandoned: list[Msg[Any]] = []
         inflight = self._inflight
         batches = [b for b, _, _ in list(self._pipe)] + ([inflight] if inflight else [])
-        for batch in batches:
-            for origin, obj, bag in zip(batch.origins, batch.objs, batch.bags, strict=True):
-                if origin is None:  # its put() caller gets the answer directly
-                    obj.resolve(unknown)
-                else:
-                    abandoned.append(
-                        Msg(
-                            object=obj,
-                            category=bag.category,
-                            attributes=bag.attributes,
-                            error=unknown,
-                            bag=bag,
-                        )
-                    )
+        abandoned = [msg for batch in batches for msg in batch.fail(unknown)]
         unsent = RuntimeError(f"not sent: close_timeout={timeout} s passed first")
         abandoned.extend(self._unsent(senders, unsent))
         self.log.error(
@@ -336,19 +340,8 @@ class Emitter:
                 batches.append(b)
         self._pipe.clear()
         for batch in batches:
-            for origin, obj, bag in zip(batch.origins, batch.objs, batch.bags, strict=True):
-                if origin is None:
-                    obj.resolve(failure)
-                else:
-                    self._undeliverable(
-                        Msg(
-                            object=obj,
-                            category=bag.category,
-                            attributes=bag.attributes,
-                            error=failure,
-                            bag=bag,
-                        )
-                    )
+            for msg in batch.fail(failure):
+                self._undeliverable(msg)
         try:
             self._finish_all(failure)
         except BaseException as e:

@@ -11,8 +11,8 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..adapter import Adapter, Hooks
 from ..chan import Chan, SendChan
@@ -43,6 +43,7 @@ from .stats import Counters, Stats
 __all__ = ["Queue", "connect"]
 
 log = logging.getLogger("qchan.queue")
+_T = TypeVar("_T")
 
 
 def _program() -> str:
@@ -219,19 +220,15 @@ class Queue:
     # -- registration (used by endpoints.py) -----------------------------------
 
     def _add_sender(self, sender: Sender) -> None:
-        with self._lock:
-            self._check_open()
-            if sender.category in self._senders:
-                raise QchanError(
-                    f"category {sender.category!r} already has an open enqueue on {self!r}; "
-                    f"close it first, or give this one another category="
-                )
-            if self._emitter is None:
-                self._emitter = Emitter(self._context())
-            self._senders[sender.category] = sender
-            emitter = self._emitter
+        hint = "close it first, or give this one another category="
+        emitter = self._register(self._senders, sender, "enqueue", hint, self._emitter_started)
         if sender.out is not None:
             emitter.add(sender)
+
+    def _emitter_started(self) -> Emitter:
+        if self._emitter is None:
+            self._emitter = Emitter(self._context())
+        return self._emitter
 
     def _drop_sender(self, sender: Sender) -> None:
         with self._lock:
@@ -251,18 +248,39 @@ class Queue:
         return put
 
     def _add_receiver(self, receiver: Receiver) -> None:
+        hint = "one channel per category and queue receives it"
+        listener = self._register(
+            self._receivers, receiver, "dequeue", hint, self._listener_started
+        )
+        listener.add(receiver)
+
+    def _listener_started(self) -> Listener:
+        if self._listener is None:
+            self._listener = Listener(self._context())
+        return self._listener
+
+    def _register(
+        self,
+        table: dict[str, Any],
+        item: Sender | Receiver,
+        what: str,
+        hint: str,
+        started: Callable[[], _T],
+    ) -> _T:
+        """Record `item` under its category; returns the thread it goes to.
+
+        Refused while the queue is not open or another `what` holds the category;
+        `started()` (under the lock, before `item` is recorded) starts the thread once.
+        """
         with self._lock:
             self._check_open()
-            if receiver.category in self._receivers:
+            if item.category in table:
                 raise QchanError(
-                    f"category {receiver.category!r} already has an open dequeue on {self!r}; "
-                    f"one channel per category and queue receives it"
+                    f"category {item.category!r} already has an open {what} on {self!r}; {hint}"
                 )
-            if self._listener is None:
-                self._listener = Listener(self._context())
-            self._receivers[receiver.category] = receiver
-            listener = self._listener
-        listener.add(receiver)
+            thread = started()
+            table[item.category] = item
+        return thread
 
     def _drop_receiver(self, receiver: Receiver) -> None:
         with self._lock:

@@ -80,20 +80,9 @@ class Counters:
         self.acked = self.nacked = self.expired = self.gave_up = 0  # dispatcher thread
 
     def snapshot(self, in_flight: int, failed: bool = False) -> Stats:
-        return Stats(
-            sent=self.sent,
-            retried=self.retried,
-            dead_lettered=self.dead_lettered,
-            received=self.received,
-            redelivered=self.redelivered,
-            acked=self.acked,
-            nacked=self.nacked,
-            gave_up=self.gave_up,
-            expired=self.expired,
-            poison=self.poison,
-            in_flight=in_flight,
-            failed=failed,
-        )
+        # Every counter is a Stats field of the same name: a new one needs no edit here.
+        counts: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        return Stats(**counts, in_flight=in_flight, failed=failed)
 
 
 def observe(

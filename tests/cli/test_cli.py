@@ -55,6 +55,16 @@ def test_send_then_listen_round_trip(
     assert broker(name).depth == 0 and broker(name).in_flight == 0  # acked
 
 
+def test_send_keeps_each_line_byte_for_byte_labelled_as_json(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["send", f"mem://{name}"], '{"b": 1,  "a": "\u00e9"}\n', monkeypatch, capsys)
+    assert code == 0, err
+    (bag,) = broker(name).receive(10, 0)
+    assert bag.body == '{"b": 1,  "a": "\u00e9"}'.encode()
+    assert bag.content_type == "application/json"
+
+
 def test_a_bad_line_sends_nothing_and_says_which_and_why(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -109,6 +109,26 @@ def test_every_transport_suggests_the_nearest_name(
     assert said in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        (
+            "kafka://127.0.0.1:1/t?max_deliveries=x",
+            "kafka URL option max_deliveries='x' is not valid",
+        ),
+        (f"{AMQP}?queue=q&max_deliveries=x", "bad value 'x' for max_deliveries= in 'amqp://"),
+    ],
+)
+def test_every_transport_names_a_query_value_that_does_not_parse(target: str, said: str) -> None:
+    pytest.importorskip(
+        {"kafka": "confluent_kafka", "amqp": "pika"}[target.split(":", maxsplit=1)[0]]
+    )
+    with pytest.raises(URLError) as info:
+        connect(target)
+    assert said in str(info.value)
+    assert "guest:guest" not in str(info.value)
+
+
 def test_queue_refuses_a_url_and_says_what_to_use() -> None:
     with pytest.raises(OptionError, match=r"use qchan.connect\(url\)"):
         Queue("mem://x")  # type: ignore[arg-type]

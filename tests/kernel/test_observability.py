@@ -12,6 +12,7 @@ from support.otel import memory_spans
 
 from qchan import Queue, Stats, dequeue, enqueue, enqueue_sync, observe, serve
 from qchan.adapters.embedded import EmbeddedAdapter
+from qchan.kernel.stats import Counters
 from qchan.testing import Faulty, Order
 
 
@@ -121,3 +122,15 @@ def test_a_reported_error_is_logged_once_with_one_prefix(caplog: pytest.LogCaptu
         "queue obs-prefix: it does not",
         "queue 'obs-prefix': again and again",
     ]
+
+
+def test_a_snapshot_gives_each_counter_under_its_own_name() -> None:
+    counters = Counters()
+    for i, name in enumerate(Counters.__slots__, start=1):
+        setattr(counters, name, i)
+    snap = counters.snapshot(in_flight=99, failed=True).as_dict()
+    assert snap == {
+        **{name: i for i, name in enumerate(Counters.__slots__, start=1)},
+        "in_flight": 99,
+        "failed": True,
+    }
