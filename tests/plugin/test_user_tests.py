@@ -3,8 +3,12 @@ qchan's fixtures and helpers from the installed package alone (the pytest11 entr
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 USER_TESTS = """
 import attrs
 import pytest
@@ -117,3 +121,12 @@ def test_the_fixture_names_do_not_clash_with_a_users_own(pytester: pytest.Pytest
         """
     )
     pytester.runpytest("-q", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_the_readmes_example_passes(pytester: pytest.Pytester) -> None:
+    """The README's testing example is a user's test module: it must pass as written."""
+    section = README.read_text().split("### Testing your own handlers", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    pytester.makepyfile(test_readme_example=match.group(1))
+    pytester.runpytest("-q", "-p", "no:cacheprovider").assert_outcomes(passed=3)
