@@ -45,6 +45,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+
 class _Unset:
     """The type of `_UNSET`: an argument not given (None means something)."""
 
