@@ -9,7 +9,7 @@ from collections.abc import Callable
 import attrs
 import pytest
 
-from qchan import Constant, OptionError, Queue, Retries, enqueue
+from qchan import Bag, Constant, OptionError, Queue, Retries, enqueue
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.pytest_plugin import (
     dead_bags,
@@ -182,3 +182,20 @@ def test_the_fixture_queues_are_fresh(
     assert other.url != qchan_queue.url
     assert _broker_of(other).broker.max_deliveries == 2
     assert _broker_of(qchan_queue).broker.pending == 0
+
+
+def test_broker_pending_counts_waiting_in_flight_and_delayed() -> None:
+    name = "qchan-test-pending"
+    b = broker(name)
+    try:
+        b.send([Bag(category="Order", body=b"{}", attributes={}) for _ in range(3)])
+        first, second = b.receive(2, 0.0)
+        assert (b.depth, b.in_flight, b.pending) == (1, 2, 3)
+        b.delete([second.digest])
+        b.dead_letter([first.digest])
+        assert b.pending == 1
+        (third,) = b.receive(1, 0.0)
+        b.change_visibility([third.digest], 60.0)  # a delayed retry is still pending
+        assert (b.depth, b.in_flight, b.pending) == (0, 1, 1)
+    finally:
+        b.purge()
