@@ -2,6 +2,8 @@ SHELL := /bin/bash
 
 # The two commands a new user needs: `make demo` and `make test`.
 # Everything installs into ./.venv from a fresh clone; nothing else is assumed.
+# `make demo` installs qchan alone; `make test` (and every other target) adds the extras
+# and the development tools.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +14,12 @@ BIN     = $(VENV)/bin
 # editable mode uses an import hook that static tools cannot see). An edit shows at
 # once; a new or removed module needs a reinstall, so the stamp covers the file list.
 SOURCES = $(shell find channels adapters -name '*.py' -o -name py.typed | sort | cksum | cut -d' ' -f1)
-STAMP   = $(VENV)/.installed-$(shell cat setup.cfg setup.py | cksum | cut -d' ' -f1)-$(SOURCES)
+HASH    = $(shell cat setup.cfg setup.py | cksum | cut -d' ' -f1)-$(SOURCES)
+STAMP   = $(VENV)/.installed-$(HASH)
+# `make demo` needs only the core (attrs, cattrs: about 25 MB, against about 670 MB with
+# every extra and the dev tools); its own stamp, so a later `make test` upgrades the same
+# venv, and a venv that already has everything is left as it is.
+CORE_STAMP = $(VENV)/.core-$(HASH)
 CODE    = channels adapters tests benchmarks examples
 
 .PHONY: demo test check lint format typecheck unit bench venv clean test-reliability test-soak
@@ -24,9 +31,16 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+$(CORE_STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -e $(STAMP) || $(BIN)/python -m pip install --quiet --upgrade pip
+	test -e $(STAMP) || $(BIN)/python -m pip install --quiet -e . --config-settings editable_mode=strict
+	rm -f $(VENV)/.core-*
+	touch $@
+
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(BIN)/qchan demo
 
 test: check unit

@@ -103,6 +103,13 @@ class Broker:
             self._expire(time.monotonic())
             return len(self._invisible) + len(self._delayed)
 
+    @property
+    def pending(self) -> int:
+        """Messages neither deleted nor dead-lettered: `depth` plus `in_flight`, read at once
+        (two reads could miss a message nacked between them)."""
+        with self._cond:
+            return len(self._ready) + len(self._invisible) + len(self._delayed)
+
     def fail_sends(self, n: int, error: BaseException | None = None) -> None:
         """Make the next `n` messages sent fail with `error` (default: ConnectionLost)."""
         err = error or ConnectionLost(f"mem://{self.name}: injected send failure")

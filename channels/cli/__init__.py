@@ -75,6 +75,18 @@ class _UsageError(Exception):
     pass
 
 
+def version() -> str:
+    """The installed distribution's version; `qchan.__version__` when run from a bare tree."""
+    from importlib import metadata  # noqa: PLC0415 - only `--version` needs it
+
+    try:
+        return metadata.version("qchan")
+    except metadata.PackageNotFoundError:
+        from .. import __version__  # noqa: PLC0415
+
+        return __version__
+
+
 def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     """An argparse type: a number > 0 (so a bad value is a usage error naming the option)."""
 
@@ -105,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log more, including the client libraries' own messages",
     )
+    p.add_argument("--version", action="version", version=f"qchan {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     demo = sub.add_parser(

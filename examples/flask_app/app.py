@@ -31,6 +31,7 @@ from flask import Flask, Response, jsonify, request
 
 import qchan
 from qchan import ChannelClosed, EnqueueError, Exponential
+from qchan.adapters.embedded import EmbeddedAdapter
 
 log = logging.getLogger("flask_app")
 
@@ -122,6 +123,13 @@ class OrderQueue:
 
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
         self.queue = qchan.connect(url, **options)
+        if isinstance(self.queue.adapter, EmbeddedAdapter):
+            log.warning(
+                "queue %s lives in this process only: no other process can take its orders, "
+                "and those left at exit are lost; set QCHAN_URL to a broker "
+                "(amqp://, sqs://, kafka://) to hand them to a worker",
+                url,
+            )
         self.orders = qchan.enqueue_sync(Order, self.queue)
         # Flask has no "app stops" hook (teardown_appcontext runs after every
         # request), so the process's exit closes the queue. See README.md.
@@ -134,6 +142,14 @@ class OrderQueue:
             self.queue.close()
         except EnqueueError as e:  # cannot happen for puts that returned: they are on the broker
             log.error("closing %r: %s", self.queue, e)
+        adapter = self.queue.adapter
+        if isinstance(adapter, EmbeddedAdapter) and adapter.broker.pending:
+            # An in-process queue dies with the process: say so rather than lose them quietly.
+            log.warning(
+                "%d accepted order(s) still on %s are lost when this process exits",
+                adapter.broker.pending,
+                self.queue.url,
+            )
 
 
 # -- the app -----------------------------------------------------------------------

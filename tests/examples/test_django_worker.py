@@ -247,3 +247,45 @@ def test_manage_py_qchan_worker_stops_gracefully_on_a_signal(sig: signal.Signals
     assert proc.returncode == 0, err
     assert "handled 0 order(s), 0 failed" in out and f"stopped by {sig.name}" in out, out
     assert "Traceback" not in err
+    assert "queue mem://sigterm-test lives in this process only" in err
+
+
+def test_a_worker_on_mem_warns_at_start_and_counts_what_is_left(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from orders.handlers import OrderHandler
+
+    def refuse_bad(self: OrderHandler, order: Any) -> None:
+        if order.id == "bad":  # never acked: nacked for a later retry, so still on the queue
+            raise RuntimeError("cannot handle")
+
+    monkeypatch.setattr(OrderHandler, "__call__", refuse_bad)
+    client = Client()
+    for order_id in ("bad", "good"):
+        assert post(client, {**ORDER, "id": order_id}).status_code == 202
+    with caplog.at_level("WARNING", logger="orders"):
+        start(
+            call_command, "qchan_worker", "--workers", "1", "--count", "1", stdout=io.StringIO()
+        ).outcome(20)
+    warnings = [r for r in caplog.records if r.name.startswith("orders.queue")]
+    url = f"mem://{queue_name}"
+    assert all(r.levelname == "WARNING" for r in warnings)
+    # The view's first order opens the web side's queue, then the worker opens its own.
+    assert len(warnings) == 3
+    for opened in warnings[:2]:
+        assert f"queue {url} lives in this process only" in opened.getMessage()
+        assert "QCHAN_URL" in opened.getMessage()
+    assert warnings[-1].getMessage() == (
+        f"1 order(s) still on {url} are lost when this process exits"
+    )
+
+
+def test_a_drained_worker_queue_ends_without_a_count(
+    queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert post(Client(), ORDER).status_code == 202
+    with caplog.at_level("WARNING", logger="orders"):
+        start(
+            call_command, "qchan_worker", "--workers", "1", "--count", "1", stdout=io.StringIO()
+        ).outcome(20)
+    assert not [r for r in caplog.records if "still on" in r.getMessage()]

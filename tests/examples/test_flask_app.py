@@ -194,3 +194,44 @@ def test_the_process_exits_cleanly_with_the_queue_open() -> None:
     )
     assert (proc.returncode, proc.stdout.strip()) == (0, "202"), proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "mem://exit-test lives in this process only" in proc.stderr
+    assert "1 accepted order(s) still on mem://exit-test are lost when this process exits" in (
+        proc.stderr
+    )
+
+
+def test_a_mem_queue_warns_that_it_lives_in_this_process(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="flask_app"):
+        ex = make()
+    [record] = [r for r in caplog.records if "lives in this process only" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert f"mem://{ex.name}" in record.getMessage() and "QCHAN_URL" in record.getMessage()
+
+
+def test_orders_left_on_a_mem_queue_are_counted_at_close(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    ex = make()
+    for _ in range(2):
+        assert ex.client.post("/orders", json=ORDER).status_code == 202
+    caplog.clear()  # the start's warning
+    with caplog.at_level("WARNING", logger="flask_app"):
+        ex.close()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"2 accepted order(s) still on mem://{ex.name} are lost when this process exits"
+    ]
+
+
+def test_an_emptied_mem_queue_closes_without_a_warning(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    ex = make()
+    assert ex.client.post("/orders", json=ORDER).status_code == 202
+    with connect(f"mem://{ex.name}", poll_wait=0.1) as q, dequeue(example.Order, q) as (rcv, ack):
+        ack.send(rcv.recv(timeout=5))
+    wait_for(lambda: ex.broker.pending == 0, timeout=5, what="the order acked")
+    with caplog.at_level("WARNING", logger="flask_app"):
+        ex.close()
+    assert not [r for r in caplog.records if "still on" in r.getMessage()]

@@ -126,6 +126,7 @@ def test_the_core_below_the_kernel_imports_no_kernel_nor_application_module() ->
         "qchan.kernel",
         "qchan.cli",
         "qchan.testing",
+        "qchan.pytest_plugin",
         "qchan.endpoints",
         "qchan.worker",
         "qchan.aws",
@@ -163,3 +164,11 @@ def test_aws_sits_beside_the_worker_and_nothing_imports_it() -> None:
     for name, imports in graph.items():
         if name not in aws:
             assert not imports & aws, f"{name} imports {imports & aws}"
+
+
+def test_nothing_imports_the_pytest_plugin() -> None:
+    """Only pytest loads qchan.pytest_plugin (it imports pytest): `import qchan` never does."""
+    graph = _graph()
+    assert "qchan.pytest_plugin" in graph
+    for name, imports in graph.items():
+        assert "qchan.pytest_plugin" not in imports, name

@@ -10,14 +10,17 @@ is left to flush.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from django.conf import settings
 
 import qchan
+from qchan.adapters.embedded import EmbeddedAdapter
 
 from .messages import Order
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _open: dict[str, tuple[qchan.Queue, qchan.SyncEnqueuer[Order]]] = {}
 
@@ -32,6 +35,7 @@ def order_sender() -> qchan.SyncEnqueuer[Order]:
         entry = _open.get(url)
         if entry is None:
             q = qchan.connect(url, **settings.QCHAN_OPTIONS)
+            warn_if_in_process(q)
             entry = _open[url] = (q, qchan.enqueue_sync(Order, q))
         return entry[1]
 
@@ -44,3 +48,25 @@ def close_queues() -> None:
     for q, sender in entries:
         sender.close()
         q.close()
+        warn_if_left(q)
+
+
+def warn_if_in_process(q: qchan.Queue) -> None:
+    """Log a warning if `q` is a mem:// queue: no other process can reach it."""
+    if isinstance(q.adapter, EmbeddedAdapter):
+        log.warning(
+            "queue %s lives in this process only: the web server and the worker must share "
+            "a broker; set QCHAN_URL to amqp://, sqs:// or kafka://",
+            q.url,
+        )
+
+
+def warn_if_left(q: qchan.Queue) -> None:
+    """Log a warning if `q` is a mem:// queue that still holds orders (lost at exit)."""
+    adapter = q.adapter
+    if isinstance(adapter, EmbeddedAdapter) and adapter.broker.pending:
+        log.warning(
+            "%d order(s) still on %s are lost when this process exits",
+            adapter.broker.pending,
+            q.url,
+        )

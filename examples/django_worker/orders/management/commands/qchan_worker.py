@@ -21,6 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 import qchan
 from orders.handlers import OrderHandler
 from orders.messages import Order
+from orders.queue import warn_if_in_process, warn_if_left
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -70,6 +71,7 @@ class Command(BaseCommand):
             q = qchan.connect(url, **settings.QCHAN_OPTIONS)
         except (qchan.QchanError, TypeError, ValueError) as e:  # bad URL, option or broker
             raise CommandError(f"cannot open {qchan.redact(url)}: {e}") from e
+        warn_if_in_process(q)
         # Installed before the ready line (not left to serve): a script that sends SIGTERM
         # as soon as it reads that line must get a graceful stop, not the default (kill).
         with qchan.stop_on_signals(stop, STOP_SIGNALS) as received:
@@ -86,6 +88,7 @@ class Command(BaseCommand):
                 stop=stop,
                 signals=(),  # stop_on_signals above handles them
             )
+        warn_if_left(q)  # serve closed the queue: what a mem:// one holds dies with us
         why = f" (stopped by {received[0].name})" if received else ""
         return (
             f"qchan_worker: handled {served.handled} order(s), {served.failed} failed, "
