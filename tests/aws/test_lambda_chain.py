@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support.aws import AWS
 from support.helpers import wait_for
-from support.sqs_lambda import poll, receive_batch, sqs_event
+from support.sqs_lambda import poll, receive, receive_batch, sqs_event
 
 from qchan import connect, enqueue
 from qchan.aws import RecordsFailed, UnknownEvent, lambda_handler
@@ -126,12 +126,7 @@ def test_records_from_another_source_are_refused_never_dropped(aws: AWS) -> None
     with connect(aws.url("sqs", name)) as q, enqueue(Order, q) as (out, _):
         for id_ in ("a", "b", "c"):
             out.send(Order(id_, 1.0))
-    messages: list[dict[str, Any]] = []
-    wait_for(
-        lambda: messages.extend(receive_batch(aws.sqs, url)) or len(messages) >= 3,
-        timeout=15,
-        what="3 messages",
-    )
+    messages = receive(aws.sqs, url, 3)
     recorder = Recorder()
     handler = lambda_handler(recorder, Order)
 
