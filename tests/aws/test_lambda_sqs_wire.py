@@ -9,13 +9,12 @@ from typing import Any
 
 import boto3
 import pytest
-from support.helpers import wait_for
+from support.sqs_lambda import REGION, receive, sqs_event
 
 from qchan import connect, enqueue
 from qchan.aws import lambda_handler
 from qchan.testing import Order
 
-REGION = "us-east-1"
 pytestmark = pytest.mark.integration
 
 
@@ -44,55 +43,6 @@ def make_queue(sqs: Any) -> Iterator[Callable[[bool], tuple[str, str, str]]]:
         sqs.delete_queue(QueueUrl=url)
 
 
-def _receive(sqs: Any, url: str, count: int) -> list[dict[str, Any]]:
-    """Receive `count` raw messages with boto3, as Lambda's poller does."""
-    got: list[dict[str, Any]] = []
-
-    def more() -> bool:
-        got.extend(
-            sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
-            ).get("Messages", [])
-        )
-        return len(got) >= count
-
-    wait_for(more, timeout=15, what=f"{count} messages on {url}")
-    return got
-
-
-def _event(messages: list[dict[str, Any]], arn: str) -> dict[str, Any]:
-    """The SQS event Lambda's event source mapping makes of received messages
-    (field names and casing as in the AWS Lambda developer guide's SQS example event)."""
-    return {
-        "Records": [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m["Attributes"],
-                "messageAttributes": {
-                    name: {
-                        "stringValue": value["StringValue"],
-                        "stringListValues": [],
-                        "binaryListValues": [],
-                        "dataType": value["DataType"],
-                    }
-                    for name, value in m.get("MessageAttributes", {}).items()
-                },
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": REGION,
-            }
-            for m in messages
-        ]
-    }
-
-
 def test_the_handler_decodes_what_the_sqs_producer_wrote(
     sqs: Any, sqs_endpoint: str, make_queue: Any
 ) -> None:
@@ -104,7 +54,7 @@ def test_the_handler_decodes_what_the_sqs_producer_wrote(
         orders.send(Order("2", 1.25))
         blobs.send(binary)
         blobs.send(b"plain text")
-    messages = _receive(sqs, url, 4)
+    messages = receive(sqs, url, 4)
     assert any(
         m["MessageAttributes"].get("ContentTransferEncoding", {}).get("StringValue") == "base64"
         for m in messages
@@ -115,7 +65,7 @@ def test_the_handler_decodes_what_the_sqs_producer_wrote(
     handler = lambda_handler(got_orders.append, Order).route(
         got_blobs.append, bytes, category="blob"
     )
-    assert handler(_event(messages, arn), None) == {"batchItemFailures": []}
+    assert handler(sqs_event(messages, arn), None) == {"batchItemFailures": []}
     assert sorted(got_orders, key=lambda o: o.id) == [Order("1", 9.5, ["a"]), Order("2", 1.25)]
     assert sorted(got_blobs) == sorted([binary, b"plain text"])
 
@@ -128,7 +78,7 @@ def test_fifo_message_groups_from_the_producer_hold_back_after_a_failure(
     with q, enqueue(Order, q, key=lambda o: o.id[0]) as (out, _):
         for id_ in ("a1", "b1", "a2", "b2"):
             out.send(Order(id_, 1.0))
-    messages = _receive(sqs, url, 4)
+    messages = receive(sqs, url, 4)
     assert {m["Attributes"]["MessageGroupId"] for m in messages} == {"a", "b"}
     handled: list[str] = []
 
@@ -137,7 +87,7 @@ def test_fifo_message_groups_from_the_producer_hold_back_after_a_failure(
         if o.id == "a1":
             raise RuntimeError("fails")
 
-    response = lambda_handler(handle, Order)(_event(messages, arn), None)
+    response = lambda_handler(handle, Order)(sqs_event(messages, arn), None)
     assert response is not None
     by_id = {m["MessageId"]: m for m in messages}
     failed_groups = [
