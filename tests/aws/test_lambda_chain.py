@@ -21,7 +21,7 @@ from qchan.testing import Order
 
 pytestmark = pytest.mark.integration
 
-VISIBILITY = 2  # seconds: failed messages come back quickly, a good one is never seen twice
+VISIBILITY = 5  # seconds: failed ones come back soon; a batch (ms here) never outlasts it
 
 
 def make_queue(aws: AWS) -> tuple[str, str, str]:

@@ -60,7 +60,7 @@ def orders_queue(aws: AWS) -> tuple[str, str, str]:
     """A new queue (name, url, arn) holding 4 good orders and 1 bad one (amount 0).
     A short visibility timeout brings failed messages back quickly, as the test wants."""
     name = f"qchan-example-{uuid.uuid4().hex[:12]}"
-    url = aws.sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "2"})["QueueUrl"]
+    url = aws.sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "5"})["QueueUrl"]
     aws.undo(lambda: aws.sqs.delete_queue(QueueUrl=url))
     arn = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
     return name, url, arn["QueueArn"]
