@@ -14,7 +14,8 @@ import pytest
 
 from qchan import EnqueueError, Queue
 
-pytest_plugins = ["support.sqs", "support.aws", "support.kafka", "support.rabbitmq"]
+# pytester: tests/plugin runs users' test modules against the installed qchan plugin.
+pytest_plugins = ["support.sqs", "support.aws", "support.kafka", "support.rabbitmq", "pytester"]
 
 
 @pytest.fixture
