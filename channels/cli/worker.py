@@ -373,6 +373,8 @@ class Supervisor:
             for child in running:
                 assert child.proc is not None
                 code = child.proc.poll()
+                if code == -signal.SIGTERM and not read_state(self.state, child.index):
+                    code = 0  # it died still starting, before it could take a message
                 if code is not None:
                     codes[child.index] = code
             pause.wait(0.05)

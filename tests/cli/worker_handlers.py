@@ -32,6 +32,11 @@ def handle(order: Order) -> None:
     _record(order.id)
 
 
+def handle_slowly(order: Order) -> None:
+    _record(f"{order.id}-started")
+    time.sleep(60)  # a handler busy for a minute: a graceful stop would wait for it
+
+
 def handle_msg(msg: Msg[Order]) -> None:
     _record(f"{msg.object.id}:{msg.category}")
 
