@@ -249,6 +249,22 @@ def test_mem_single_process_warns_handles_everything_and_stops_on_sigterm(worker
     assert "stopped" in w.stderr
 
 
+def test_children_stop_by_themselves_when_the_parent_is_killed(workers: Any) -> None:
+    name = f"mem://w-{uuid.uuid4().hex[:8]}"
+    w = workers(["worker_handlers:handle", name], QCHAN_TEST_SEED=f"{name},1")
+    child = wait_for(w.lines, 20, "the child to handle its order")[0][1]
+    os.kill(w.proc.pid, signal.SIGKILL)  # the parent only: no signal reaches the child
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, 15, "the orphaned child to stop")
+
+
 def test_a_second_signal_kills_the_children_at_once(workers: Any) -> None:
     name = f"mem://w-{uuid.uuid4().hex[:8]}"
     w = workers(
