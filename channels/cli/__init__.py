@@ -1,4 +1,4 @@
-"""The `qchan` command (`python -m qchan` too): demo, send, listen, bench."""
+"""The `qchan` command (`python -m qchan` too): demo, send, listen, bench, worker."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ..errors import QchanError
 from ..logs import CLIENT
 from ..urls import redact
+from . import worker
 
 EPILOG = """\
 URLs:
@@ -201,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=_positive(int), default=1024, help="bytes per message (1024)")
     bench.add_argument("--category", default="qchan-bench", help="category (qchan-bench)")
     bench.set_defaults(run=_bench)
+
+    worker.register(sub)
     return p
 
 
