@@ -43,6 +43,7 @@ from .kernel.queue import Queue, connect
 from .kernel.routes import ANY
 from .kernel.stats import Stats, observe
 from .message import Bag, Msg
+from .msgspec_codec import MsgspecCodec
 from .options import OptionError
 from .retry import Backoff, Constant, Exponential, Linear, Retries
 from .select import Selected, select
@@ -76,6 +77,7 @@ __all__ = [
     "MessageTooLarge",
     "Meta",
     "Msg",
+    "MsgspecCodec",
     "OptionError",
     "Policy",
     "QchanError",
