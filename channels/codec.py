@@ -110,19 +110,30 @@ def _strict(conv: cattrs.Converter) -> None:
             f"{type(value).__name__} {str(value)[:40]!r}"
         )
 
+    enums: dict[Any, Callable[[Any, Any], Any]] = {}
+
+    def subclass(value: Any, type_: Any) -> Any:
+        # cattrs hands an IntEnum, a StrEnum or a (str, Enum) to the hook for int or
+        # str: those go by value; other subclasses are taken as before.
+        if not _is_enum(type_):
+            return value
+        if type_ not in enums:
+            enums[type_] = _strict_enum(type_, refuse)
+        return enums[type_](value, type_)
+
     def as_str(value: Any, type_: Any) -> str:
         if type(value) is str:
-            return value
+            return value if type_ is str else subclass(value, type_)
         raise refuse(value, type_)
 
     def as_int(value: Any, type_: Any) -> int:
         if type(value) is int:
-            return value
+            return value if type_ is int else subclass(value, type_)
         raise refuse(value, type_)
 
     def as_float(value: Any, type_: Any) -> float:
         if type(value) is float or type(value) is int:
-            return float(value)
+            return float(value) if type_ is float else subclass(value, type_)
         raise refuse(value, type_)
 
     def as_bool(value: Any, type_: Any) -> bool:
@@ -131,7 +142,7 @@ def _strict(conv: cattrs.Converter) -> None:
         raise refuse(value, type_)
 
     for t, hook in ((str, as_str), (int, as_int), (float, as_float), (bool, as_bool)):
-        conv.register_structure_hook(t, _unless_enum(t, hook, refuse))
+        conv.register_structure_hook(t, hook)
 
     def is_list_like(type_: Any) -> bool:
         return is_sequence(type_) and get_origin(type_) is not tuple and type_ is not tuple
@@ -201,23 +212,6 @@ def _strict_enum(type_: Any, refuse: Callable[[Any, Any], TypeError]) -> Callabl
             except ValueError:
                 pass
         raise refuse(value, t)
-
-    return structure
-
-
-def _unless_enum(
-    base: type, hook: Callable[[Any, Any], Any], refuse: Callable[[Any, Any], TypeError]
-) -> Callable[[Any, Any], Any]:
-    """`hook` for `base` and its subclasses, but by value for an IntEnum, a StrEnum or an
-    enum mixing in `base`, which cattrs would otherwise hand to `base`'s hook."""
-    enums: dict[Any, Callable[[Any, Any], Any]] = {}
-
-    def structure(value: Any, type_: Any) -> Any:
-        if type_ is base or not _is_enum(type_):
-            return hook(value, type_)
-        if type_ not in enums:
-            enums[type_] = _strict_enum(type_, refuse)
-        return enums[type_](value, type_)
 
     return structure
 
