@@ -391,3 +391,33 @@ def test_a_bad_payload_through_the_queue_is_a_decode_error_in_cattrs_words() -> 
         wait_for(lambda: q.stats().acked == 1, what="the good message acked")
     finally:
         q.close()
+
+
+@attrs.frozen
+class Exact:
+    n: int
+    d: decimal.Decimal = decimal.Decimal(0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"n": 18446744073709551616}',  # 2**64: orjson reads it as a float
+        b'{"n": -9223372036854775809}',  # -2**63 - 1
+        b'{"n": 1, "d": 1e999}',  # orjson refuses a number beyond a double
+    ],
+)
+def test_known_difference_msgspec_reads_numbers_orjson_cannot(payload: bytes) -> None:
+    """Documented in the README: msgspec takes integers beyond 64 bits and Decimal
+    numbers beyond a double exactly; JSONCodec on orjson refuses them."""
+    with pytest.raises(Exception):  # noqa: B017 - any refusal
+        JSONCodec(Exact).decode(payload)
+    assert isinstance(MsgspecCodec(Exact).decode(payload), Exact)
+
+
+def test_known_difference_a_decimal_number_keeps_all_its_digits_only_on_msgspec() -> None:
+    body = b'{"n": 1, "d": 0.1000000000000000055511151231257827}'
+    assert JSONCodec(Exact).decode(body).d == decimal.Decimal("0.1")
+    assert MsgspecCodec(Exact).decode(body).d == decimal.Decimal(
+        "0.1000000000000000055511151231257827"
+    )
