@@ -13,7 +13,7 @@ with connect("mem://orders") as q:
 
 from .adapter import Adapter, Hooks
 from .chan import Chan, RecvChan, SendChan
-from .codec import BytesCodec, Codec, EncodeError, JSONCodec, StrCodec
+from .codec import BytesCodec, Codec, EncodeError, JSONCodec, PydanticCodec, StrCodec
 from .endpoints import (
     AT_LEAST_ONCE,
     AT_MOST_ONCE,
@@ -80,6 +80,7 @@ __all__ = [
     "MsgspecCodec",
     "OptionError",
     "Policy",
+    "PydanticCodec",
     "QchanError",
     "Queue",
     "QueueFailed",

@@ -20,6 +20,7 @@ import enum
 import functools
 import json
 import re
+import sys
 import types
 import typing
 import uuid
@@ -47,6 +48,7 @@ __all__ = [
     "EncodeError",
     "JSONCodec",
     "PayloadMismatch",
+    "PydanticCodec",
     "StrCodec",
     "category_for",
     "codec_for",
@@ -392,7 +394,7 @@ class JSONCodec(Generic[T]):
         if converter is None and (missing := unsupported_field(conv, type_)):
             path, field = missing
             raise TypeError(
-                f"cannot make a JSON codec for {_name(type_)}: {path} is a "
+                f"cannot make a JSON codec for {_name(type_)}: {path} has type "
                 f"{_name(field)}, which qchan does not know how to (de)serialize; pass "
                 f"converter= (a cattrs Converter with a structure and an unstructure hook "
                 f"for {_name(field)}), or codec= (a Codec of your own)"
@@ -453,12 +455,78 @@ class StrCodec:
         return data.decode()
 
 
+# pydantic's error types for JSON's own types, named as cattrs names them.
+_PYDANTIC_TYPES = {
+    "int_type": "int",
+    "string_type": "str",
+    "float_type": "float",
+    "bool_type": "bool",
+    "list_type": "list",
+}
+
+
+class PydanticCodec(Generic[T]):
+    """JSON for a pydantic model, through its own `model_dump_json` and
+    `model_validate_json` (strict: `"1"` is not an int), errors in cattrs' words."""
+
+    content_type = "application/json"
+
+    def __init__(self, type_: Any) -> None:
+        self.type = type_
+        from pydantic import ValidationError  # noqa: PLC0415 - optional extra
+
+        self._invalid = ValidationError
+
+    def encode(self, obj: T) -> bytes:
+        if not isinstance(obj, self.type):
+            raise EncodeError(
+                f"cannot encode {type(obj).__name__} as JSON: expected {self.type.__name__}"
+            )
+        try:
+            text: str = obj.model_dump_json()
+        except Exception as e:
+            raise EncodeError(f"cannot encode {type(obj).__name__} as JSON: {e}") from e
+        return text.encode()
+
+    def decode(self, data: bytes) -> T:
+        try:
+            obj: T = self.type.model_validate_json(data, strict=True)
+        except self._invalid as e:
+            raise PayloadMismatch("; ".join(map(_pydantic_reason, e.errors()))) from e
+        return obj
+
+
+def _pydantic_reason(error: Any) -> str:
+    path = "$" + "".join(f"[{p}]" if type(p) is int else f".{p}" for p in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"required field missing @ {path}"
+    if kind in _PYDANTIC_TYPES:
+        return f"invalid value for type, expected {_PYDANTIC_TYPES[kind]} @ {path}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping @ {path}"
+    if kind == "json_invalid":
+        return f"JSONDecodeError: {error['msg']}"
+    return f"invalid value ({error['msg']}) @ {path}"
+
+
+def _is_pydantic_model(type_: Any) -> bool:
+    # A model class exists only once pydantic is imported: no import for everyone else.
+    pydantic = sys.modules.get("pydantic")
+    return (
+        pydantic is not None and isinstance(type_, type) and issubclass(type_, pydantic.BaseModel)
+    )
+
+
 def codec_for(type_: Any, converter: cattrs.Converter | None = None) -> Codec[Any]:
-    """The codec a channel of `type_` uses by default."""
+    """The codec a channel of `type_` uses by default: bytes and str as they are, a pydantic
+    model through pydantic (unless a `converter` is given), anything else JSONCodec."""
     if type_ is bytes:
         return BytesCodec()
     if type_ is str:
         return StrCodec()
+    if converter is None and _is_pydantic_model(type_):
+        return PydanticCodec(type_)
     return JSONCodec(type_, converter)
 
 

@@ -172,15 +172,15 @@ def test_an_unsupported_field_type_is_a_type_error_at_the_call_saying_what_to_do
     with pytest.raises(TypeError) as info:
         JSONCodec(Invoice)
     text = str(info.value)
-    assert "$.lines[...].price is a Money" in text
+    assert "$.lines[...].price has type Money" in text
     assert "converter=" in text and "codec=" in text
-    with pytest.raises(TypeError, match=r"\$\.data\.price is a Money"):
+    with pytest.raises(TypeError, match=r"\$\.data\.price has type Money"):
         JSONCodec(Event[Meta, Line])
     q = Queue(EmbeddedAdapter("unsupported-field"))
     try:
-        with pytest.raises(TypeError, match="is a Money"):
+        with pytest.raises(TypeError, match="has type Money"):
             enqueue(Invoice, q)
-        with pytest.raises(TypeError, match="is a Money"):
+        with pytest.raises(TypeError, match="has type Money"):
             dequeue(Invoice, q)
     finally:
         q.close()
