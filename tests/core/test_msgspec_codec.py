@@ -421,3 +421,24 @@ def test_known_difference_a_decimal_number_keeps_all_its_digits_only_on_msgspec(
     assert MsgspecCodec(Exact).decode(body).d == decimal.Decimal(
         "0.1000000000000000055511151231257827"
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    when=st.datetimes(
+        min_value=datetime.datetime(1, 1, 1, 0, 0, 1),
+        timezones=st.none() | st.timezones() | st.just(UTC),
+    ),
+    spelling=st.sampled_from(["iso", "Z", "space", "no colon", "7 digits"]),
+)
+def test_date_times_are_read_alike(when: datetime.datetime, spelling: str) -> None:
+    text = when.isoformat()
+    if spelling == "Z":
+        text = text.replace("+00:00", "Z")
+    elif spelling == "space":
+        text = text.replace("T", " ")
+    elif spelling == "no colon" and len(text) > 6 and text[-3] == ":" and text[-6] in "+-":
+        text = text[:-3] + text[-2:]
+    elif spelling == "7 digits" and "." in text:
+        text = text.replace(".", ".5", 1)  # past microseconds: rounded, maybe into the next second
+    _agree(Reading, {"sensor": "s", "values": [], "at": text})
