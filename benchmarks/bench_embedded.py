@@ -6,13 +6,17 @@ second and p50/p99 latency (send to receive), against:
 - a bare queue.Queue(1024) hand-off of the same objects between two threads.
 Then peak RSS while a producer outruns a slow consumer, for N and 10 N
 messages, each in a fresh process: flat means backpressure, not a buffer.
+And the decode of one 1 KiB object by each codec: JSONCodec (cattrs on orjson),
+MsgspecCodec, and a raw msgspec.json.Decoder of the same type, interleaved runs.
 
-Run: python benchmarks/bench_embedded.py [--items 100000] [--repeat 3]
+Run: python benchmarks/bench_embedded.py [--items 100000] [--repeat 3] [--decode-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import decimal
 import queue
 import resource
 import statistics
@@ -28,7 +32,16 @@ import attrs
 import cattrs
 from cattrs.preconf.json import make_converter as json_converter
 
-from qchan import AT_LEAST_ONCE, AT_MOST_ONCE, JSONCodec, Policy, Queue, dequeue, enqueue
+from qchan import (
+    AT_LEAST_ONCE,
+    AT_MOST_ONCE,
+    JSONCodec,
+    MsgspecCodec,
+    Policy,
+    Queue,
+    dequeue,
+    enqueue,
+)
 from qchan.adapters.embedded import EmbeddedAdapter
 from qchan.codec import default_converter
 from qchan.retry import Exponential
@@ -40,6 +53,73 @@ class Small:
     name: str
     amount: float
     tags: list[str]
+
+
+@attrs.frozen
+class Part:
+    sku: str
+    quantity: int
+    price: decimal.Decimal
+
+
+@attrs.frozen
+class Item:
+    """About 1 KiB of JSON: nested objects, a list, a dict, a datetime, decimals."""
+
+    id: str
+    customer: str
+    created: datetime.datetime
+    parts: list[Part]
+    labels: dict[str, str]
+    note: str | None = None
+    priority: int = 0
+
+
+ITEM = Item(
+    "order-000123",
+    "customer-4567",
+    datetime.datetime(2026, 12, 3, 8, 9, 10, tzinfo=datetime.UTC),
+    [Part(f"sku-{i:04d}", i + 1, decimal.Decimal(f"{i}.99")) for i in range(12)],
+    {f"label{i}": f"value number {i}" for i in range(8)},
+    "leave at the door, ring twice" * 3,
+)
+
+
+def decode_rates(runs: int, n: int = 20_000) -> list[tuple[str, float]]:
+    """Median microseconds per decode of ITEM, per decoder; the runs interleave."""
+    import msgspec  # qchan[fast]
+
+    data = JSONCodec(Item).encode(ITEM)
+    decoders: list[tuple[str, Callable[[bytes], Any]]] = [
+        (f"JSONCodec (cattrs + {backend_name()})", JSONCodec(Item).decode),
+        ("MsgspecCodec", MsgspecCodec(Item).decode),
+        ("raw msgspec.json.Decoder(Item)", msgspec.json.Decoder(Item).decode),
+    ]
+    for _, dec in decoders:
+        assert dec(data) == ITEM
+    times: dict[str, list[float]] = {label: [] for label, _ in decoders}
+    for _ in range(runs):
+        for label, dec in decoders:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                dec(data)
+            times[label].append((time.perf_counter() - t0) / n * 1e6)
+    print(f"decode of one {len(data):,}-byte object, median of {runs} interleaved runs of {n:,}")
+    return [(label, statistics.median(t)) for label, t in times.items()]
+
+
+def backend_name() -> str:
+    return "orjson" if type(default_converter()).__module__.endswith("orjson") else "json"
+
+
+def print_decode_table(runs: int) -> None:
+    rows = decode_rates(runs)
+    raw = rows[-1][1]
+    print()
+    print("| decoder | µs per decode | vs raw msgspec |")
+    print("|---|---:|---:|")
+    for label, us in rows:
+        print(f"| {label} | {us:.2f} | {us / raw:.2f}x |")
 
 
 def objects(n: int) -> list[Small]:
@@ -152,9 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--no-rss", action="store_true", help="skip the memory runs")
+    ap.add_argument("--decode-only", action="store_true", help="only the 1 KiB decode table")
     args = ap.parse_args(argv)
     if args.rss_child:
         rss_child(args.rss_child)
+        return 0
+    if args.decode_only:
+        print_decode_table(max(5, args.repeat))
         return 0
     objs = objects(args.items)
     r = args.repeat
@@ -190,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {label} | {floor:,.0f} | {policy.value} | {rate:,.0f} | {p50:.2f} | "
                 f"{p99:.2f} | {rate / floor:.2f}x | >= 0.5x |"
             )
+    print()
+    print_decode_table(max(5, r))
     if not args.no_rss:
         print()
         print("peak RSS, fast producer and slow consumer (embedded max_depth=5000):")

@@ -13,7 +13,7 @@ with connect("mem://orders") as q:
 
 from .adapter import Adapter, Hooks
 from .chan import Chan, RecvChan, SendChan
-from .codec import BytesCodec, Codec, EncodeError, JSONCodec, StrCodec
+from .codec import BytesCodec, Codec, EncodeError, JSONCodec, PydanticCodec, StrCodec
 from .endpoints import (
     AT_LEAST_ONCE,
     AT_MOST_ONCE,
@@ -43,6 +43,7 @@ from .kernel.queue import Queue, connect
 from .kernel.routes import ANY
 from .kernel.stats import Stats, observe
 from .message import Bag, Msg
+from .msgspec_codec import MsgspecCodec
 from .options import OptionError
 from .retry import Backoff, Constant, Exponential, Linear, Retries
 from .select import Selected, select
@@ -76,8 +77,10 @@ __all__ = [
     "MessageTooLarge",
     "Meta",
     "Msg",
+    "MsgspecCodec",
     "OptionError",
     "Policy",
+    "PydanticCodec",
     "QchanError",
     "Queue",
     "QueueFailed",

@@ -115,6 +115,7 @@ def test_the_core_below_the_kernel_imports_no_kernel_nor_application_module() ->
         "envelopes",
         "transfer",
         "codec",
+        "msgspec_codec",
         "retry",
         "adapter",
         "urls",

@@ -34,7 +34,7 @@ from cattrs.preconf.json import make_converter as make_stdlib_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qchan import Bag, Chan, DecodeError, Queue, UnroutableError, dequeue
+from qchan import Bag, Chan, DecodeError, MsgspecCodec, Queue, UnroutableError, dequeue
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.codec import BytesCodec, JSONCodec, StrCodec, default_converter
 from qchan.errors import MessageError
@@ -56,6 +56,7 @@ CODECS = {
         Order
     ),
     "stdlib-json": JSONCodec(Order, make_stdlib_json()),
+    "msgspec": MsgspecCodec(Order),
 }
 
 json_values = st.recursive(
@@ -102,13 +103,21 @@ def test_json_decode_returns_the_type_or_raises_an_exception(backend: str, body:
     assert isinstance(out, Order | Exception), type(out)
 
 
-@pytest.mark.parametrize("converter", [None, make_stdlib_json()], ids=["default", "stdlib-json"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: JSONCodec(Tree),
+        lambda: JSONCodec(Tree, make_stdlib_json()),
+        lambda: MsgspecCodec(Tree),
+    ],
+    ids=["default", "stdlib-json", "msgspec"],
+)
 @pytest.mark.parametrize("depth", [10, 500, 900, 1_025, 5_000, 50_000])
 def test_deeply_nested_input_of_a_recursive_type_is_an_error_not_a_crash(
-    converter: Any, depth: int
+    make: Any, depth: int
 ) -> None:
     body = b'{"name":"n","children":[' * depth + b'{"name":"leaf"}' + b"]}" * depth
-    out = _decode_or_error(JSONCodec(Tree, converter), body)
+    out = _decode_or_error(make(), body)
     assert isinstance(out, Tree | Exception)
     if depth <= 10:
         assert isinstance(out, Tree)
@@ -132,8 +141,9 @@ def test_str_and_bytes_codecs_on_any_bytes(body: bytes) -> None:
         b'{"id": 7, "amount": 1.0}',  # a number where a str is expected
     ],
 )
-def test_json_that_does_not_match_the_type_is_refused(body: bytes) -> None:
-    out = _decode_or_error(JSONCodec(Order), body)
+@pytest.mark.parametrize("codec", [JSONCodec(Order), MsgspecCodec(Order)], ids=["json", "msgspec"])
+def test_json_that_does_not_match_the_type_is_refused(codec: Any, body: bytes) -> None:
+    out = _decode_or_error(codec, body)
     assert isinstance(out, Exception), f"accepted as {out!r}"
 
 
