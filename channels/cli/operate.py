@@ -111,7 +111,8 @@ def guarded(run: Callable[[], int], urls: Sequence[str], verbose: bool) -> int:
 
 
 class _Pause:
-    """Waits between retries of one operation, until `seconds` pass without a success."""
+    """Waits between the tries of an operation that fails, until it has failed for
+    `seconds` in a row (`ok` ends a run of failures)."""
 
     def __init__(self, seconds: float) -> None:
         self._policy = Exponential(base=0.05, cap=1.0, max_attempts=None, max_elapsed=seconds)
@@ -119,13 +120,16 @@ class _Pause:
         self.ok()
 
     def ok(self) -> None:
-        self._since = time.monotonic()
+        self._since: float | None = None
         self._attempt = 0
 
     def again(self) -> bool:
-        """Wait before the next try; False once the time is up."""
+        """Wait before the next try; False once the failures have lasted too long."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
         self._attempt += 1
-        wait = self._policy.next(self._attempt, time.monotonic() - self._since)
+        wait = self._policy.next(self._attempt, now - self._since)
         if wait is None:
             return False
         self._event.wait(wait)
@@ -144,18 +148,28 @@ def _line(bag: Bag) -> str:
     return json.dumps(line, ensure_ascii=False)
 
 
-def _receive(adapter: Adapter, n: int, wait: float, pause: _Pause) -> Sequence[Bag]:
-    """Up to `n` bags; [] after a lost connection (having waited a little), whose error is
-    raised once the broker stayed unreachable for longer than `pause` allows."""
+def _receive(adapter: Adapter, n: int, wait: float, pause: _Pause) -> Sequence[Bag] | None:
+    """Up to `n` bags, or None when the connection was lost (raised, or reported by an
+    adapter that reconnects by itself) and `pause` waited before the next try. Raises
+    the ConnectionLost once the broker stayed unreachable longer than `pause` allows."""
+    reports = adapter.hooks.errors if isinstance(adapter.hooks, Reports) else []
+    before = len(reports)
     try:
         bags = adapter.receive(n, wait)
     except ConnectionLost as e:
-        log.info("receive failed: %s", e)
-        if not pause.again():
-            raise
-        return []
-    pause.ok()
-    return bags
+        lost = e
+    else:
+        if bags:
+            pause.ok()
+            return bags
+        found = [e for e in reports[before:] if isinstance(e, ConnectionLost)]
+        if not found:
+            return bags
+        lost = found[-1]
+    log.info("receive failed: %s", lost)
+    if not pause.again():
+        raise lost
+    return None
 
 
 def peek(
@@ -177,6 +191,9 @@ def peek(
             bags = _receive(
                 adapter, min(count - len(got), adapter.max_receive), min(left, 5.0), pause
             )
+            if bags is None:  # unreachable for a moment: the timeout starts again
+                last = time.monotonic()
+                continue
             if not bags:
                 continue
             last = time.monotonic()
@@ -239,6 +256,9 @@ def redrive(
                 break
             want = batch if count is None else min(batch, count - r.moved)
             bags = _receive(source, want, min(left, 5.0), pause)
+            if bags is None:  # unreachable for a moment: the timeout starts again
+                last = time.monotonic()
+                continue
             if not bags:
                 continue
             last = time.monotonic()
