@@ -48,14 +48,13 @@ class Reports(Hooks):
         self.errors.append(error)
 
 
-def open_raw(
-    url: str, seconds: float, *, receive: bool = False, keep_envelopes: bool = False
-) -> Adapter:
+def open_raw(url: str, seconds: float, *, receive: bool = False, moving: bool = False) -> Adapter:
     """The adapter for `url`, for an operator: it never creates or declares anything.
 
     RabbitMQ queues are checked, not declared (`declare=passive`) unless the URL says
-    otherwise; with `keep_envelopes`, an SQS queue's EventBridge and SNS envelopes stay
-    as they are (`unwrap=false`), so that a moved message is the message received.
+    otherwise. `moving` (for a redrive): an SQS queue's EventBridge and SNS envelopes stay
+    as they are (`unwrap=false`), so that a moved message is the message received, and
+    botocore does not retry on its own (`max_attempts=1`), so that every resend is counted.
     Kernel options in the URL's query (`in_flight=`, ...) are ignored.
     """
     adapter_url, _ = split_query(url, adapter_names(url, "QUERY_KEYS") or ())
@@ -67,8 +66,13 @@ def open_raw(
     options: dict[str, Any] = _within(url, seconds)
     if scheme in ("amqp", "amqps") and "declare" not in query:
         options["declare"] = "passive"
-    if scheme == "sqs" and keep_envelopes and "unwrap" not in query:
-        options["unwrap"] = False
+    if scheme == "sqs" and moving:
+        if "unwrap" not in query:
+            options["unwrap"] = False
+        if "max_attempts" not in query:
+            # The command retries and counts what it resends; botocore's own retries
+            # would resend a batch whose reply was lost without anyone knowing.
+            options["max_attempts"] = 1
     try:
         adapter = open_adapter(adapter_url, **options)
     except URLError:
@@ -218,8 +222,10 @@ class Redriven:
     failed: int = 0
     #: Came back to the source after their move (the removal was lost): removed, not resent.
     again: int = 0
-    #: Sent again after a send whose outcome was lost: each may be in the destination twice.
+    #: Sent again after a send whose outcome was lost: each may be in the destination twice
+    #: (or more: `resends` counts the extra sends).
     resent: int = 0
+    resends: int = 0
     #: Moved, but their removal from the source was not confirmed: they may be there still.
     unsure: int = 0
     #: The first few failures, as text.
@@ -227,6 +233,7 @@ class Redriven:
 
     @property
     def maybe_duplicated(self) -> int:
+        """Messages that may be in both queues, or twice in the destination."""
         return self.resent + self.unsure
 
 
@@ -284,6 +291,7 @@ def redrive(
                     if len(r.reasons) < 5:
                         r.reasons.append(f"{b.id or '(no id)'} ({b.category!r}): {describe(o)}")
             in_hand = []
+            last = time.monotonic()  # the timeout counts from the end of the last move
     finally:
         back = held + in_hand
         if back:
@@ -310,6 +318,7 @@ def _send(
     copies = [_copy(b) for b in bags]
     outcomes: list[BaseException | None] = [None] * len(bags)
     pending = list(range(len(bags)))
+    resent: set[int] = set()
     pause = _Pause(retry_seconds)
     while True:
         try:
@@ -322,9 +331,11 @@ def _send(
             if outcome is not None and not isinstance(outcome, RejectedError):
                 retry.append(i)
         if not retry or not pause.again():
+            r.resent += len(resent)
             return outcomes
         # A send that failed may still have reached the broker (its reply was lost).
-        r.resent += len(retry)
+        r.resends += len(retry)
+        resent.update(retry)
         pending = retry
 
 
@@ -363,9 +374,9 @@ def redrive_command(
     """`qchan redrive FROM TO`: move, then print the summary; exit 1 if anything failed."""
     if redact(source_url) == redact(target_url):
         raise URLError("FROM and TO are the same queue: a redrive would move messages in circles")
-    source = open_raw(source_url, retry_seconds, receive=True, keep_envelopes=True)
+    source = open_raw(source_url, retry_seconds, receive=True, moving=True)
     try:
-        target = open_raw(target_url, retry_seconds)
+        target = open_raw(target_url, retry_seconds, moving=True)
     except BaseException:
         source.close()
         raise
@@ -387,8 +398,8 @@ def redrive_command(
         err(f"{r.again:,} came back to FROM after their move (a lost ack): removed, not sent again")
     if r.resent:
         err(
-            f"up to {r.resent:,} may be in TO twice "
-            f"(sent again after a send whose outcome was lost)"
+            f"{r.resent:,} may be in TO twice or more (sent {r.resends:,} more time(s) "
+            f"after sends whose outcome was lost)"
         )
     if r.unsure:
         err(f"{r.unsure:,} moved but not confirmed removed: they may still be in FROM too")
