@@ -51,10 +51,11 @@ class Reports(Hooks):
 def open_raw(url: str, seconds: float, *, receive: bool = False, moving: bool = False) -> Adapter:
     """The adapter for `url`, for an operator: it never creates or declares anything.
 
-    RabbitMQ queues are checked, not declared (`declare=passive`) unless the URL says
-    otherwise. `moving` (for a redrive): an SQS queue's EventBridge and SNS envelopes stay
-    as they are (`unwrap=false`), so that a moved message is the message received, and
-    botocore does not retry on its own (`max_attempts=1`), so that every resend is counted.
+    RabbitMQ queues are checked, not declared (`declare=passive`), and no delivery is
+    dead-lettered for its count (`max_deliveries=None`), unless the URL says otherwise.
+    `moving` (for a redrive): an SQS queue's EventBridge and SNS envelopes stay as they
+    are (`unwrap=false`), so that a moved message is the message received, and botocore
+    does not retry on its own (`max_attempts=1`), so that every resend is counted.
     Kernel options in the URL's query (`in_flight=`, ...) are ignored.
     """
     adapter_url, _ = split_query(url, adapter_names(url, "QUERY_KEYS") or ())
@@ -64,8 +65,13 @@ def open_raw(url: str, seconds: float, *, receive: bool = False, moving: bool = 
         raise URLError(f"malformed queue URL {redact(url)!r}: {e}") from None
     scheme, query = parts.scheme.lower(), parse_qs(parts.query)
     options: dict[str, Any] = _within(url, seconds)
-    if scheme in ("amqp", "amqps") and "declare" not in query:
-        options["declare"] = "passive"
+    if scheme in ("amqp", "amqps"):
+        if "declare" not in query:
+            options["declare"] = "passive"
+        if "max_deliveries" not in query:
+            # The adapter dead-letters a delivery past max_deliveries when it arrives;
+            # a peek or a redrive must never do that to what it only looks at or moves.
+            options["max_deliveries"] = None
     if scheme == "sqs" and moving:
         if "unwrap" not in query:
             options["unwrap"] = False

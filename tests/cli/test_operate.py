@@ -515,3 +515,29 @@ def test_every_command_on_a_real_broker(
     assert code == 0, err
     assert ("purged 5 message(s)" if isinstance(t, Kafka) else "purged") in err
     wait_for(lambda: stats_of(purging)["ready"] == 0, 20, "the queue purged")
+
+
+@pytest.mark.integration
+def test_peeking_again_and_again_never_dead_letters_on_rabbitmq(
+    rabbit: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each peek requeues: RabbitMQ counts a delivery (x-delivery-count), past the adapter's
+    default max_deliveries (10), which must not dead-letter what is only looked at."""
+    from support.rabbitmq import declare, delete_queues
+
+    t, name = Rabbit(), f"qchan-op-{uuid.uuid4().hex[:8]}"
+    declare(name)
+    try:
+        t.put(name, bags(1))
+        counts = []
+        for _ in range(12):
+            code, out, err = run(["peek", t.url(name), "--timeout", "1"], monkeypatch, capsys)
+            assert code == 0, err
+            counts.append(json.loads(out)["deliveries"])
+        assert counts == sorted(set(counts)) and counts[-1] > 10, counts
+        (back,) = t.take(name, 1)
+        assert back.id == "m-0"
+        code, out, _ = run(["stats", t.url(f"{name}.dlq")], monkeypatch, capsys)
+        assert out.endswith(": 0 ready, unknown in flight\n")
+    finally:
+        delete_queues(name, f"{name}.dlq")
