@@ -229,6 +229,11 @@ class _Bare(Adapter):
         pass
 
 
+class _SendOnly(_Bare):
+    scheme = "sendonly"
+    send_only = True
+
+
 class _Broken(_Bare):
     scheme = "broken"
 
@@ -240,6 +245,7 @@ class _Broken(_Bare):
 def schemes() -> None:
     register_scheme("bare", lambda url, **options: _Bare("q"))
     register_scheme("broken", lambda url, **options: _Broken("q"))
+    register_scheme("sendonly", lambda url, **options: _SendOnly("q"))
 
 
 @pytest.mark.parametrize(
@@ -249,6 +255,8 @@ def schemes() -> None:
         (["peek", "mem://x?colour=red"], "colour"),
         (["stats", "bare://q"], "queue depth is not supported by bare://"),
         (["purge", "bare://q", "--yes"], "purge is not supported by bare://"),
+        (["peek", "sendonly://q"], "sendonly:// only sends"),
+        (["redrive", "sendonly://q", "mem://x"], "sendonly:// only sends"),
     ],
 )
 def test_bad_usage_exits_2_with_a_clear_line(
