@@ -236,6 +236,8 @@ class Redriven:
     unsure: int = 0
     #: The first few failures, as text.
     reasons: list[str] = attrs.Factory(list)
+    #: Why the redrive stopped before FROM was empty (a broker that kept failing), if it did.
+    stopped: str | None = None
 
     @property
     def maybe_duplicated(self) -> int:
@@ -296,6 +298,11 @@ def redrive(
                     held.append(b)
                     if len(r.reasons) < 5:
                         r.reasons.append(f"{b.id or '(no id)'} ({b.category!r}): {describe(o)}")
+                down = [o for _, o in bad if not isinstance(o, RejectedError)]
+                if down:  # TO kept failing for retry_seconds: every next batch would too
+                    r.stopped = f"TO kept failing for {retry_seconds:g} s: {describe(down[-1])}"
+                    in_hand = []
+                    break
             in_hand = []
             last = time.monotonic()  # the timeout counts from the end of the last move
     finally:
@@ -392,6 +399,8 @@ def redrive_command(
         redrive(source, target, count=count, timeout=timeout, retry_seconds=retry_seconds, done=r)
     except KeyboardInterrupt:
         interrupted = True
+    except ConnectionLost as e:  # FROM unreachable for retry_seconds: say what was done
+        r.stopped = f"FROM kept failing for {retry_seconds:g} s: {e}"
     finally:
         left = _left(source)
         target.close()
@@ -409,12 +418,20 @@ def redrive_command(
         )
     if r.unsure:
         err(f"{r.unsure:,} moved but not confirmed removed: they may still be in FROM too")
+    if r.failed and source.scheme == "kafka":
+        err(
+            "on Kafka, FROM's group commits each partition only up to its first message not "
+            "moved: the ones moved after it will be received again (a later redrive moves "
+            "them again)"
+        )
     if left is not None:
         err(f"FROM holds {_depth_text(left)} now")
+    if r.stopped:
+        err(f"stopped: {r.stopped}")
     if interrupted:
         err("interrupted: messages being moved went back to FROM (they may be in TO too)")
         raise KeyboardInterrupt
-    return EXIT_FAILED if r.failed or r.unsure else EXIT_OK
+    return EXIT_FAILED if r.failed or r.unsure or r.stopped else EXIT_OK
 
 
 def _left(adapter: Adapter) -> Depth | None:

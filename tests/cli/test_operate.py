@@ -146,6 +146,27 @@ def test_a_message_the_destination_refuses_stays_in_the_source_and_exits_1(
     assert back.id == "big"
 
 
+class _Down(EmbeddedAdapter):
+    """A destination that is down for good: nothing it is sent arrives."""
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        return [ConnectionLost("injected: TO is down")] * len(bags)
+
+
+def test_a_destination_down_for_good_stops_the_redrive_and_keeps_everything(
+    name: str,
+) -> None:
+    broker(f"{name}.dlq").send(bags(30))
+    source = open_raw(f"mem://{name}.dlq", 5)
+    source.max_receive = 10
+    r = redrive(source, _Down(name), count=None, timeout=5.0, retry_seconds=0.3)
+    assert (r.moved, r.failed) == (0, 10)
+    assert r.stopped is not None and "TO kept failing for 0.3 s" in r.stopped
+    assert "TO is down" in r.stopped
+    left = broker(f"{name}.dlq")
+    assert (left.depth, left.in_flight) == (30, 0)
+
+
 def test_redrive_refuses_the_same_queue_twice(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -549,3 +570,14 @@ def test_peeking_again_and_again_never_dead_letters_on_rabbitmq(
         assert out.endswith(": 0 ready, unknown in flight\n")
     finally:
         delete_queues(name, f"{name}.dlq")
+
+
+def test_a_source_unreachable_for_good_ends_with_the_summary_and_exit_1(
+    schemes: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["redrive", "bare://q", "mem://elsewhere", "--retry-seconds", "0.3"]
+    code, _, err = run(argv, monkeypatch, capsys)
+    assert code == 1
+    assert "moved 0 message(s)" in err
+    assert "stopped: FROM kept failing for 0.3 s: bare://: nothing to receive from" in err
+    assert "Traceback" not in err
