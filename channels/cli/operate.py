@@ -32,7 +32,18 @@ from ..retry import Exponential
 from ..urls import URLError, adapter_names, open_adapter, redact
 from .commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _body, _within, err
 
-__all__ = ["Redriven", "guarded", "open_raw", "peek", "purge", "redrive", "stats"]
+__all__ = [
+    "Redriven",
+    "Reports",
+    "guarded",
+    "open_raw",
+    "peek",
+    "peek_command",
+    "purge",
+    "redrive",
+    "redrive_command",
+    "stats",
+]
 
 log = logging.getLogger("qchan.cli")
 
@@ -187,9 +198,9 @@ def peek(
 ) -> int:
     """Print up to `count` messages as JSON lines and give them back untouched (`release`).
 
-    Stops once `timeout` seconds pass without a message. The broker may still count
-    the peek as a delivery (SQS's ApproximateReceiveCount, RabbitMQ's redelivered
-    flag). Exits 0 when it printed at least one message or the queue was empty."""
+    Stops once `timeout` seconds pass without a message (an empty queue is no error).
+    The broker may still count the peek as a delivery (SQS's ApproximateReceiveCount,
+    RabbitMQ's redelivered flag)."""
     got: list[Bag] = []
     pause = _Pause(retry_seconds)
     try:
@@ -280,7 +291,7 @@ def redrive(
             in_hand = list(bags)
             again = [b for b in bags if b.id is not None and b.id in moved]
             held += [b for b in bags if b.id is not None and b.id in refused]
-            fresh = [b for b in bags if b.id is None or b.id not in moved | refused]
+            fresh = [b for b in bags if b.id is None or (b.id not in moved and b.id not in refused)]
             if again:
                 r.again += len(again)
                 r.unsure += len(again) - _remove(source, again, retry_seconds)
@@ -306,7 +317,8 @@ def redrive(
             in_hand = []
             last = time.monotonic()  # the timeout counts from the end of the last move
     finally:
-        back = held + in_hand
+        kept = {id(b) for b in held}
+        back = held + [b for b in in_hand if id(b) not in kept]
         if back:
             source.release(back)
     return r
