@@ -20,7 +20,7 @@ from support.helpers import wait_for
 from qchan import Adapter, Bag, register_scheme
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.cli import main
-from qchan.cli.operate import open_raw, redrive
+from qchan.cli.operate import Redriven, open_raw, redrive
 from qchan.errors import ConnectionLost
 
 #: A foreign producer's attribute, a binary body and a text body: moved byte for byte.
@@ -581,3 +581,27 @@ def test_a_source_unreachable_for_good_ends_with_the_summary_and_exit_1(
     assert "moved 0 message(s)" in err
     assert "stopped: FROM kept failing for 0.3 s: bare://: nothing to receive from" in err
     assert "Traceback" not in err
+
+
+class _Interrupted(EmbeddedAdapter):
+    """A destination whose second send is interrupted (Ctrl-C while it waits)."""
+
+    calls = 0
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return super().send_batch(bags)
+
+
+def test_an_interrupt_gives_back_the_batch_being_moved(name: str) -> None:
+    broker(f"{name}.dlq").send(bags(30))
+    source = open_raw(f"mem://{name}.dlq", 5)
+    source.max_receive = 10
+    r = Redriven()
+    with pytest.raises(KeyboardInterrupt):
+        redrive(source, _Interrupted(name), count=None, timeout=5.0, retry_seconds=5, done=r)
+    left = broker(f"{name}.dlq")
+    assert (r.moved, broker(name).depth) == (10, 10)
+    assert (left.depth, left.in_flight) == (20, 0)
