@@ -605,3 +605,20 @@ def test_an_interrupt_gives_back_the_batch_being_moved(name: str) -> None:
     left = broker(f"{name}.dlq")
     assert (r.moved, broker(name).depth) == (10, 10)
     assert (left.depth, left.in_flight) == (20, 0)
+
+
+@pytest.mark.integration
+def test_kafka_refuses_to_skip_a_group_with_a_live_member(
+    kafka_cluster: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t, topic = Kafka(kafka_cluster), f"qchan-op-{uuid.uuid4().hex[:8]}"
+    t.create(topic)
+    t.put(topic, bags(2))
+    member = open_raw(t.url(topic), 10)
+    try:
+        wait_for(lambda: member.receive(10, 1.0), 30, "the member joined and received")
+        code, _, err = run(["purge", t.url(topic), "--yes"], monkeypatch, capsys)
+        assert code == 2
+        assert "stop the group's consumers first" in err and "Traceback" not in err
+    finally:
+        member.close()
