@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from qchan.adapter import Adapter
+from qchan.adapter import Adapter, Depth
 from qchan.errors import ConnectionLost, MessageTooLarge, QchanError
 from qchan.message import Bag
 from qchan.options import (
@@ -122,14 +122,19 @@ class Broker:
         with self._cond:
             self._fail_receives.extend([err] * n)
 
-    def purge(self) -> None:
-        """Drop every message, visible or not."""
+    def purge(self, dead_letters: bool = True) -> int:
+        """Drop every message, visible or not (and the dead letters, unless told not to);
+        returns how many messages it dropped, not counting dead letters."""
         with self._cond:
+            self._expire(time.monotonic())
+            dropped = len(self._ready) + len(self._invisible) + len(self._delayed)
             self._ready.clear()
             self._invisible.clear()
             self._expiry.clear()
             self._delayed.clear()
-            self.dead_letters.clear()
+            if dead_letters:
+                self.dead_letters.clear()
+            return dropped
 
     # -- operations -------------------------------------------------------------
 
@@ -387,6 +392,16 @@ class EmbeddedAdapter(Adapter):
 
     def wakeup(self) -> None:
         self.broker.wakeup(self._wake)
+
+    def depth(self) -> Depth:
+        """Ready and in flight (received, or nacked with a delay and not visible yet)."""
+        with self.broker._cond:  # one moment for both counts
+            return Depth(ready=self.broker.depth, in_flight=self.broker.in_flight)
+
+    def purge(self) -> int:
+        """Every message, ready or in flight; the dead letters stay (an SQS purge leaves
+        the dead-letter queue alone too)."""
+        return self.broker.purge(dead_letters=False)
 
 
 _QUERY: dict[str, Any] = {

@@ -11,7 +11,7 @@ with connect("mem://orders") as q:
             ack.send(msg)            # or ack.send(msg.fail(err)) to redeliver
 """
 
-from .adapter import Adapter, Hooks
+from .adapter import Adapter, Depth, Hooks
 from .chan import Chan, RecvChan, SendChan
 from .codec import BytesCodec, Codec, EncodeError, JSONCodec, PydanticCodec, StrCodec
 from .endpoints import (
@@ -32,6 +32,7 @@ from .errors import (
     EnqueueError,
     MessageError,
     MessageTooLarge,
+    NotSupported,
     QchanError,
     QueueFailed,
     RejectedError,
@@ -64,6 +65,7 @@ __all__ = [
     "ConnectionLost",
     "Constant",
     "DecodeError",
+    "Depth",
     "Dequeued",
     "EncodeError",
     "EnqueueError",
@@ -78,6 +80,7 @@ __all__ = [
     "Meta",
     "Msg",
     "MsgspecCodec",
+    "NotSupported",
     "OptionError",
     "Policy",
     "PydanticCodec",

@@ -23,6 +23,11 @@ The methods come in groups:
 | pipelining | `pipeline`, `submit` | sets both when its client sends asynchronously |
 | lifecycle | `bind`, `close` | closes its connections in `close` |
 | send-only | `send_only = True` | sets it if the broker delivers elsewhere (EventBridge, SNS) |
+| operations | `depth`, `purge` | overrides them where the broker has them (`qchan stats`) |
+
+The operations are for an operator (the `qchan stats` and `purge` commands), not
+for the kernel: they are called on an adapter no queue's threads use, from one
+thread. Their defaults raise `NotSupported`, naming the scheme.
 
 A send-only queue refuses `dequeue` at the call (`SendOnlyError`), so no poller
 starts and `receive`, `ack`, `nack` are never called.
@@ -72,10 +77,12 @@ import abc
 import logging
 from collections.abc import Callable, Sequence
 
-from .errors import MessageError
+import attrs
+
+from .errors import MessageError, NotSupported
 from .message import Bag
 
-__all__ = ["Adapter", "Hooks", "Sending"]
+__all__ = ["Adapter", "Depth", "Hooks", "Sending"]
 
 log = logging.getLogger("qchan.adapter")
 
@@ -118,6 +125,20 @@ class Sending:
         pass first (0: only look). `wait=None` waits as long as the adapter's own send
         timeout, then reports what is still unknown as failed."""
         return self._outcomes
+
+
+@attrs.frozen
+class Depth:
+    """How many messages a queue holds, as its broker tells (`Adapter.depth`); None: not told.
+
+    `ready`: waiting to be received (for Kafka, the consumer group's lag); `in_flight`:
+    received and not settled yet; `delayed`: sent or nacked with a delay, not visible yet.
+    Brokers count some of these approximately (SQS says so in its names).
+    """
+
+    ready: int | None
+    in_flight: int | None = None
+    delayed: int | None = None
 
 
 class Adapter(abc.ABC):
@@ -249,6 +270,17 @@ class Adapter(abc.ABC):
         failure of every bag, as for `send_batch`.
         """
         return Sending(self.send_batch(bags))
+
+    # -- operations: for an operator, not the kernel (see the module docstring) ---
+
+    def depth(self) -> Depth:
+        """How many messages the queue holds now, as far as the broker tells."""
+        raise NotSupported(f"queue depth is not supported by {self.scheme}://")
+
+    def purge(self) -> int | None:
+        """Delete every message of the queue; how many were deleted (None: the broker does
+        not say)."""
+        raise NotSupported(f"purge is not supported by {self.scheme}://")
 
     # -- lifecycle -------------------------------------------------------------
 

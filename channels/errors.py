@@ -50,6 +50,10 @@ class SendOnlyError(QchanError):
     """The queue's transport only sends (EventBridge, SNS): `dequeue` where it delivers to."""
 
 
+class NotSupported(QchanError):
+    """The transport cannot do this operation (an optional one: `Adapter.depth`, `purge`)."""
+
+
 class MessageError(QchanError):
     """A received message that could not be handed to the application.
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from qchan.adapter import Adapter
+from qchan.adapter import Adapter, Depth
 from qchan.errors import MessageError, QchanError
 from qchan.message import Bag
 from qchan.options import renamed
@@ -81,7 +81,7 @@ class KafkaAdapter(Adapter):
             raise TypeError(f"unknown kafka adapter option: {e}") from None
         super().__init__(self.options.name)
         self.topic = topic
-        cluster = Cluster(self.options, self._report)
+        cluster = self._cluster = Cluster(self.options, self._report)
         inflight = InFlight()
         self._producing = Producing(self.options, cluster)
         self._consuming = Consuming(self.options, cluster, inflight, self._report, self._revoke)
@@ -150,6 +150,19 @@ class KafkaAdapter(Adapter):
     def reject(self, bag: Bag, error: MessageError) -> None:
         """Poison policy: undecodable -> dead letter; unroutable -> per the `unroutable` option."""
         self._settling.reject(bag, error)
+
+    # -- operations (any thread: a consumer of their own that never joins the group)
+
+    def depth(self) -> Depth:
+        """The group's lag (ready): end offsets less committed ones. Kafka does not tell
+        what a member holds un-committed, so in_flight is None."""
+        return Depth(ready=self._cluster.lag(), in_flight=None)
+
+    def purge(self) -> int:
+        """Skip: commit the end offsets for the group, so it never receives what is on the
+        topic now. The messages stay (retention decides; other groups still read them).
+        Kafka refuses while the group has active members. Returns how many were skipped."""
+        return self._cluster.lag(skip=True)
 
     # -- any thread, and close
 

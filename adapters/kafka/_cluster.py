@@ -7,14 +7,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from qchan.errors import ConnectionLost, QchanError
 from qchan.logs import Repeats
 
-from ._config import KafkaOptions, admin_config, scrub
+from ._config import KafkaOptions, admin_config, consumer_config, scrub
 from ._wire import NO_TOPIC, UNREACHABLE, TopicNotFound
 
 __all__ = ["GRACE", "Cluster"]
@@ -66,6 +66,51 @@ class Cluster:
                 self.report(ConnectionLost(text + more))
         else:
             _REPEATS.log(log, logging.WARNING, f"kafka client of {self.topic!r}: {err.str()}")
+
+    def lag(self, skip: bool = False) -> int:
+        """The group's lag on the topic: per partition, the end offset less the committed
+        one (with none committed, `offset_reset` decides: earliest counts it all, latest
+        nothing). With `skip`, commit the end offsets for the group first (a purge for
+        this group only: the messages stay on the topic) and return how many were skipped.
+
+        A consumer of the group's own, which never joins it (no subscribe); Kafka refuses
+        its commit while members of the group are active (stop them first).
+        """
+        o = self.options
+        conf = consumer_config(o, log, self.client_error, lambda *_: None)
+        consumer = self.client(Consumer, conf)
+        wait = o.admin_timeout
+        try:
+            self.ensure_topic(consumer, self.topic)
+            meta = consumer.list_topics(self.topic, timeout=wait).topics[self.topic]
+            tps = [TopicPartition(self.topic, p) for p in sorted(meta.partitions)]
+            committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=wait)}
+            ends: list[TopicPartition] = []
+            lag = 0
+            for tp in tps:
+                low, high = consumer.get_watermark_offsets(tp, timeout=wait, cached=False)
+                start = committed.get(tp.partition, -1)
+                if start < 0:  # nothing committed yet
+                    start = low if o.offset_reset == "earliest" else high
+                lag += max(0, high - max(start, low))
+                ends.append(TopicPartition(self.topic, tp.partition, high))
+            if skip and lag:
+                for tp in consumer.commit(offsets=ends, asynchronous=False) or []:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+            return lag
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            text = err.str() if isinstance(err, KafkaError) else str(e)
+            if isinstance(err, KafkaError) and err.code() in UNREACHABLE:
+                raise ConnectionLost(f"kafka {o.bootstrap}, topic {self.topic!r}: {text}") from None
+            raise QchanError(
+                f"kafka group {o.group!r} on topic {self.topic!r}: "
+                f"{'skipping to the end' if skip else 'reading its offsets'} failed: {text}"
+                + ("; stop the group's consumers first" if skip else "")
+            ) from None
+        finally:
+            consumer.close()
 
     def forget(self, topic: str) -> None:
         """`topic` went missing: check it again before the next use."""

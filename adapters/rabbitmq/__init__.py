@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from qchan.adapter import Adapter, Hooks
+from qchan.adapter import Adapter, Depth, Hooks
 from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
 
@@ -33,7 +33,7 @@ from . import _config
 from ._config import Settings, settings_from_url
 from ._consumer import Consumer, DeadLettered, Settle
 from ._publisher import BrokerNack, Publisher
-from ._topology import MissingQueue, TopologyError
+from ._topology import MissingQueue, TopologyError, count
 from ._wire import Receipt
 
 __all__ = [
@@ -173,6 +173,17 @@ class RabbitMQAdapter(Adapter):
 
     def wakeup(self) -> None:
         self._consumer.wakeup()
+
+    # operations (any thread: a connection of their own)
+    def depth(self) -> Depth:
+        """Ready messages (a passive declare's message_count); RabbitMQ does not tell the
+        un-acked ones through AMQP (its management API does), so in_flight is None."""
+        return Depth(ready=count(self.settings), in_flight=None)
+
+    def purge(self) -> int:
+        """`queue.purge`: deletes the ready messages; un-acked deliveries stay (RabbitMQ's
+        rule) and come back if their consumer does not ack them. Returns how many went."""
+        return count(self.settings, purge=True)
 
     def close(self) -> None:
         try:

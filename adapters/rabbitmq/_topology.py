@@ -16,7 +16,7 @@ from qchan.errors import ConnectionLost, QchanError
 from . import _pika as pk
 from ._config import Role, Settings, connection_parameters
 
-__all__ = ["MissingQueue", "TopologyError", "connect_blocking", "declare"]
+__all__ = ["MissingQueue", "TopologyError", "connect_blocking", "count", "declare"]
 
 log = logging.getLogger("qchan.adapters.rabbitmq")
 
@@ -201,6 +201,37 @@ def setup(s: Settings) -> None:
     conn = connect_blocking(s, "setup")
     try:
         declare(conn, s)
+    finally:
+        try:
+            conn.close()
+        except pk.AMQPError:
+            pass
+
+
+def count(s: Settings, purge: bool = False) -> int:
+    """The queue's ready messages (a passive declare's message_count), or, with `purge`,
+    how many `queue.purge` deleted; over a short-lived connection of its own. Never
+    declares: a missing queue is MissingQueue."""
+    conn = connect_blocking(s, "setup")
+    try:
+        ch = conn.channel()
+        try:
+            ok = ch.queue_declare(s.queue, passive=True)
+            if purge:
+                return int(ch.queue_purge(s.queue).method.message_count)
+            return int(ok.method.message_count)
+        except pk.ChannelClosedByBroker as e:
+            code, text = _reply(e)
+            if code == 404:
+                raise MissingQueue(f"queue {s.queue!r} does not exist at {s.display_url}") from None
+            raise TopologyError(
+                f"{'purging' if purge else 'checking'} queue {s.queue!r} at {s.display_url} "
+                f"failed: {code} {text}"
+            ) from None
+        except pk.AMQPError as e:
+            raise ConnectionLost(
+                f"RabbitMQ at {s.display_url}, queue {s.queue!r}: " + s.scrub(_why(e))
+            ) from None
     finally:
         try:
             conn.close()

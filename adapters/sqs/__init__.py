@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from qchan.adapter import Depth
 from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
 from qchan.options import OptionError, check_keywords
@@ -342,6 +343,38 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
             bag.id,
             error,
         )
+
+    def depth(self) -> Depth:
+        """SQS's ApproximateNumberOfMessages (ready), ...NotVisible (in flight) and
+        ...Delayed: estimates, eventually consistent (a minute or so on AWS)."""
+        try:
+            got = self._client.get_queue_attributes(
+                QueueUrl=self.queue_url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            ).get("Attributes", {})
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("GetQueueAttributes", e) from e
+
+        def number(value: str | None) -> int | None:
+            return None if value is None else int(value)
+
+        return Depth(
+            ready=number(got.get("ApproximateNumberOfMessages")),
+            in_flight=number(got.get("ApproximateNumberOfMessagesNotVisible")),
+            delayed=number(got.get("ApproximateNumberOfMessagesDelayed")),
+        )
+
+    def purge(self) -> None:
+        """PurgeQueue: SQS deletes every message, in flight too, within about 60 s, and
+        allows one purge per queue every 60 s. It does not say how many (None)."""
+        try:
+            self._client.purge_queue(QueueUrl=self.queue_url)
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("PurgeQueue", e) from e
 
     def wakeup(self) -> None:
         # A long poll in flight cannot be cut short (boto3 has no

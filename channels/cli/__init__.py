@@ -1,4 +1,5 @@
-"""The `qchan` command (`python -m qchan` too): demo, send, listen, bench, worker."""
+"""The `qchan` command (`python -m qchan` too): demo, send, listen, bench, worker, and the
+operator's peek, redrive, purge, stats."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import QchanError
 from ..logs import CLIENT
@@ -23,6 +25,7 @@ examples:
   qchan demo
   printf '{"id": 1}\\n{"id": 2}\\n' | qchan send amqp://guest:guest@127.0.0.1/%2F?queue=orders
   qchan listen amqp://guest:guest@127.0.0.1/%2F?queue=orders --count 2
+  qchan redrive 'sqs://orders-dlq?region=eu-west-1' 'sqs://orders?region=eu-west-1'
 
 exit codes: 0 done; 1 messages not delivered (or none received in time, or the
 broker could not be reached); 2 bad usage, URL, option or input; 130 interrupted.
@@ -70,6 +73,52 @@ def _bench(args: argparse.Namespace) -> int:
 
     make = factory(args.url, 30.0, agent="qchan-bench")
     return bench(make, count=args.count, size=args.size, category=args.category, quiet=False)
+
+
+def _peek(args: argparse.Namespace) -> int:
+    from .operate import guarded, peek_command  # noqa: PLC0415
+
+    return guarded(
+        lambda: peek_command(
+            args.url,
+            count=args.count,
+            timeout=args.timeout,
+            retry_seconds=args.retry_seconds,
+            out=sys.stdout,
+        ),
+        [args.url],
+        args.verbose,
+    )
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from .operate import guarded, redrive_command  # noqa: PLC0415
+
+    return guarded(
+        lambda: redrive_command(
+            args.source,
+            args.target,
+            count=args.count,
+            timeout=args.timeout,
+            retry_seconds=args.retry_seconds,
+        ),
+        [args.source, args.target],
+        args.verbose,
+    )
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from .operate import guarded, purge  # noqa: PLC0415
+
+    return guarded(lambda: purge(args.url, yes=args.yes, stdin=sys.stdin), [args.url], args.verbose)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .operate import guarded, stats  # noqa: PLC0415
+
+    return guarded(
+        lambda: stats(args.url, as_json=args.json, out=sys.stdout), [args.url], args.verbose
+    )
 
 
 class _UsageError(Exception):
@@ -202,9 +251,71 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=_positive(int), default=1024, help="bytes per message (1024)")
     bench.add_argument("--category", default="qchan-bench", help="category (qchan-bench)")
     bench.set_defaults(run=_bench)
-
+    _operator_parsers(sub)
     worker.register(sub)
     return p
+
+
+def _operator_parsers(sub: Any) -> None:
+    """peek, redrive, purge, stats (the work is in operate.py)."""
+    patience = {"type": _positive(float), "default": 5.0}
+    peek = sub.add_parser(
+        "peek",
+        help="print messages as JSON lines and give them back untouched",
+        description="Receive up to --count messages, print each as `listen` does (plus its id "
+        "and delivery count), then give them all back. SQS counts a peek as a receive; "
+        "RabbitMQ marks the messages redelivered.",
+    )
+    peek.add_argument("url", help="the queue URL")
+    peek.add_argument("--count", type=_positive(int), default=10, help="at most this many (10)")
+    peek.add_argument("--timeout", **patience, help="stop after this long without a message (5)")
+    peek.add_argument(
+        "--retry-seconds",
+        type=_positive(float),
+        default=10.0,
+        help="patience with an unreachable broker (10)",
+    )
+    peek.set_defaults(run=_peek)
+
+    redrive = sub.add_parser(
+        "redrive",
+        help="move messages from one queue to another (dead letters back after a fix)",
+        description="Move messages from FROM to TO, bodies and attributes as they are. Each "
+        "leaves FROM only after TO accepted it; one TO refuses goes back to FROM. Prints "
+        "moved and failed, and what may be duplicated after a lost connection. Exits 1 if "
+        "any message was not moved.",
+    )
+    redrive.add_argument("source", metavar="FROM", help="the queue to take from, e.g. orders.dlq")
+    redrive.add_argument("target", metavar="TO", help="the queue to send to")
+    redrive.add_argument("--count", type=_positive(int), help="move at most this many")
+    redrive.add_argument("--timeout", **patience, help="stop after this long without a message (5)")
+    redrive.add_argument(
+        "--retry-seconds",
+        type=_positive(float),
+        default=30.0,
+        help="how long to keep retrying an unreachable broker (30)",
+    )
+    redrive.set_defaults(run=_redrive)
+
+    purge = sub.add_parser(
+        "purge",
+        help="delete every message of a queue (asks first)",
+        description="Delete every message of the queue. Asks on the terminal first; without "
+        "a terminal, nothing is purged unless --yes. On Kafka: skip, for the URL's group only.",
+    )
+    purge.add_argument("url", help="the queue URL")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    purge.set_defaults(run=_purge)
+
+    stats = sub.add_parser(
+        "stats",
+        help="how many messages a queue holds (ready, in flight) as the broker tells",
+        description="Print the queue's ready and in-flight messages (and delayed, on SQS); "
+        "`unknown` where the broker does not tell. On Kafka: the group's lag.",
+    )
+    stats.add_argument("url", help="the queue URL")
+    stats.add_argument("--json", action="store_true", help="one JSON object instead")
+    stats.set_defaults(run=_stats)
 
 
 def main(argv: list[str] | None = None) -> int:

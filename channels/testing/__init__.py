@@ -73,6 +73,8 @@ FEATURES: dict[str, str] = {
     "delivery_count": "a redelivered bag says so: `deliveries` counts each hand-out",
     "missing_queue": "an adapter on a queue that does not exist raises an error naming it",
     "double_ack": "acking one delivery twice neither raises, reports nor disturbs others",
+    "depth": "depth() counts the messages waiting (`ready`, for Kafka the group's lag)",
+    "purge": "purge() deletes every waiting message (Kafka: skips the group past them)",
 }
 
 _TestFunction = Callable[..., None]
@@ -569,6 +571,44 @@ class Conformance:
         for error in errors:
             assert isinstance(error, QchanError), repr(error)
             assert name in str(error), f"{error!r} does not name the queue"
+
+    def _depth_is(self, adapter: Adapter, ready: int) -> None:
+        deadline = time.monotonic() + self.patience
+        while (d := adapter.depth()).ready != ready:
+            assert time.monotonic() < deadline, (
+                f"depth {d}, not {ready} ready, in {self.patience} s"
+            )
+            threading.Event().wait(0.05)
+
+    @needs("depth")
+    def test_depth_counts_the_waiting_messages(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = adapter_factory(queue_name)
+        try:
+            assert a.send_batch([_bag(1), _bag(2), _bag(3)]) == [None] * 3
+            self._depth_is(a, 3)
+        finally:
+            a.close()
+
+    @needs("depth", "purge")
+    def test_purge_deletes_every_waiting_message(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = adapter_factory(queue_name)
+        try:
+            assert a.send_batch([_bag(1), _bag(2)]) == [None, None]
+            self._depth_is(a, 2)
+            assert a.purge() in (2, None)  # None: the broker does not say (SQS)
+            self._depth_is(a, 0)
+        finally:
+            a.close()
+        if "receive" in self.features:
+            b = adapter_factory(queue_name)
+            try:
+                assert list(b.receive(10, self.quiet)) == []
+            finally:
+                b.close()
 
     @needs("receive", "double_ack")
     def test_acking_a_delivery_twice_is_harmless(

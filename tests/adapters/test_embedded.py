@@ -20,7 +20,16 @@ class TestEmbeddedConformance(Conformance):
     quiet = 0.5
     redelivery_after = 1.0
     features = frozenset(
-        {"receive", "wakeup", "sticky_wakeup", "nack_delay", "delivery_count", "double_ack"}
+        {
+            "receive",
+            "wakeup",
+            "sticky_wakeup",
+            "nack_delay",
+            "delivery_count",
+            "double_ack",
+            "depth",
+            "purge",
+        }
     )
 
     @pytest.fixture

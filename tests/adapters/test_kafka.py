@@ -964,6 +964,8 @@ class TestKafkaConformance(Conformance):
             "delivery_count",
             "missing_queue",
             "double_ack",
+            "depth",
+            "purge",
         }
     )
 

@@ -712,6 +712,8 @@ class TestRabbitMQConformance(Conformance):
             "delivery_count",
             "missing_queue",
             "double_ack",
+            "depth",
+            "purge",
         }
     )
 

@@ -930,7 +930,16 @@ class TestSQSConformance(Conformance):
     quiet = 1.0
     redelivery_after = 2.0
     features = frozenset(
-        {"receive", "sticky_wakeup", "nack_delay", "delivery_count", "missing_queue", "double_ack"}
+        {
+            "receive",
+            "sticky_wakeup",
+            "nack_delay",
+            "delivery_count",
+            "missing_queue",
+            "double_ack",
+            "depth",
+            "purge",
+        }
     )
 
     @pytest.fixture
