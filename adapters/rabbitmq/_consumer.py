@@ -325,8 +325,7 @@ class Consumer:
             f"dead-lettered to {where}: {why} (max_deliveries={self._s.max_deliveries})",
             bag,
         )
-        log.warning("%s", err)
-        self._report(err)
+        self._report(err)  # logged by the kernel unless the application takes its errors
 
     def _on_cancel(self, frame: Any) -> None:
         self._cancelled = True
@@ -395,8 +394,7 @@ class Consumer:
             + self._s.scrub(f"{type(e).__name__}: {e}")
             + "); reconnecting, un-acked deliveries will be redelivered"
         )
-        log.warning("%s", err)
-        self._report(err)
+        self._report(err)  # logged by the kernel unless the application takes its errors
 
     # ---- closing thread ---------------------------------------------------
 
