@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import pytest
 from support.helpers import start, wait_for
 from support.rabbitmq import declare
 
 from qchan import Adapter, Bag
 from qchan.cli.operate import Redriven, open_raw, redrive
 
+from .harness import LONG
 from .links import InjectedLink, Link
 from .proxy import TcpProxy
 from .transports import KafkaTransport, RabbitTransport, SQSTransport, Transport
@@ -68,6 +70,18 @@ def _read_all(t: Transport, name: str) -> Counter[str]:
     return seen
 
 
+# RabbitMQ (a TCP proxy cut, the case) in `make test`; the others, about 60 s
+# together, in `make test-reliability`.
+@pytest.mark.parametrize(
+    "transport",
+    [
+        pytest.param("amqp", id="amqp", marks=pytest.mark.integration),
+        pytest.param("mem", id="mem", marks=LONG),
+        pytest.param("sqs", id="sqs", marks=[pytest.mark.integration, *LONG]),
+        pytest.param("kafka", id="kafka", marks=[pytest.mark.integration, *LONG]),
+    ],
+    indirect=True,
+)
 def test_redrive_through_a_cut_loses_nothing(transport: Transport) -> None:
     t = transport
     link = t.new_link()  # first: Kafka's scenario queues live on the cluster it breaks
