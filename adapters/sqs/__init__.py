@@ -36,6 +36,7 @@ from . import _wire as wire
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeFilterType
     from mypy_boto3_sqs.type_defs import (
         ChangeMessageVisibilityBatchRequestEntryTypeDef,
         SendMessageBatchRequestEntryTypeDef,
@@ -347,17 +348,13 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
     def depth(self) -> Depth:
         """SQS's ApproximateNumberOfMessages (ready), ...NotVisible (in flight) and
         ...Delayed: estimates, eventually consistent (a minute or so on AWS)."""
-        try:
-            got = self._client.get_queue_attributes(
-                QueueUrl=self.queue_url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
-            ).get("Attributes", {})
-        except (BotoCoreError, ClientError) as e:
-            raise self._error("GetQueueAttributes", e) from e
+        got = self._attributes(
+            self.queue_url,
+            "GetQueueAttributes",
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        )
 
         def number(value: str | None) -> int | None:
             return None if value is None else int(value)
@@ -460,22 +457,29 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
             f"create it or pass create=True"
         )
 
+    def _attributes(self, url: str, what: str, *names: QueueAttributeFilterType) -> dict[str, str]:
+        """The queue's attributes `names` (a failed call raised as `what` failing)."""
+        try:
+            reply = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=list(names))
+        except (BotoCoreError, ClientError) as e:
+            raise self._error(what, e) from e
+        return {str(k): v for k, v in reply.get("Attributes", {}).items()}
+
     def _look_up(self) -> None:
         """Find (or create) the queue and read the attributes the adapter needs."""
         try:
             if self._queue_url is None:
                 self._queue_url = self._lookup()
-            attrs = self._client.get_queue_attributes(
-                QueueUrl=self._queue_url,
-                AttributeNames=[
-                    "MaximumMessageSize",
-                    "VisibilityTimeout",
-                    "ContentBasedDeduplication",
-                    "RedrivePolicy",
-                ],
-            ).get("Attributes", {})
         except (BotoCoreError, ClientError) as e:
             raise self._error("queue lookup", e) from e
+        attrs = self._attributes(
+            self._queue_url,
+            "queue lookup",
+            "MaximumMessageSize",
+            "VisibilityTimeout",
+            "ContentBasedDeduplication",
+            "RedrivePolicy",
+        )
         self._max_message_bytes = int(
             attrs.get("MaximumMessageSize", wire.DEFAULT_MAX_REQUEST_BYTES)
         )

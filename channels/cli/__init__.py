@@ -203,12 +203,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send while reading (for endless input); a bad line stops there",
     )
-    send.add_argument(
-        "--retry-seconds",
-        type=_positive(float),
-        default=30.0,
-        help="how long to keep retrying an unreachable broker (30)",
-    )
+    _retry_seconds(send, 30.0, "how long to keep retrying an unreachable broker")
     send.add_argument("--quiet", action="store_true", help="print nothing unless it failed")
     send.set_defaults(run=_send)
 
@@ -232,12 +227,7 @@ def parser() -> argparse.ArgumentParser:
     listen.add_argument(
         "--no-ack", action="store_true", help="do not ack: the messages stay on the queue"
     )
-    listen.add_argument(
-        "--retry-seconds",
-        type=_positive(float),
-        default=10.0,
-        help="the transport's timeouts for one call (10)",
-    )
+    _retry_seconds(listen, 10.0, "the transport's timeouts for one call")
     listen.set_defaults(run=_listen)
 
     bench = sub.add_parser(
@@ -256,6 +246,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _retry_seconds(command: argparse.ArgumentParser, default: float, what: str) -> None:
+    """The command's --retry-seconds: `what` it bounds, `default` seconds."""
+    command.add_argument(
+        "--retry-seconds", type=_positive(float), default=default, help=f"{what} ({default:g})"
+    )
+
+
 def _operator_parsers(sub: Any) -> None:
     """peek, redrive, purge, stats (the work is in operate.py)."""
     patience = {"type": _positive(float), "default": 5.0}
@@ -269,12 +266,7 @@ def _operator_parsers(sub: Any) -> None:
     peek.add_argument("url", help="the queue URL")
     peek.add_argument("--count", type=_positive(int), default=10, help="at most this many (10)")
     peek.add_argument("--timeout", **patience, help="stop after this long without a message (5)")
-    peek.add_argument(
-        "--retry-seconds",
-        type=_positive(float),
-        default=10.0,
-        help="patience with an unreachable broker (10)",
-    )
+    _retry_seconds(peek, 10.0, "patience with an unreachable broker")
     peek.set_defaults(run=_peek)
 
     redrive = sub.add_parser(
@@ -289,12 +281,7 @@ def _operator_parsers(sub: Any) -> None:
     redrive.add_argument("target", metavar="TO", help="the queue to send to")
     redrive.add_argument("--count", type=_positive(int), help="move at most this many")
     redrive.add_argument("--timeout", **patience, help="stop after this long without a message (5)")
-    redrive.add_argument(
-        "--retry-seconds",
-        type=_positive(float),
-        default=30.0,
-        help="how long to keep retrying an unreachable broker (30)",
-    )
+    _retry_seconds(redrive, 30.0, "how long to keep retrying an unreachable broker")
     redrive.set_defaults(run=_redrive)
 
     purge = sub.add_parser(

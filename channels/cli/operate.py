@@ -18,7 +18,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -193,6 +193,25 @@ def _receive(adapter: Adapter, n: int, wait: float, pause: _Pause) -> Sequence[B
     return None
 
 
+def _arrivals(
+    adapter: Adapter, want: Callable[[], int], timeout: float, pause: _Pause
+) -> Iterator[Sequence[Bag]]:
+    """Batches of at most `want()` bags from `adapter`, until `want()` is 0 or `timeout`
+    seconds pass without one. The clock starts again once the caller has handled a batch,
+    and while the broker is unreachable (`pause` bounds that)."""
+    last = time.monotonic()
+    while (n := want()) > 0:
+        left = last + timeout - time.monotonic()
+        if left <= 0:
+            return
+        bags = _receive(adapter, n, min(left, 5.0), pause)
+        if bags is None:  # unreachable for a moment: the timeout starts again
+            last = time.monotonic()
+        elif bags:
+            yield bags
+            last = time.monotonic()
+
+
 def peek(
     adapter: Adapter, *, count: int, timeout: float, retry_seconds: float, out: IO[str]
 ) -> int:
@@ -204,20 +223,11 @@ def peek(
     got: list[Bag] = []
     pause = _Pause(retry_seconds)
     try:
-        last = time.monotonic()
-        while len(got) < count:
-            left = last + timeout - time.monotonic()
-            if left <= 0:
-                break
-            bags = _receive(
-                adapter, min(count - len(got), adapter.max_receive), min(left, 5.0), pause
-            )
-            if bags is None:  # unreachable for a moment: the timeout starts again
-                last = time.monotonic()
-                continue
-            if not bags:
-                continue
-            last = time.monotonic()
+
+        def want() -> int:
+            return min(count - len(got), adapter.max_receive)
+
+        for bags in _arrivals(adapter, want, timeout, pause):
             got.extend(bags)
             for bag in bags:
                 out.write(_line(bag) + "\n")
@@ -275,19 +285,11 @@ def redrive(
     pause = _Pause(retry_seconds)
     batch = max(1, min(source.max_receive, target.max_batch))
     try:
-        last = time.monotonic()
-        while count is None or r.moved < count:
-            left = last + timeout - time.monotonic()
-            if left <= 0:
-                break
-            want = batch if count is None else min(batch, count - r.moved)
-            bags = _receive(source, want, min(left, 5.0), pause)
-            if bags is None:  # unreachable for a moment: the timeout starts again
-                last = time.monotonic()
-                continue
-            if not bags:
-                continue
-            last = time.monotonic()
+
+        def want() -> int:
+            return batch if count is None else min(batch, count - r.moved)
+
+        for bags in _arrivals(source, want, timeout, pause):
             in_hand = list(bags)
             again = [b for b in bags if b.id is not None and b.id in moved]
             held += [b for b in bags if b.id is not None and b.id in refused]
@@ -315,7 +317,6 @@ def redrive(
                     in_hand = []
                     break
             in_hand = []
-            last = time.monotonic()  # the timeout counts from the end of the last move
     finally:
         kept = {id(b) for b in held}
         back = held + [b for b in in_hand if id(b) not in kept]

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ._state import read_state
 from ._target import (
@@ -43,6 +43,8 @@ __all__ = ["Supervisor", "register", "run"]
 
 log = logging.getLogger("qchan.cli.worker")
 
+N = TypeVar("N", int, float)
+
 # A child that ran this long before dying starts again at the shortest delay.
 _STEADY_SECONDS = 10.0
 _FIRST_DELAY, _MAX_DELAY = 0.5, 30.0
@@ -51,34 +53,29 @@ _FIRST_DELAY, _MAX_DELAY = 0.5, 30.0
 # ---- the command line --------------------------------------------------------------
 
 
-def _count(text: str) -> int:
+def _parsed(
+    text: str, kind: Callable[[str], N], noun: str, ok: Callable[[N], bool], rule: str
+) -> N:
+    """`text` as a `kind` that passes `ok`, or argparse's usage error saying which rule."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
+        raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, not {text}")
     return value
+
+
+def _count(text: str) -> int:
+    return _parsed(text, int, "a whole number", lambda v: v >= 1, ">= 1")
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
+    return _parsed(text, float, "a number", lambda v: v > 0, "> 0")
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"must be 1..65535, not {text}")
-    return value
+    return _parsed(text, int, "a port number", lambda v: 0 < v < 65536, "1..65535")
 
 
 def register(sub: Any) -> None:
