@@ -1,14 +1,16 @@
 """`serve(workers=1|4)` against qchan's own `dequeue` + `ack` loop, same run, same messages.
 
-N small JSON messages are pre-loaded on a fresh queue (mem://, or RabbitMQ on
-127.0.0.1:5672 with --broker rabbitmq); then one of:
+N small JSON messages are pre-loaded on a fresh queue (mem://; RabbitMQ on
+127.0.0.1:5672 with --broker rabbitmq; librdkafka's mock cluster, 4 partitions,
+with --broker kafka); then one of:
 - loop: `with dequeue(T, q) as (rcv, ack): for msg in rcv: handler(msg.object); ack.send(msg)`;
 - serve(workers=1) and serve(workers=4), stopped (`stop.set()`) once the N acks are applied;
-each timed from the consumer's start until the broker has applied N acks. The
+each timed from the first message handled (after any group join) until the
+broker has applied N acks. The
 three run interleaved (A, B, C, A, B, C ...); the table gives medians and the
 ratio to the loop. The handler is trivial, so this measures serve's own cost.
 
-Run: python benchmarks/bench_serve.py [--broker mem|rabbitmq] [--messages 20000] [--repeat 3]
+Run: python benchmarks/bench_serve.py [--broker mem|rabbitmq|kafka] [--messages 20000] [--repeat 3]
      [--profile loop|serve1|serve4]
 """
 
@@ -25,6 +27,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -33,6 +37,7 @@ from qchan.adapters.embedded import EmbeddedAdapter
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 Opener = Callable[[], Queue]
+KAFKA: list[Any] = []  # the mock cluster, started once
 
 
 def fresh(broker: str) -> Opener:
@@ -40,7 +45,25 @@ def fresh(broker: str) -> Opener:
     name = f"bench-serve-{uuid.uuid4().hex[:8]}"
     if broker == "mem":
         return lambda: Queue(EmbeddedAdapter(name))
-    return lambda: connect(f"{AMQP}?queue={name}&queue_type=quorum")
+    if broker == "rabbitmq":
+        return lambda: connect(f"{AMQP}?queue={name}&queue_type=quorum")
+    from qchan.adapters.kafka import KafkaAdapter
+
+    if not KAFKA:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from support.kafka import MockCluster
+
+        KAFKA.append(MockCluster(Path("/tmp") / f"bench-serve-{uuid.uuid4().hex[:6]}.log"))
+    cluster = KAFKA[0]
+    cluster.create_topic(name, 4)
+    return lambda: Queue(
+        KafkaAdapter(
+            name,
+            bootstrap=cluster.bootstrap,
+            group=f"g-{name}",
+            consumer_config={"group.protocol": "consumer"},
+        )
+    )
 
 
 def delete(q: Queue) -> None:
@@ -69,9 +92,13 @@ class Handler:
         self.count = itertools.count(1).__next__  # atomic under the GIL
         self.n = n
         self.all_in = threading.Event()
+        self.first = 0.0
 
     def __call__(self, obj: Small) -> None:
-        if self.count() == self.n:
+        seen = self.count()
+        if seen == 1:
+            self.first = time.perf_counter()
+        if seen == self.n:
             self.all_in.set()
 
 
@@ -98,7 +125,6 @@ def wait_acked(q: Queue, n: int, timeout: float = 120.0) -> None:
 def run_loop(open_q: Opener, n: int) -> float:
     q = open_q()
     handler = Handler(n)
-    t0 = time.perf_counter()
     with dequeue(Small, q) as (rcv, ack):
         send = ack.send
         for done, msg in enumerate(rcv, 1):
@@ -107,7 +133,7 @@ def run_loop(open_q: Opener, n: int) -> float:
             if done == n:
                 break
         wait_acked(q, n)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - handler.first
     q.close()
     delete(q)
     return elapsed
@@ -118,12 +144,11 @@ def run_serve(open_q: Opener, n: int, workers: int) -> float:
     stop = threading.Event()
     elapsed: list[float] = []
     handler = Handler(n)
-    t0 = time.perf_counter()
 
     def watch() -> None:
         handler.all_in.wait()  # no polling while the workers run
         wait_acked(q, n)
-        elapsed.append(time.perf_counter() - t0)
+        elapsed.append(time.perf_counter() - handler.first)
         stop.set()
 
     watcher = threading.Thread(target=watch)
@@ -185,27 +210,35 @@ def profile(broker: str, case: str, n: int, top: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--broker", choices=("mem", "rabbitmq"), default="mem")
+    ap.add_argument("--broker", choices=("mem", "rabbitmq", "kafka"), default="mem")
     ap.add_argument("--messages", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", choices=sorted(CASES), help="profile one run of one case")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args(argv)
-    n = args.messages
-    if args.profile:
-        profile(args.broker, args.profile, n, args.top)
-        return 0
+    try:
+        if args.profile:
+            profile(args.broker, args.profile, args.messages, args.top)
+        else:
+            table(args.broker, args.messages, args.repeat)
+    finally:
+        for cluster in KAFKA:
+            cluster.stop()
+    return 0
+
+
+def table(broker: str, n: int, repeat: int) -> None:
     times: dict[str, list[float]] = {case: [] for case in CASES}
     load_before = os.getloadavg()
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         for case, run in CASES.items():
-            open_q = preload(args.broker, n)  # not timed
+            open_q = preload(broker, n)  # not timed
             times[case].append(run(open_q, n))
     load_after = os.getloadavg()
     loop = n / statistics.median(times["loop"])
     print(
-        f"serve vs qchan's own loop on {args.broker}, {n:,} pre-loaded messages, median of "
-        f"{args.repeat} interleaved runs, Python {sys.version.split()[0]}, "
+        f"serve vs qchan's own loop on {broker}, {n:,} pre-loaded messages, median of "
+        f"{repeat} interleaved runs, Python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after"
     )
@@ -217,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         runs = ", ".join(f"{n / t:,.0f}" for t in ts)
         target = "" if case == "loop" else ">= 0.9x"
         print(f"| {LABELS[case]} | {rate:,.0f} | {runs} | {rate / loop:.2f}x | {target} |")
-    return 0
 
 
 if __name__ == "__main__":
