@@ -53,6 +53,7 @@ BENCHES: list[tuple[str, list[str], list[str], str]] = [
         ["--messages", "5000", "--repeat", "1"],
         "librdkafka's mock cluster (started by the benchmark)",
     ),
+    ("bench_serve.py", ["--repeat", "5"], ["--messages", "5000", "--repeat", "1"], "nothing"),
 ]
 
 _TARGET = re.compile(r"(?:>=|≥)\s*(\d+(?:\.\d+)?)\s*x")

@@ -101,14 +101,27 @@ class _Pool(Generic[T]):
             self.stopped.set()
 
     def _work(self) -> None:
+        stop, rcv = self.stop, self.rcv
+        recv = rcv.recv
         while True:
-            sel = select(self.stop, self.rcv)
-            if sel is None or sel.index == 0:
-                return  # stopping
-            if not sel.ok:  # the queue closed under us: stop everything
-                self.stopped.set()
-                return
-            msg: Msg[T] = sel.value
+            msg: Msg[T]
+            # While messages wait in rcv's buffer and no stop is asked, take the
+            # next one without select: the same choice select makes then (only
+            # rcv is ready), at a third of its cost. Another worker may empty the
+            # buffer between the look and the take: then select waits as before.
+            if len(rcv) and not stop.closed:
+                try:
+                    msg = recv(0)
+                except (TimeoutError, ChannelClosed):  # select sees why, and acts
+                    continue
+            else:
+                sel = select(stop, rcv)
+                if sel is None or sel.index == 0:
+                    return  # stopping
+                if not sel.ok:  # the queue closed under us: stop everything
+                    self.stopped.set()
+                    return
+                msg = sel.value
             try:
                 with tracing.consumer_span(msg, f"{msg.category} process"):
                     self.handler(msg if self.with_msg else msg.object)
@@ -330,7 +343,10 @@ def _serve(
 ) -> Served:
     started = time.monotonic()
     halt: Chan[None] = Chan(0, name=f"{q.name}.serve.stop")
-    rcv, ack = dequeue(type_, q, category=category, capacity=workers)
+    # dequeue's default buffer, shared by the workers: with only `workers` slots the
+    # dispatcher and the workers woke each other for every message (5x slower).
+    # The buffered messages go back to the broker on stop.
+    rcv, ack = dequeue(type_, q, category=category, capacity=max(32, workers))
     pool: _Pool[T] = _Pool(
         handler=handler,
         rcv=rcv,

@@ -1,0 +1,104 @@
+"""serve's per-message path: no span with nothing to trace, no select per buffered message."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from support.helpers import start, wait_for
+
+from qchan import Queue, enqueue, serve
+from qchan.adapters.embedded import EmbeddedAdapter
+from qchan.testing import Order
+from qchan.worker import dequeue, select
+
+trace = pytest.importorskip("opentelemetry.trace")
+
+
+@pytest.fixture
+def no_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a process that never set a tracer provider (other tests set one)."""
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
+
+
+def _serve_one(q: Queue, handle: Any) -> tuple[int, int]:
+    stop = threading.Event()
+
+    def run(o: Order) -> None:
+        handle(o)
+        stop.set()
+
+    served = start(serve, run, Order, q, workers=1, stop=stop).outcome(30)
+    return served.handled, served.failed
+
+
+def test_nothing_to_trace_runs_no_span_machinery(
+    no_provider: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_tracer(*args: object, **kwargs: object) -> object:
+        raise AssertionError("serve started a span with nothing to trace")
+
+    monkeypatch.setattr(trace, "get_tracer", no_tracer)
+    q = Queue(EmbeddedAdapter(f"t-{uuid.uuid4().hex[:8]}"), poll_wait=0.1)
+    with enqueue(Order, q) as (out, _):
+        out.send(Order("plain", 1.0))  # no span here: no traceparent
+    current: list[object] = []
+    assert _serve_one(q, lambda o: current.append(trace.get_current_span())) == (1, 0)
+    assert current == [trace.INVALID_SPAN]
+    assert q.failure is None
+
+
+def test_without_a_provider_the_handler_still_continues_the_producers_trace(
+    no_provider: None,
+) -> None:
+    # No SDK: otel's API still carries a remote parent into the handler's
+    # context, so that the handler's own sends pass the trace on.
+    parent = trace.SpanContext(
+        trace_id=0x1234, span_id=0x5678, is_remote=False, trace_flags=trace.TraceFlags(1)
+    )
+    q = Queue(EmbeddedAdapter(f"t-{uuid.uuid4().hex[:8]}"), poll_wait=0.1)
+    with trace.use_span(trace.NonRecordingSpan(parent)), enqueue(Order, q) as (out, _):
+        out.send(Order("traced", 1.0))
+    seen: list[Any] = []
+    assert _serve_one(q, lambda o: seen.append(trace.get_current_span().get_span_context()))
+    assert [(c.trace_id, c.span_id) for c in seen] == [(0x1234, 0x5678)]
+
+
+def test_a_worker_takes_buffered_messages_without_a_select_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
+    with enqueue(Order, q) as (out, _):
+        for i in range(20):
+            out.send(Order(str(i), 1.0))
+    opened: list[Any] = []
+    selects: list[int] = []
+
+    def spy_dequeue(*args: Any, **kwargs: Any) -> Any:
+        opened.append(dequeue(*args, **kwargs))
+        return opened[-1]
+
+    def spy_select(*cases: Any, **kwargs: Any) -> Any:
+        selects.append(1)
+        return select(*cases, **kwargs)
+
+    monkeypatch.setattr("qchan.worker.dequeue", spy_dequeue)
+    monkeypatch.setattr("qchan.worker.select", spy_select)
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def handle(o: Order) -> None:
+        if not seen:  # the other 19 wait in serve's buffer (it holds up to 32)
+            wait_for(lambda: len(opened[0].rcv) == 19, timeout=10)
+        seen.append(o.id)
+        if len(seen) == 20:
+            stop.set()
+
+    served = start(serve, handle, Order, q, workers=1, stop=stop).outcome(30)
+    assert (served.handled, sorted(seen, key=int)) == (20, [str(i) for i in range(20)])
+    # One select for the first message, one that sees the stop; none for the 19 buffered.
+    assert len(selects) <= 2
