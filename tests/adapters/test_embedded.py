@@ -11,7 +11,7 @@ from support.helpers import slow_consume
 
 from qchan import Adapter, Bag, ConnectionLost, MessageTooLarge, connect
 from qchan.adapters.embedded import EmbeddedAdapter, broker, from_url
-from qchan.testing import Conformance
+from qchan.testing import FEATURES, Conformance
 
 
 class TestEmbeddedConformance(Conformance):
@@ -19,18 +19,7 @@ class TestEmbeddedConformance(Conformance):
     patience = 10.0
     quiet = 0.5
     redelivery_after = 1.0
-    features = frozenset(
-        {
-            "receive",
-            "wakeup",
-            "sticky_wakeup",
-            "nack_delay",
-            "delivery_count",
-            "double_ack",
-            "depth",
-            "purge",
-        }
-    )
+    features = frozenset(FEATURES) - {"missing_queue"}  # one process: no missing queue
 
     @pytest.fixture
     def adapter_factory(self) -> Callable[[str], Adapter]:

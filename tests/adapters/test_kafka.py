@@ -40,7 +40,7 @@ from qchan.adapters.kafka._inflight import (
 from qchan.adapters.kafka._producer import Produced
 from qchan.errors import DecodeError, MessageTooLarge, QchanError, UnroutableError
 from qchan.message import Bag
-from qchan.testing import Conformance, Order
+from qchan.testing import FEATURES, Conformance, Order
 from qchan.urls import URLError
 
 # ---------------------------------------------------------------- helpers
@@ -955,19 +955,7 @@ class TestKafkaConformance(Conformance):
 
     pytestmark = pytest.mark.integration
     patience = 30.0
-    features = frozenset(
-        {
-            "receive",
-            "wakeup",
-            "sticky_wakeup",
-            "nack_delay",
-            "delivery_count",
-            "missing_queue",
-            "double_ack",
-            "depth",
-            "purge",
-        }
-    )
+    features = frozenset(FEATURES)
 
     @pytest.fixture
     def missing_adapter_factory(self, kafka_cluster: Cluster) -> Callable[[str], Adapter]:

@@ -55,7 +55,7 @@ from qchan.errors import (
     UnroutableError,
 )
 from qchan.retry import Exponential
-from qchan.testing import Conformance, Order, Refund
+from qchan.testing import FEATURES, Conformance, Order, Refund
 from qchan.urls import URLError
 
 integration = pytest.mark.integration
@@ -703,19 +703,7 @@ class TestRabbitMQConformance(Conformance):
     queue_options = {"poll_wait": 0.5}
     patience = 20.0
     quiet = 1.0
-    features = frozenset(
-        {
-            "receive",
-            "wakeup",
-            "sticky_wakeup",
-            "nack_delay",
-            "delivery_count",
-            "missing_queue",
-            "double_ack",
-            "depth",
-            "purge",
-        }
-    )
+    features = frozenset(FEATURES)
 
     @pytest.fixture
     def missing_adapter_factory(self, rabbit: str) -> Callable[[str], Adapter]:

@@ -8,32 +8,18 @@ import decimal
 import enum
 import json
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 import cattrs
 import pytest
+from support.field_types import Color, Level, Point
 
 from qchan import Event, JSONCodec, Meta, Queue, dequeue, enqueue
 from qchan.adapters.embedded import EmbeddedAdapter
 from qchan.codec import parse_datetime
 
 UTC = datetime.UTC
-
-
-class Color(enum.Enum):
-    RED = "red"
-    BLUE = "blue"
-
-
-class Level(enum.IntEnum):
-    LOW = 1
-    HIGH = 2
-
-
-class Point(NamedTuple):
-    x: int
-    label: str = "origin"
 
 
 @attrs.frozen

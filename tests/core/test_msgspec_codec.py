@@ -9,13 +9,14 @@ import decimal
 import enum
 import json
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.field_types import Color, Level, Point
 from support.helpers import wait_for
 
 from qchan import (
@@ -34,21 +35,6 @@ from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.testing import Order
 
 UTC = datetime.UTC
-
-
-class Color(enum.Enum):
-    RED = "red"
-    BLUE = "blue"
-
-
-class Level(enum.IntEnum):
-    LOW = 1
-    HIGH = 2
-
-
-class Point(NamedTuple):
-    x: int
-    label: str = "origin"
 
 
 @attrs.frozen
