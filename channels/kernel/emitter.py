@@ -186,6 +186,8 @@ class Emitter:
         # gathered, and the part of a batch being retried.
         self._gathering: Outgoing | None = None
         self._settling: Outgoing | None = None
+        # Set when close() gave up on this thread and named what it held.
+        self._abandoned = False
         # Submitted batches whose outcomes are not settled yet, oldest first.
         self.depth = max(1, int(ctx.adapter.pipeline))
         self._pipe: deque[tuple[Outgoing, Sending, float]] = deque()
@@ -241,7 +243,29 @@ class Emitter:
 
     def _undeliverable(self, msg: Msg[Any]) -> None:
         with self._lock:
-            self.undelivered.append(msg)
+            if not self._abandoned:
+                self.undelivered.append(msg)
+                return
+        # close() returned already, naming what this thread held; should a message reach
+        # here that it did not name, the log does.
+        self.log.error(
+            "queue %s: %r message %s not delivered (%s), after close() gave up on the emitter",
+            self.name,
+            msg.category,
+            msg.bag.id if msg.bag is not None else "(not encoded)",
+            msg.error,
+        )
+
+    def _held(self, gathering: bool = False) -> list[Outgoing]:
+        """Every batch this thread holds unsettled, once each: in the pipe, being settled,
+        inside `send_batch`, and (only from this thread: it is half-built while gathered)
+        being gathered."""
+        held: list[Outgoing] = []
+        more = (self._settling, self._inflight, self._gathering if gathering else None)
+        for b in [*(b for b, _, _ in list(self._pipe)), *more]:
+            if b is not None and all(b is not h for h in held):
+                held.append(b)
+        return held
 
     def _abandon(self, senders: list[Sender], timeout: float) -> list[Msg[Any]]:
         """The emitter is stuck inside the adapter (a stalled link): stop waiting for it.
@@ -255,9 +279,9 @@ class Emitter:
             f"outcome unknown: the broker did not answer within close_timeout={timeout} s; "
             f"the message may still be delivered"
         )
-        inflight = self._inflight
-        batches = [b for b, _, _ in list(self._pipe)] + ([inflight] if inflight else [])
-        abandoned = [msg for batch in batches for msg in batch.fail(unknown)]
+        with self._lock:
+            self._abandoned = True
+        abandoned = [msg for batch in self._held() for msg in batch.fail(unknown)]
         unsent = RuntimeError(f"not sent: close_timeout={timeout} s passed first")
         abandoned.extend(self._unsent(senders, unsent))
         self.log.error(
@@ -334,10 +358,7 @@ class Emitter:
         """This thread raised: fail the queue, and name every message it held."""
         self.ctx.fail(error, "emitter")
         failure = self.ctx.failure() or QueueFailed(f"queue {self.name!r} failed")
-        batches = [b for b, _, _ in self._pipe]
-        for b in (self._settling, self._inflight, self._gathering):
-            if b is not None and b not in batches:
-                batches.append(b)
+        batches = self._held(gathering=True)
         self._pipe.clear()
         for batch in batches:
             for msg in batch.fail(failure):
@@ -435,6 +456,9 @@ class Emitter:
                 )
             if batch and deadline is None:
                 deadline = time.monotonic() + self.linger
+        # Handed on as the batch being settled before it stops being the one gathered,
+        # so that a close() abandoning this thread never finds it in neither (`_held`).
+        self._settling = batch
         self._gathering = None
         return batch
 

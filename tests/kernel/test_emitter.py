@@ -9,12 +9,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 from support.helpers import join_all, start, wait_for
 from support.queues import open_q
 
 from qchan import (
     AT_MOST_ONCE,
+    Backoff,
     Bag,
     Chan,
     Constant,
@@ -193,3 +195,41 @@ def test_sync_puts_from_many_threads_are_batched(queues: list[Queue], name: str)
     orders = enqueue_sync(Order, q)
     join_all([start(orders.put, Order(str(i), 1.0)) for i in range(40)], 30)
     assert sum(spy.batches) == 40 and max(spy.batches) > 1
+
+
+@attrs.frozen
+class _SlowToAnswer(Backoff):
+    """A retry policy that takes its time to say when to try again (until `gate` is set)."""
+
+    gate: threading.Event = attrs.field(factory=threading.Event)
+    asked: threading.Event = attrs.field(factory=threading.Event)
+
+    def delay(self, attempt: int) -> float:
+        return 0.01
+
+    def next(self, attempt: int, elapsed: float) -> float | None:
+        self.asked.set()
+        self.gate.wait(10.0)
+        return 0.01
+
+
+def test_close_names_the_batch_the_emitter_holds_between_two_tries() -> None:
+    """close_timeout passes while the emitter holds a batch between two tries (outside
+    `send_batch`, no longer in the out channel): close() names that batch too. It used to
+    name only what was in the out channel or inside a send, so this one was lost."""
+    policy = _SlowToAnswer()
+    q = Queue(
+        Faulty(EmbeddedAdapter(f"between-{time.monotonic_ns()}"), fail=-1),
+        retry=policy,
+        close_timeout=0.3,
+    )
+    out, _ = enqueue(Order, q, policy=AT_MOST_ONCE, capacity=10)
+    for i in range(3):
+        out.send(Order(str(i), 1.0))
+    assert policy.asked.wait(5.0), "the batch was never tried"
+    try:
+        with pytest.raises(EnqueueError) as e:
+            q.close()
+        assert sorted(m.object.id for m in e.value.failed) == ["0", "1", "2"]
+    finally:
+        policy.gate.set()
