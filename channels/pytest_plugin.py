@@ -30,7 +30,7 @@ from .kernel.queue import Queue, connect
 from .message import Bag, Msg
 from .options import OptionError, check_count, check_seconds
 from .retry import Retries
-from .worker import serve
+from .worker import _DEFAULT, _retries, serve
 
 __all__ = [
     "Settled",
@@ -231,26 +231,8 @@ def _policy(
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] | None,
     retry_delay: float | None,
 ) -> Retries:
-    given: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("retry_on", retry_on),
-            ("give_up_on", give_up_on),
-        )
-        if v is not None
-    }
-    if not isinstance(max_deliveries, _Unset):
-        given["max_deliveries"] = max_deliveries
-    if retries is not None and not isinstance(retries, Retries):
-        raise OptionError(f"run_until_settled: retries must be a qchan.Retries, not {retries!r}")
-    if retries is not None and given:
-        raise OptionError(
-            f"run_until_settled: give retries= or {', '.join(f'{k}=' for k in given)}, not both"
-        )
-    try:
-        policy = retries if retries is not None else attrs.evolve(Retries(), **given)
-    except (TypeError, ValueError) as e:
-        raise OptionError(f"run_until_settled: {e}") from None
+    deliveries = _DEFAULT if isinstance(max_deliveries, _Unset) else max_deliveries
+    policy = _retries(retries, deliveries, retry_on, give_up_on, where="run_until_settled")
     if retry_delay is None:
         return policy
     return attrs.evolve(policy, delay=retry_delay, max_delay=retry_delay, jitter=False)

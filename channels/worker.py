@@ -307,7 +307,10 @@ def _retries(
     max_deliveries: int | _Default | None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None,
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] | None,
+    where: str = "serve",
 ) -> Retries:
+    """The handler retry policy from `retries=` or the shorthand keywords (not both);
+    errors name `where` (the call that was given them)."""
     changes: dict[str, Any] = {}
     if not isinstance(max_deliveries, _Default):
         changes["max_deliveries"] = max_deliveries
@@ -316,16 +319,16 @@ def _retries(
     if give_up_on is not None:
         changes["give_up_on"] = give_up_on
     if retries is not None and not isinstance(retries, Retries):
-        raise OptionError(f"serve: retries must be a qchan.Retries policy, not {retries!r}")
+        raise OptionError(f"{where}: retries must be a qchan.Retries policy, not {retries!r}")
     if retries is not None and changes:
         raise OptionError(
-            f"serve: give retries= or {', '.join(f'{k}=' for k in changes)}, not both "
+            f"{where}: give retries= or {', '.join(f'{k}=' for k in changes)}, not both "
             f"(set them on the Retries policy)"
         )
     try:
         return attrs.evolve(Retries(), **changes) if retries is None else retries
     except (TypeError, ValueError) as e:
-        raise OptionError(f"serve: {e}") from None
+        raise OptionError(f"{where}: {e}") from None
 
 
 def _serve(
