@@ -33,7 +33,7 @@ _proxy: Any = getattr(_trace, "ProxyTracerProvider", None)
 # (read once: a process sets it before it starts).
 _PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
-__all__ = ["Traced", "active", "carrier", "consumer_span", "context", "enabled"]
+__all__ = ["NOTHING", "Traced", "active", "carrier", "consumer_span", "context", "enabled"]
 
 _FIELDS = ("traceparent", "tracestate")
 
@@ -80,13 +80,15 @@ def context(msg: Any) -> Any:
     return _propagate.extract({k: attributes[k] for k in _FIELDS if k in attributes})
 
 
-_NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
+#: What `consumer_span` returns when there is nothing to record (compare with `is`).
+NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
 
 
-def consumer_span(msg: Any, name: str) -> AbstractContextManager[None]:
-    """A CONSUMER span around handling `msg`, child of the producer's context when it has one."""
+def consumer_span(msg: Any, name: str | None = None) -> AbstractContextManager[None]:
+    """A CONSUMER span around handling `msg` (named "<category> process" unless `name` says),
+    child of the producer's context when it has one; `NOTHING` when it would record nothing."""
     if _trace is None:
-        return _NOTHING
+        return NOTHING
     if (
         not active()
         and "traceparent" not in (getattr(msg, "attributes", None) or {})
@@ -95,8 +97,8 @@ def consumer_span(msg: Any, name: str) -> AbstractContextManager[None]:
         # No tracer provider set, no trace to continue and none current: the span
         # would be otel's invalid no-op span, the same as none; skip its cost
         # (most of `serve`'s own per-message time).
-        return _NOTHING
-    return _span(msg, name)
+        return NOTHING
+    return _span(msg, f"{msg.category} process" if name is None else name)
 
 
 def _no_provider() -> bool:

@@ -90,32 +90,44 @@ class _Pool(Generic[T]):
         self.with_msg = with_msg
         self.name = name
         self.counts = _Counts()
+        self.listen = threading.Lock()
 
     def work(self) -> None:
+        counts = [0, 0]  # handled, failed: this worker's own, added up when it returns
         try:
-            self._work()
+            self._work(counts)
         except QueueFailed:
             self.stopped.set()  # the queue failed (serve raises it once stopped)
         except BaseException as e:  # noqa: BLE001 - supervised: the queue fails loudly
             self.q._fail(e, "serve worker")
             self.stopped.set()
+        finally:
+            with self.counts.lock:
+                self.counts.handled += counts[0]
+                self.counts.failed += counts[1]
 
-    def _work(self) -> None:
-        stop, rcv = self.stop, self.rcv
-        recv = rcv.recv
+    def _work(self, counts: list[int]) -> None:
+        stop, rcv, listen = self.stop, self.rcv, self.listen
+        recv, send = rcv.recv, self.ack.send
+        buffered = rcv._chan._buf  # read without the lock: recv(0) decides
+        handler, with_msg, span = self.handler, self.with_msg, tracing.consumer_span
+        nothing = tracing.NOTHING
         while True:
             msg: Msg[T]
             # While messages wait in rcv's buffer and no stop is asked, take the
             # next one without select: the same choice select makes then (only
             # rcv is ready), at a third of its cost. Another worker may empty the
             # buffer between the look and the take: then select waits as before.
-            if len(rcv) and not stop.closed:
+            if buffered and not stop._closed:
                 try:
                     msg = recv(0)
                 except (TimeoutError, ChannelClosed):  # select sees why, and acts
                     continue
             else:
-                sel = select(stop, rcv)
+                # One idle worker at a time waits on rcv; the others wait for their
+                # turn here, so a hand-off wakes one worker, not every idle one.
+                with listen:
+                    sel = select(stop, rcv)
                 if sel is None or sel.index == 0:
                     return  # stopping
                 if not sel.ok:  # the queue closed under us: stop everything
@@ -123,18 +135,23 @@ class _Pool(Generic[T]):
                     return
                 msg = sel.value
             try:
-                with tracing.consumer_span(msg, f"{msg.category} process"):
-                    self.handler(msg if self.with_msg else msg.object)
+                traced = span(msg)
+                if traced is nothing:
+                    handler(msg if with_msg else msg.object)
+                else:
+                    with traced:
+                        handler(msg if with_msg else msg.object)
             except Exception as e:  # noqa: BLE001 - logged with its traceback, nacked by policy
                 nack = self.retries.failed(msg, e)
                 self._log_failure(msg, nack, e)
                 self._send_ack(nack)
-                with self.counts.lock:
-                    self.counts.failed += 1
+                counts[1] += 1
             else:
-                self._send_ack(msg)
-                with self.counts.lock:
-                    self.counts.handled += 1
+                try:
+                    send(msg)
+                except ChannelClosed as e:  # the queue closed: the broker redelivers it
+                    self._not_acked(e)
+                counts[0] += 1
 
     def _log_failure(self, msg: Msg[T], nack: Msg[T], error: Exception) -> None:
         """One record per failure, with the traceback."""
@@ -173,7 +190,10 @@ class _Pool(Generic[T]):
         try:
             self.ack.send(msg)
         except ChannelClosed as e:  # the queue closed under us: the broker redelivers it
-            log.warning("queue %s: could not ack (%s); it will be redelivered", self.name, e)
+            self._not_acked(e)
+
+    def _not_acked(self, error: ChannelClosed) -> None:
+        log.warning("queue %s: could not ack (%s); it will be redelivered", self.name, error)
 
 
 class _SignalStop:

@@ -180,7 +180,7 @@ class LambdaHandler:
             outcome.fail(record, e)
             return
         try:
-            with tracing.consumer_span(msg, f"{msg.category} process"):
+            with tracing.consumer_span(msg):
                 route.work(msg if route.with_msg else msg.object)
         except Exception as e:  # logged with its traceback, answered as failed
             log.error(

@@ -102,3 +102,40 @@ def test_a_worker_takes_buffered_messages_without_a_select_each(
     assert (served.handled, sorted(seen, key=int)) == (20, [str(i) for i in range(20)])
     # One select for the first message, one that sees the stop; none for the 19 buffered.
     assert len(selects) <= 2
+
+
+def test_idle_workers_wait_one_at_a_time_on_rcv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every idle worker parked on rcv was woken by every hand-off (a thundering herd:
+    # serve(workers=4) at 0.7x of one worker's speed); now one waits there and the
+    # others wait for their turn, and all four still work when messages queue up.
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
+    opened: list[Any] = []
+
+    def spy_dequeue(*args: Any, **kwargs: Any) -> Any:
+        opened.append(dequeue(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr("qchan.worker.dequeue", spy_dequeue)
+    stop = threading.Event()
+    release = threading.Event()
+    busy: set[str] = set()
+    lock = threading.Lock()
+
+    def handle(o: Order) -> None:
+        with lock:
+            busy.add(threading.current_thread().name)
+        release.wait(30)
+
+    worker = start(serve, handle, Order, q, workers=4, stop=stop)
+    wait_for(lambda: opened, timeout=10)
+    waiting = opened[0].rcv._chan._recvq
+    wait_for(lambda: len(waiting) == 1, timeout=10, what="a worker waiting on rcv")
+    assert len(waiting) == 1  # and no more, while all four are idle
+    with enqueue(Order, q) as (out, _):
+        for i in range(4):
+            out.send(Order(str(i), 1.0))
+    wait_for(lambda: len(busy) == 4, timeout=10, what="four busy workers")
+    release.set()
+    stop.set()
+    assert worker.outcome(30).handled == 4
