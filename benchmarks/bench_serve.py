@@ -227,13 +227,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class ThreadCPU:
+    """CPU seconds spent by each kind of thread (poller, dispatcher, workers, the caller)
+    while a case runs: where a message's cost goes, with no profiler's overhead."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.real_run = threading.Thread.run
+
+    @staticmethod
+    def kind(name: str) -> str:
+        for part in ("poller", "dispatcher", "worker"):
+            if f"qchan-{part}" in name:
+                return "workers" if part == "worker" else part
+        return "other"
+
+    def add(self, kind: str, seconds: float) -> None:
+        with self.lock:
+            self.spent[kind] = self.spent.get(kind, 0.0) + seconds
+
+    def __enter__(self) -> ThreadCPU:
+        self.spent = {}
+        cpu = self
+        real_run = self.real_run
+
+        def run(thread: threading.Thread) -> None:
+            began = time.thread_time()
+            try:
+                real_run(thread)
+            finally:
+                cpu.add(cpu.kind(thread.name), time.thread_time() - began)
+
+        threading.Thread.run = run  # type: ignore[method-assign]
+        self.began = time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.add("caller", time.thread_time() - self.began)
+        threading.Thread.run = self.real_run  # type: ignore[method-assign]
+
+
 def table(broker: str, n: int, repeat: int) -> None:
     times: dict[str, list[float]] = {case: [] for case in CASES}
+    cpu: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
     load_before = os.getloadavg()
     for _ in range(repeat):
         for case, run in CASES.items():
             open_q = preload(broker, n)  # not timed
-            times[case].append(run(open_q, n))
+            with ThreadCPU() as spent:
+                times[case].append(run(open_q, n))
+            cpu[case].append(spent.spent)
     load_after = os.getloadavg()
     loop = n / statistics.median(times["loop"])
     print(
@@ -250,6 +294,24 @@ def table(broker: str, n: int, repeat: int) -> None:
         runs = ", ".join(f"{n / t:,.0f}" for t in ts)
         target = "" if case == "loop" else ">= 0.9x"
         print(f"| {LABELS[case]} | {rate:,.0f} | {runs} | {rate / loop:.2f}x | {target} |")
+    print()
+    print(
+        "CPU per message by thread, µs (medians; the caller is the loop's own thread, idle "
+        "in serve; other: librdkafka's or pika's threads and the benchmark's watcher):"
+    )
+    print()
+    kinds = ["caller", "workers", "poller", "dispatcher", "other"]
+    print("| consumer | " + " | ".join(kinds) + " | all threads | wall |")
+    print("|---|" + "---:|" * (len(kinds) + 2))
+    for case, runs_cpu in cpu.items():
+        cells = [statistics.median(r.get(k, 0.0) for r in runs_cpu) * 1e6 / n for k in kinds]
+        total = statistics.median(sum(r.values()) for r in runs_cpu) * 1e6 / n
+        wall = statistics.median(times[case]) * 1e6 / n
+        print(
+            f"| {LABELS[case]} | "
+            + " | ".join(f"{c:.1f}" for c in cells)
+            + f" | {total:.1f} | {wall:.1f} |"
+        )
 
 
 if __name__ == "__main__":

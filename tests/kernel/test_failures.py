@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from support.helpers import start
+from support.helpers import start, wait_for
 
 from qchan import (
     Backoff,
@@ -324,6 +324,32 @@ def test_an_ack_that_is_not_a_msg_is_reported_and_the_queue_goes_on(name: str) -
             msg = rcv.recv(timeout=5.0)
             assert msg.object.id == "2"
             ack.send(msg)
+        assert q.failure is None
+
+
+def test_a_batch_of_acks_mixing_plain_failed_double_and_junk_settles_each_as_its_own(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The dispatcher settles plain acks inline and sends every other kind through the
+    # careful path; in one batch of acks, each must still get its own outcome.
+    errors = _errors()
+    with Queue(EmbeddedAdapter(name), errors=errors, poll_wait=0.1) as q:
+        with enqueue(Order, q) as (out, _), dequeue(Order, q) as (rcv, ack):
+            for i in range(3):
+                out.send(Order(id=str(i), amount=1.0))
+            a, b, c = (rcv.recv(timeout=5.0) for _ in range(3))
+            with caplog.at_level(logging.WARNING, logger="qchan.listener"):
+                for m in [a, "oops", b.fail(ValueError("again")), a, c]:
+                    ack.send(m)  # type: ignore[arg-type]
+                err = errors.recv(timeout=5.0)
+                assert isinstance(err, QchanError) and "not a Msg" in str(err)
+                again = rcv.recv(timeout=5.0)  # b, nacked: redelivered
+                assert (again.object.id, again.deliveries) == ("1", 2)
+                ack.send(again)
+                wait_for(lambda: q.stats().acked == 3, timeout=5.0, what="three acks applied")
+        stats = q.stats()
+        assert (stats.acked, stats.nacked) == (3, 1)
+        assert "not in flight" in caplog.text  # a, acked twice
         assert q.failure is None
 
 
