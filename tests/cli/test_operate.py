@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from support.helpers import wait_for
+from support.helpers import long_variant, wait_for
 
 from qchan import Adapter, Bag, register_scheme
 from qchan.adapters.embedded import EmbeddedAdapter, broker
@@ -501,6 +501,8 @@ def test_every_command_on_a_real_broker(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    if isinstance(transport, Kafka):
+        long_variant("about 22 s: each command joins a consumer group")
     main_q, dlq = queues
     t = transport
     sent = [Bag("Order", b, {**FOREIGN, "N": str(i)}, id=f"id-{i}") for i, b in enumerate(BODIES)]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import pytest
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -114,3 +117,10 @@ def outage_then_invalid() -> tuple[list[float], Callable[[Any], None]]:
         raise ValueError("invalid after all")
 
     return calls, handle
+
+
+def long_variant(why: str) -> None:
+    """Skip the calling test unless QCHAN_SLOW=1 (`make test-reliability`): for one
+    parametrized case of a test whose other cases run in `make test`."""
+    if not os.environ.get("QCHAN_SLOW"):
+        pytest.skip(f"long variant ({why}): set QCHAN_SLOW=1 (make test-reliability)")
