@@ -4,14 +4,15 @@ N small JSON messages are pre-loaded on a fresh queue (mem://; RabbitMQ on
 127.0.0.1:5672 with --broker rabbitmq; librdkafka's mock cluster, 4 partitions,
 with --broker kafka); then one of:
 - loop: `with dequeue(T, q) as (rcv, ack): for msg in rcv: handler(msg.object); ack.send(msg)`;
-- serve(workers=1) and serve(workers=4), stopped (`stop.set()`) once the N acks are applied;
+- serve(workers=1), serve(workers=4) and serve(workers=4, capacity=128), stopped
+  (`stop.set()`) once the N acks are applied;
 each timed from the first message handled (after any group join) until the
-broker has applied N acks. The
-three run interleaved (A, B, C, A, B, C ...); the table gives medians and the
-ratio to the loop. The handler is trivial, so this measures serve's own cost.
+broker has applied N acks. The cases run interleaved (A, B, C, D, A, B, C, D ...);
+the table gives medians and the ratio to the loop. The handler is trivial, so this
+measures serve's own cost.
 
 Run: python benchmarks/bench_serve.py [--broker mem|rabbitmq|kafka] [--messages 20000] [--repeat 3]
-     [--profile loop|serve1|serve4]
+     [--profile loop|serve1|serve4|serve4x128]
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def run_loop(open_q: Opener, n: int) -> float:
     return elapsed
 
 
-def run_serve(open_q: Opener, n: int, workers: int) -> float:
+def run_serve(open_q: Opener, n: int, workers: int, capacity: int = 32) -> float:
     q = open_q()
     stop = threading.Event()
     elapsed: list[float] = []
@@ -153,7 +154,7 @@ def run_serve(open_q: Opener, n: int, workers: int) -> float:
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    served = serve(handler, Small, q, workers=workers, stop=stop, signals=())
+    served = serve(handler, Small, q, workers=workers, capacity=capacity, stop=stop, signals=())
     watcher.join()
     if served.handled < n:
         raise RuntimeError(f"serve handled {served.handled} of {n}")
@@ -165,11 +166,13 @@ CASES: dict[str, Callable[[Opener, int], float]] = {
     "loop": run_loop,
     "serve1": lambda open_q, n: run_serve(open_q, n, 1),
     "serve4": lambda open_q, n: run_serve(open_q, n, 4),
+    "serve4x128": lambda open_q, n: run_serve(open_q, n, 4, 128),
 }
 LABELS = {
     "loop": "qchan's own dequeue + ack loop",
     "serve1": "serve(handler, workers=1)",
     "serve4": "serve(handler, workers=4)",
+    "serve4x128": "serve(handler, workers=4, capacity=128)",
 }
 
 

@@ -176,6 +176,7 @@ def run_child(args: argparse.Namespace) -> int:
                 target.type_,
                 q,
                 workers=args.threads,
+                capacity=args.capacity,
                 category=args.category,
                 with_msg=target.with_msg,
                 stop=stop,

@@ -96,6 +96,12 @@ def register(sub: Any) -> None:
     p.add_argument("url", help="the queue URL, e.g. amqp://guest:guest@127.0.0.1/%%2F?queue=orders")
     p.add_argument("--processes", type=_count, default=1, help="child processes (1)")
     p.add_argument("--threads", type=_count, default=4, help="serve threads per process (4)")
+    p.add_argument(
+        "--capacity",
+        type=_count,
+        default=32,
+        help="messages each process takes ahead of its threads (32; serve's capacity=)",
+    )
     p.add_argument("--type", metavar="MODULE:CLASS", help="the message type, if not annotated")
     p.add_argument("--category", help="receive this category (default: the type's name)")
     p.add_argument(
@@ -250,6 +256,7 @@ class Supervisor:
         if a.verbose:
             argv.append("-v")
         argv += ["worker", a.handler, a.url, "--threads", str(a.threads)]
+        argv += ["--capacity", str(a.capacity)]
         for option in ("type", "category", "max_deliveries", "retry_delay", "retry_max_delay"):
             value = getattr(a, option)
             if value is not None:

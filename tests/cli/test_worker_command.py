@@ -297,7 +297,7 @@ def test_rabbitmq_two_processes_share_2000_with_metrics_and_a_clean_sigterm(
     url = url_for(queue_name)
     send_orders(url, 2000)
     w = workers(
-        ["worker_handlers:handle", url, "--processes", "2", "--threads", "4"],
+        ["worker_handlers:handle", url, "--processes", "2", "--threads", "4", "--capacity", "16"],
         QCHAN_TEST_WORK="0.002",
     )
     wait_for(lambda: len({i for i, _ in w.lines()}) == 2000, 40, "2000 orders handled")

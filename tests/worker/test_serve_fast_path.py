@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from support.helpers import start, wait_for
 
-from qchan import Queue, enqueue, serve
+from qchan import OptionError, Queue, enqueue, serve
 from qchan.adapters.embedded import EmbeddedAdapter
 from qchan.testing import Order
 from qchan.worker import dequeue, select
@@ -139,3 +139,29 @@ def test_idle_workers_wait_one_at_a_time_on_rcv(monkeypatch: pytest.MonkeyPatch)
     release.set()
     stop.set()
     assert worker.outcome(30).handled == 4
+
+
+@pytest.mark.parametrize(("workers", "capacity", "buffer"), [(4, 128, 128), (8, 2, 8)])
+def test_capacity_sets_the_buffer_and_holds_at_least_one_per_worker(
+    monkeypatch: pytest.MonkeyPatch, workers: int, capacity: int, buffer: int
+) -> None:
+    q = Queue(EmbeddedAdapter(f"t-{uuid.uuid4().hex[:8]}"), poll_wait=0.1)
+    opened: list[Any] = []
+
+    def spy_dequeue(*args: Any, **kwargs: Any) -> Any:
+        opened.append(dequeue(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr("qchan.worker.dequeue", spy_dequeue)
+    stop = threading.Event()
+    stop.set()
+    serve(lambda o: None, Order, q, workers=workers, capacity=capacity, stop=stop, signals=())
+    assert opened[0].rcv.capacity == buffer
+
+
+@pytest.mark.parametrize("capacity", [0, -1, 1.5, True])
+def test_a_bad_capacity_is_refused_at_the_call(capacity: Any) -> None:
+    q = Queue(EmbeddedAdapter(f"t-{uuid.uuid4().hex[:8]}"), poll_wait=0.1)
+    with pytest.raises(OptionError, match="capacity"):
+        serve(lambda o: None, Order, q, capacity=capacity, signals=())
+    q.close()
