@@ -152,7 +152,7 @@ def run_serve(open_q: Opener, n: int, workers: int, capacity: int = 32) -> float
         elapsed.append(time.perf_counter() - handler.first)
         stop.set()
 
-    watcher = threading.Thread(target=watch)
+    watcher = threading.Thread(target=watch, daemon=True)  # no hang if serve raises
     watcher.start()
     served = serve(handler, Small, q, workers=workers, capacity=capacity, stop=stop, signals=())
     watcher.join()
