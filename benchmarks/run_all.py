@@ -54,6 +54,13 @@ BENCHES: list[tuple[str, list[str], list[str], str]] = [
         "librdkafka's mock cluster (started by the benchmark)",
     ),
     ("bench_serve.py", ["--repeat", "5"], ["--messages", "5000", "--repeat", "1"], "nothing"),
+    (
+        "bench_peers.py",
+        ["--messages", "20000", "--slow", "3000", "--repeat", "3", "--rss", "100000", "1000000"],
+        ["--messages", "3000", "--slow", "500", "--repeat", "1", "--rss", "20000", "100000"],
+        "RabbitMQ on 127.0.0.1:5672; kombu and faststream (the `bench` extra); "
+        "starts the mock Kafka cluster and moto",
+    ),
 ]
 
 # A target: ">= 3x" (a ratio, higher is better), "<= 1.10x" or "< 1%" (lower is better).
