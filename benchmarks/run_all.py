@@ -56,7 +56,7 @@ BENCHES: list[tuple[str, list[str], list[str], str]] = [
     ("bench_serve.py", ["--repeat", "5"], ["--messages", "5000", "--repeat", "1"], "nothing"),
     (
         "bench_peers.py",
-        ["--messages", "20000", "--slow", "3000", "--repeat", "3", "--rss", "100000", "1000000"],
+        ["--messages", "20000", "--slow", "3000", "--repeat", "3", "--rss", "100000", "500000"],
         ["--messages", "3000", "--slow", "500", "--repeat", "1", "--rss", "20000", "100000"],
         "RabbitMQ on 127.0.0.1:5672; kombu and faststream (the `bench` extra); "
         "starts the mock Kafka cluster and moto",
