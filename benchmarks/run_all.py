@@ -55,6 +55,18 @@ BENCHES: list[tuple[str, list[str], list[str], str]] = [
     ),
     ("bench_serve.py", ["--repeat", "5"], ["--messages", "5000", "--repeat", "1"], "nothing"),
     (
+        "bench_serve.py",
+        ["--broker", "rabbitmq", "--messages", "20000", "--repeat", "3"],
+        ["--broker", "rabbitmq", "--messages", "3000", "--repeat", "1"],
+        "RabbitMQ on 127.0.0.1:5672",
+    ),
+    (
+        "bench_serve.py",
+        ["--broker", "kafka", "--messages", "30000", "--repeat", "3"],
+        ["--broker", "kafka", "--messages", "3000", "--repeat", "1"],
+        "librdkafka's mock cluster (started by the benchmark)",
+    ),
+    (
         "bench_peers.py",
         ["--messages", "20000", "--slow", "3000", "--repeat", "3", "--rss", "100000", "500000"],
         ["--messages", "3000", "--slow", "500", "--repeat", "1", "--rss", "20000", "100000"],
@@ -157,6 +169,14 @@ def chart(pairs: list[Pair], path: Path) -> None:
     plt.close(fig)
 
 
+def _label(name: str, args: list[str]) -> str:
+    """What the chart calls a benchmark's rows: its name, and its broker when it has several."""
+    label = name.removeprefix("bench_").removesuffix(".py")
+    if "--broker" in args:
+        label += " " + args[args.index("--broker") + 1]
+    return label
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small runs, to check the runner")
@@ -185,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             continue
         sections.append(f"## {name}\n\n`{shown}` ({took:.0f} s)\n\n{proc.stdout.strip()}\n")
-        pairs.extend(ratio_pairs(proc.stdout, name.removeprefix("bench_").removesuffix(".py")))
+        pairs.extend(ratio_pairs(proc.stdout, _label(name, full)))
     n_met = sum(met(p) for p in pairs)
     head = [
         "# qchan benchmark results",
