@@ -300,7 +300,7 @@ def serve(
 
     `capacity` is how many messages wait, received from the broker, for a free
     worker (`dequeue`'s `capacity`; at least `workers` are). More makes fast handlers
-    cheaper (workers=4 with a trivial handler on mem://: 0.85x of one `dequeue` loop
+    cheaper (workers=4 with a trivial handler on mem://: 0.75-0.85x of one `dequeue` loop
     with 32, 1.0x with 128) but holds more: on a broker with a visibility timeout (SQS)
     a message must reach a worker before it runs out, so keep `capacity` x handler time
     / `workers` well under the timeout, or set the queue's `heartbeat`.
