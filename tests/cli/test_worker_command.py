@@ -73,7 +73,10 @@ class Worker:
     def lines(self) -> list[tuple[str, int]]:
         if not self.handled.exists():
             return []
-        rows = [line.split() for line in self.handled.read_text().splitlines()]
+        # The children append while this reads: a read can end inside a line still being
+        # written (seen: a row of one field), so only lines ended by a newline count.
+        text = self.handled.read_text()
+        rows = [line.split() for line in text[: text.rfind("\n") + 1].splitlines()]
         return [(order_id, int(pid)) for order_id, pid in rows]
 
     def get(self, path: str) -> tuple[int, str]:
