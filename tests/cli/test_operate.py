@@ -562,7 +562,9 @@ def test_peeking_again_and_again_never_dead_letters_on_rabbitmq(
         t.put(name, bags(1))
         counts = []
         for _ in range(12):
-            code, out, err = run(["peek", t.url(name), "--timeout", "1"], monkeypatch, capsys)
+            code, out, err = run(
+                ["peek", t.url(name), "--count", "1", "--timeout", "5"], monkeypatch, capsys
+            )
             assert code == 0, err
             counts.append(json.loads(out)["deliveries"])
         assert counts == sorted(set(counts)) and counts[-1] > 10, counts
