@@ -29,7 +29,9 @@ Produce path:
 Consume path (a topic prefilled with N messages, a new group per run, the clock
 starts at the first message so the group join is not counted):
 - raw: `consume(500)` + `codec.decode` + `commit(asynchronous=True)` per batch.
-- adapter: `receive(500)` + decode + `ack` per batch (no kernel threads).
+- adapter: `receive(500)` + decode + `ack` per batch (no kernel threads); and the same
+  with a `Msg` built per message and the acks taken from them: the ceiling of a consume
+  path that ran the adapter on the application's thread, with no poller or dispatcher.
 - hand-off: the raw loop on a thread of its own, as the listener is: it hands
   each decoded object (with its message) to the application through a
   `Chan(32)`, and commits once per batch after the application's acks came
@@ -75,7 +77,7 @@ from support.kafka import MockCluster
 from qchan import AT_MOST_ONCE, Chan, ChannelClosed, Queue, connect, dequeue, enqueue
 from qchan.adapters.kafka import KafkaAdapter
 from qchan.codec import codec_for
-from qchan.message import Bag
+from qchan.message import Bag, Msg
 
 TARGET = 0.8
 GROUP = {"group.protocol": "consumer"}
@@ -334,7 +336,9 @@ class Bench:
         c.close()
         return rate
 
-    def consume_adapter(self, topic: str) -> float:
+    def consume_adapter(self, topic: str, msgs: bool = False) -> float:
+        """The adapter alone, no kernel thread; with `msgs`, also a `Msg` per message and
+        the acks taken from them, as a consume path on the caller's thread would."""
         a = self.adapter(topic, group=f"adapter-{uuid.uuid4().hex[:8]}")
         decode = CODEC.decode
         got = 0
@@ -345,9 +349,16 @@ class Bench:
             stall.check(len(bags))
             if bags and not began:
                 began = time.perf_counter()
-            for b in bags:
-                decode(b.body)
-            a.ack(bags)
+            if msgs:
+                received = [
+                    Msg(decode(b.body), b.category, b.digest, b.attributes, None, None, b)
+                    for b in bags
+                ]
+                a.ack([m.bag for m in received if m.bag is not None])
+            else:
+                for b in bags:
+                    decode(b.body)
+                a.ack(bags)
             got += len(bags)
         rate = self.n / (time.perf_counter() - began)
         a.close()
@@ -473,6 +484,7 @@ def main() -> None:
             run("consume raw", bench.consume_raw, topic)
             run("consume hand-off", bench.consume_handoff, topic)
             run("consume adapter", bench.consume_adapter, topic)
+            run("consume adapter msgs", bench.consume_adapter, topic, True)
             run("consume qchan", bench.consume_qchan, topic)
             run("consume mem", consume_mem, bench)
         m = {k: median(v) for k, v in runs.items()}
@@ -518,6 +530,14 @@ def main() -> None:
         )
         print(
             row("consume: adapter receive+ack only", m["consume adapter"], m["consume raw"], None)
+        )
+        print(
+            row(
+                "consume: adapter + a Msg per message, one thread (in-thread consume ceiling)",
+                m["consume adapter msgs"],
+                m["consume raw"],
+                None,
+            )
         )
         print(row("consume: qchan dequeue+ack", m["consume qchan"], m["consume raw"], TARGET))
         print(row("consume: qchan dequeue+ack on mem:// (kernel only)", m["consume mem"], cr, None))
