@@ -82,14 +82,13 @@ from typing import Any
 
 import attrs
 import pika
-from pika.adapters.select_connection import SelectConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench_embedded import RSS_FLAT, peak_rss_kib
 from bench_kafka import CODEC, HEADERS, Item, Stall, make_items
 from bench_kafka import Bench as KafkaBench
-from bench_rabbitmq import fresh_queue
+from bench_rabbitmq import fresh_queue, raw_publish_pipelined
 from bench_serve import Handler, wait_acked
 from support.kafka import MockCluster
 from support.sqs import MotoServer, dummy_aws_env
@@ -154,6 +153,20 @@ def model_type() -> Any:
 # ---- RabbitMQ ----------------------------------------------------------------------
 
 
+class KombuAcker:
+    """A kombu consumer callback: acks each message, counts them, notes the first's time."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.began = 0.0
+
+    def __call__(self, body: Any, message: Any) -> None:
+        if not self.seen:
+            self.began = time.perf_counter()
+        message.ack()
+        self.seen += 1
+
+
 class Rabbit:
     def __init__(self, n: int, slow: int) -> None:
         self.items = make_items(n)
@@ -171,44 +184,10 @@ class Rabbit:
 
     def pika_publish(self, queue: str, n: int | None = None) -> float:
         """Confirms on, BATCH publishes in flight, encoding included."""
-        n = n or self.n
-        items, encode = self.items[:n], CODEC.encode
-        state: dict[str, Any] = {"acked": 0, "target": 0, "nacked": 0}
-
-        def on_open(conn: Any) -> None:
-            conn.channel(on_open_callback=on_channel)
-
-        def on_channel(ch: Any) -> None:
-            state["ch"] = ch
-            ch.confirm_delivery(on_confirm, callback=lambda _f: conn.ioloop.stop())
-
-        def on_confirm(frame: Any) -> None:
-            if isinstance(frame.method, pika.spec.Basic.Nack):
-                state["nacked"] += 1
-            state["acked"] = frame.method.delivery_tag  # in order; multiple covers the rest
-            if state["acked"] >= state["target"]:
-                conn.ioloop.stop()
-
-        conn = SelectConnection(
-            PARAMS, on_open_callback=on_open, on_close_callback=lambda c, _r: c.ioloop.stop()
+        items, encode, props = self.items, CODEC.encode, self.props()
+        return raw_publish_pipelined(
+            queue, n or self.n, message=lambda i: (encode(items[i]), props)
         )
-        conn.ioloop.start()
-        ch, props = state["ch"], self.props()
-        began = time.perf_counter()
-        sent = 0
-        while sent < n:
-            k = min(BATCH, n - sent)
-            for item in items[sent : sent + k]:
-                ch.basic_publish("", queue, encode(item), props)
-            sent += k
-            state["target"] = sent
-            conn.ioloop.start()
-        rate = n / (time.perf_counter() - began)
-        conn.close()
-        conn.ioloop.start()
-        conn.ioloop.close()
-        assert not state["nacked"], f"{state['nacked']} publishes refused"
-        return rate
 
     def qchan_publish(self, queue: str) -> float:
         with connect(f"{AMQP}?queue={queue}") as q:
@@ -305,22 +284,13 @@ class Rabbit:
             return why
         import kombu
 
-        n = self.n
-        seen, began = 0, 0.0
-
-        def on_message(body: Any, message: Any) -> None:
-            nonlocal seen, began
-            if not seen:
-                began = time.perf_counter()
-            message.ack()
-            seen += 1
-
+        n, acker = self.n, KombuAcker()
         with kombu.Connection(KOMBU_AMQP) as conn:
             kq = kombu.Queue(queue, no_declare=True)  # declared before, as qchan declares it
-            with conn.Consumer(kq, callbacks=[on_message], prefetch_count=PREFETCH):
-                while seen < n:
+            with conn.Consumer(kq, callbacks=[acker], prefetch_count=PREFETCH):
+                while acker.seen < n:
                     conn.drain_events(timeout=30)
-            return n / (time.perf_counter() - began)
+            return n / (time.perf_counter() - acker.began)
 
     def faststream_consume(self, queue: str) -> Rate:
         if why := _faststream_missing():
@@ -441,25 +411,16 @@ class Kafka:
             return why
         import kombu
 
-        n, topic = self.slow, self.kombu_topic
-        seen, began = 0, 0.0
+        n, topic, acker = self.slow, self.kombu_topic, KombuAcker()
         stall = Stall()
-
-        def on_message(body: Any, message: Any) -> None:
-            nonlocal seen, began
-            if not seen:
-                began = time.perf_counter()
-            message.ack()
-            seen += 1
-
         with self.kombu_connection() as conn:
-            with conn.Consumer(kombu.Queue(topic), callbacks=[on_message]):
-                while seen < n:
+            with conn.Consumer(kombu.Queue(topic), callbacks=[acker]):
+                while acker.seen < n:
                     try:
                         conn.drain_events(timeout=1)
                     except TimeoutError:
                         stall.check(0)
-            return n / (time.perf_counter() - began)
+            return n / (time.perf_counter() - acker.began)
 
     def faststream_broker(self, flavour: str) -> Any:
         if flavour == "aiokafka":

@@ -84,9 +84,9 @@ def context(msg: Any) -> Any:
 NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
 
 
-def consumer_span(msg: Any, name: str | None = None) -> AbstractContextManager[None]:
-    """A CONSUMER span around handling `msg` (named "<category> process" unless `name` says),
-    child of the producer's context when it has one; `NOTHING` when it would record nothing."""
+def consumer_span(msg: Any) -> AbstractContextManager[None]:
+    """A CONSUMER span "<category> process" around handling `msg`, child of the producer's
+    context when it has one; `NOTHING` when it would record nothing."""
     if _trace is None:
         return NOTHING
     if (
@@ -98,7 +98,7 @@ def consumer_span(msg: Any, name: str | None = None) -> AbstractContextManager[N
         # would be otel's invalid no-op span, the same as none; skip its cost
         # (most of `serve`'s own per-message time).
         return NOTHING
-    return _span(msg, f"{msg.category} process" if name is None else name)
+    return _span(msg, f"{msg.category} process")
 
 
 def _no_provider() -> bool:

@@ -59,13 +59,6 @@ class Served:
     seconds: float
 
 
-class _Counts:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.handled = 0
-        self.failed = 0
-
-
 class _Pool(Generic[T]):
     def __init__(
         self,
@@ -89,11 +82,20 @@ class _Pool(Generic[T]):
         self.stop = stop
         self.with_msg = with_msg
         self.name = name
-        self.counts = _Counts()
+        # [handled, failed] per worker: each writes only its own, with no lock per
+        # message; the totals are summed when read (a stuck worker's count included).
+        self.tallies: list[list[int]] = []
         self.listen = threading.Lock()
 
+    def handled(self) -> int:
+        return sum(t[0] for t in list(self.tallies))
+
+    def failed(self) -> int:
+        return sum(t[1] for t in list(self.tallies))
+
     def work(self) -> None:
-        counts = [0, 0]  # handled, failed: this worker's own, added up when it returns
+        counts = [0, 0]
+        self.tallies.append(counts)  # list.append is atomic: no lock needed
         try:
             self._work(counts)
         except QueueFailed:
@@ -101,14 +103,10 @@ class _Pool(Generic[T]):
         except BaseException as e:  # noqa: BLE001 - supervised: the queue fails loudly
             self.q._fail(e, "serve worker")
             self.stopped.set()
-        finally:
-            with self.counts.lock:
-                self.counts.handled += counts[0]
-                self.counts.failed += counts[1]
 
     def _work(self, counts: list[int]) -> None:
         stop, rcv, listen = self.stop, self.rcv, self.listen
-        recv, send = rcv.recv, self.ack.send
+        recv = rcv.recv
         buffered = rcv._chan._buf  # read without the lock: recv(0) decides
         handler, with_msg, span = self.handler, self.with_msg, tracing.consumer_span
         nothing = tracing.NOTHING
@@ -147,10 +145,7 @@ class _Pool(Generic[T]):
                 self._send_ack(nack)
                 counts[1] += 1
             else:
-                try:
-                    send(msg)
-                except ChannelClosed as e:  # the queue closed: the broker redelivers it
-                    self._not_acked(e)
+                self._send_ack(msg)
                 counts[0] += 1
 
     def _log_failure(self, msg: Msg[T], nack: Msg[T], error: Exception) -> None:
@@ -190,10 +185,7 @@ class _Pool(Generic[T]):
         try:
             self.ack.send(msg)
         except ChannelClosed as e:  # the queue closed under us: the broker redelivers it
-            self._not_acked(e)
-
-    def _not_acked(self, error: ChannelClosed) -> None:
-        log.warning("queue %s: could not ack (%s); it will be redelivered", self.name, error)
+            log.warning("queue %s: could not ack (%s); it will be redelivered", self.name, e)
 
 
 class _SignalStop:
@@ -414,4 +406,4 @@ def _serve(
             q.close(max(0.0, deadline - time.monotonic()))
     if q.failure is not None:
         raise q._failure_now()
-    return Served(pool.counts.handled, pool.counts.failed, time.monotonic() - started)
+    return Served(pool.handled(), pool.failed(), time.monotonic() - started)

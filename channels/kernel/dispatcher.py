@@ -196,26 +196,9 @@ class Dispatcher:
         self.gate.resolved(1)
 
     def _acked(self, r: Receiver, first: Msg[Any], now: float) -> None:
-        msgs = [first]
-        msgs += r.ack._recv_many(1024)  # the rest, without more selects
-        # The common case inline (a plain ack of a message held here); the rest, and any
-        # mistake, through _on_ack: a third of the calls per message.
-        flight, parked, batch = self.flight, self.parked, self.ack_batch
-        to_ack = self.to_ack
-        for m in msgs:
-            bag = m.bag if type(m) is Msg and m.error is None else None
-            if bag is not None and (
-                flight.pop(bag, None) is not None or parked.pop(bag, None) is not None
-            ):
-                to_ack.append(bag)
-                if len(to_ack) >= batch:
-                    self._flush_acks()
-                    to_ack = self.to_ack
-            else:
-                self._on_ack(m, now)
-                to_ack = self.to_ack
-        if to_ack and self.ack_due is None:
-            self.ack_due = now + self.ctx.ack_linger
+        self._on_ack(first, now)
+        for m in r.ack._recv_many(1024):  # the rest, without more selects
+            self._on_ack(m, now)
 
     def _hand(self, r: Receiver, now: float) -> None:
         """The first pending message of `r` was received: hand over what more fits."""

@@ -26,8 +26,9 @@ import pytest
 from support.helpers import wait_for
 
 from qchan import connect, enqueue
-from qchan.cli import main
+from qchan.cli import main, parser
 from qchan.cli._target import resolve
+from qchan.cli.worker import Supervisor
 from qchan.testing import Order
 
 HERE = Path(__file__).resolve().parent
@@ -390,3 +391,16 @@ def test_a_child_killed_mid_stream_is_restarted_and_nothing_is_lost(
     w.signal()
     assert w.wait(15) == 0, w.stderr
     assert queue_depth(admin, queue_name) == 0
+
+
+def test_capacity_reaches_each_child_and_a_bad_one_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parser().parse_args(["worker", "m:f", "mem://x", "--capacity", "8"])
+    argv = Supervisor(args, tmp_path).command(0)
+    assert argv[argv.index("--capacity") + 1] == "8"  # the child runs serve(capacity=8)
+    assert parser().parse_args(argv[3:]).capacity == 8
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "m:f", "mem://x", "--capacity", "0"])
+    assert exited.value.code == 2
+    assert "argument --capacity: must be >= 1, not 0" in capsys.readouterr().err

@@ -24,6 +24,19 @@ def no_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
 
 
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The (rcv, ack) pairs serve opens, as it opens them."""
+    pairs: list[Any] = []
+
+    def spy_dequeue(*args: Any, **kwargs: Any) -> Any:
+        pairs.append(dequeue(*args, **kwargs))
+        return pairs[-1]
+
+    monkeypatch.setattr("qchan.worker.dequeue", spy_dequeue)
+    return pairs
+
+
 def _serve_one(q: Queue, handle: Any) -> tuple[int, int]:
     stop = threading.Event()
 
@@ -68,25 +81,19 @@ def test_without_a_provider_the_handler_still_continues_the_producers_trace(
 
 
 def test_a_worker_takes_buffered_messages_without_a_select_each(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, opened: list[Any]
 ) -> None:
     name = f"t-{uuid.uuid4().hex[:8]}"
     q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
     with enqueue(Order, q) as (out, _):
         for i in range(20):
             out.send(Order(str(i), 1.0))
-    opened: list[Any] = []
     selects: list[int] = []
-
-    def spy_dequeue(*args: Any, **kwargs: Any) -> Any:
-        opened.append(dequeue(*args, **kwargs))
-        return opened[-1]
 
     def spy_select(*cases: Any, **kwargs: Any) -> Any:
         selects.append(1)
         return select(*cases, **kwargs)
 
-    monkeypatch.setattr("qchan.worker.dequeue", spy_dequeue)
     monkeypatch.setattr("qchan.worker.select", spy_select)
     stop = threading.Event()
     seen: list[str] = []
@@ -104,19 +111,12 @@ def test_a_worker_takes_buffered_messages_without_a_select_each(
     assert len(selects) <= 2
 
 
-def test_idle_workers_wait_one_at_a_time_on_rcv(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_workers_wait_one_at_a_time_on_rcv(opened: list[Any]) -> None:
     # Every idle worker parked on rcv was woken by every hand-off (a thundering herd:
     # serve(workers=4) at 0.7x of one worker's speed); now one waits there and the
     # others wait for their turn, and all four still work when messages queue up.
     name = f"t-{uuid.uuid4().hex[:8]}"
     q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
-    opened: list[Any] = []
-
-    def spy_dequeue(*args: Any, **kwargs: Any) -> Any:
-        opened.append(dequeue(*args, **kwargs))
-        return opened[-1]
-
-    monkeypatch.setattr("qchan.worker.dequeue", spy_dequeue)
     stop = threading.Event()
     release = threading.Event()
     busy: set[str] = set()
@@ -143,16 +143,9 @@ def test_idle_workers_wait_one_at_a_time_on_rcv(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize(("workers", "capacity", "buffer"), [(4, 128, 128), (8, 2, 8)])
 def test_capacity_sets_the_buffer_and_holds_at_least_one_per_worker(
-    monkeypatch: pytest.MonkeyPatch, workers: int, capacity: int, buffer: int
+    opened: list[Any], workers: int, capacity: int, buffer: int
 ) -> None:
     q = Queue(EmbeddedAdapter(f"t-{uuid.uuid4().hex[:8]}"), poll_wait=0.1)
-    opened: list[Any] = []
-
-    def spy_dequeue(*args: Any, **kwargs: Any) -> Any:
-        opened.append(dequeue(*args, **kwargs))
-        return opened[-1]
-
-    monkeypatch.setattr("qchan.worker.dequeue", spy_dequeue)
     stop = threading.Event()
     stop.set()
     serve(lambda o: None, Order, q, workers=workers, capacity=capacity, stop=stop, signals=())
@@ -165,3 +158,28 @@ def test_a_bad_capacity_is_refused_at_the_call(capacity: Any) -> None:
     with pytest.raises(OptionError, match="capacity"):
         serve(lambda o: None, Order, q, capacity=capacity, signals=())
     q.close()
+
+
+def test_a_worker_stuck_at_the_deadline_still_counts_what_it_handled() -> None:
+    # Workers count without a lock per message; serve reads the counts when it returns,
+    # so a worker still busy at the deadline must not take its earlier work with it.
+    q = Queue(EmbeddedAdapter(f"t-{uuid.uuid4().hex[:8]}"), poll_wait=0.1)
+    with enqueue(Order, q) as (out, _):
+        for i in range(4):
+            out.send(Order(str(i), 1.0))
+    stop, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def handle(o: Order) -> None:
+        seen.append(o.id)
+        if len(seen) == 4:  # the fourth never finishes before serve gives up on it
+            stop.set()
+            release.wait(30)
+
+    try:
+        served = start(
+            serve, handle, Order, q, workers=1, stop=stop, signals=(), timeout=0.5
+        ).outcome(30)
+    finally:
+        release.set()
+    assert (served.handled, served.failed) == (3, 0)
