@@ -196,22 +196,29 @@ def _parent(args: argparse.Namespace) -> int:
     from ..urls import open_adapter  # noqa: PLC0415
 
     _check_url(args.url, open_adapter)
-    state = Path(tempfile.mkdtemp(prefix="qchan-worker-"))
-    try:
-        server = None
-        if args.metrics_port is not None:
-            from ._metrics import serve_metrics  # noqa: PLC0415
+    from ..worker import stop_on_signals  # noqa: PLC0415
 
-            (state / "prometheus").mkdir()
-            server = serve_metrics(args.metrics_host, args.metrics_port, state, args.processes)
+    stop = threading.Event()
+    # The handlers go in before anything another process can see (the /healthz port, the
+    # children): a SIGTERM sent after /healthz answered is a graceful stop, never the
+    # default death by signal (a CI run saw the parent killed by one, exit -15).
+    with stop_on_signals(stop) as received:
+        state = Path(tempfile.mkdtemp(prefix="qchan-worker-"))
         try:
-            return Supervisor(args, state).run()
+            server = None
+            if args.metrics_port is not None:
+                from ._metrics import serve_metrics  # noqa: PLC0415
+
+                (state / "prometheus").mkdir()
+                server = serve_metrics(args.metrics_host, args.metrics_port, state, args.processes)
+            try:
+                return Supervisor(args, state, stop, received).run()
+            finally:
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
         finally:
-            if server is not None:
-                server.shutdown()
-                server.server_close()
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def _check_url(url: str, open_adapter: Callable[..., Any]) -> None:
@@ -243,11 +250,19 @@ class _Child:
 class Supervisor:
     """Starts the children, restarts the ones that die, stops them on a signal."""
 
-    def __init__(self, args: argparse.Namespace, state: Path) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        state: Path,
+        stop: threading.Event | None = None,
+        received: list[signal.Signals] | None = None,
+    ) -> None:
+        """`stop` is set, and `received` lists the signals, by the caller's signal handlers."""
         self.args = args
         self.state = state
         self.children = [_Child(i) for i in range(args.processes)]
-        self.stop = threading.Event()
+        self.stop = stop if stop is not None else threading.Event()
+        self.received = received if received is not None else []
         self.starting = True  # until every child has consumed once
 
     def command(self, index: int) -> list[str]:
@@ -288,25 +303,22 @@ class Supervisor:
         return read_state(self.state, child.index) == "consuming"
 
     def run(self) -> int:
-        from ..worker import stop_on_signals  # noqa: PLC0415
-
         a = self.args
-        with stop_on_signals(self.stop) as received:
-            for child in self.children:
-                self.spawn(child)
-            print(
-                f"qchan worker: {a.processes} process(es) x {a.threads} thread(s) on "
-                f"{_redact(a.url)}" + (f", metrics on :{a.metrics_port}" if a.metrics_port else ""),
-                file=sys.stderr,
-                flush=True,
-            )
-            try:
-                failed = self._supervise()
-                if failed is not None:
-                    return failed
-                return self._stop(received)
-            finally:
-                self._kill_all()
+        for child in self.children:
+            self.spawn(child)
+        print(
+            f"qchan worker: {a.processes} process(es) x {a.threads} thread(s) on "
+            f"{_redact(a.url)}" + (f", metrics on :{a.metrics_port}" if a.metrics_port else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            failed = self._supervise()
+            if failed is not None:
+                return failed
+            return self._stop(self.received)
+        finally:
+            self._kill_all()
 
     def _supervise(self) -> int | None:
         """Until a signal: restart children that die. An exit code to return at once, or None."""

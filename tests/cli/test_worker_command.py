@@ -210,6 +210,28 @@ def test_a_metrics_port_in_use_exits_1(
     assert "Traceback" not in err
 
 
+def test_the_signal_handlers_are_in_before_healthz_can_answer(
+    handlers_importable: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A SIGTERM sent once /healthz answers must be a graceful stop: with the handlers
+    # installed after the metrics server started, the parent died by the signal (-15).
+    from qchan.cli import _metrics
+    from qchan.cli._target import WorkerRuntimeError
+
+    seen: list[object] = []
+
+    def serve_metrics(*args: Any) -> Any:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise WorkerRuntimeError("stopped by the test")
+
+    monkeypatch.setattr(_metrics, "serve_metrics", serve_metrics)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["worker", "worker_handlers:handle", "mem://x", "--metrics-port", "9"])
+    assert code == 1 and "stopped by the test" in capsys.readouterr().err
+    assert seen and seen[0] not in (signal.SIG_DFL, before), seen  # qchan's own handler
+    assert signal.getsignal(signal.SIGTERM) is before  # and the old one is back
+
+
 def test_metrics_without_prometheus_client_names_the_pip_command(
     handlers_importable: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
