@@ -76,7 +76,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -519,12 +519,16 @@ def interleaved(
 
 
 def table(
-    title: str, rows: list[tuple[str, int, str]], results: dict[str, tuple[Rate, list[float]]]
+    title: str,
+    groups: Sequence[Sequence[tuple[str, int, Any]]],
+    results: dict[str, tuple[Rate, list[float]]],
 ) -> None:
-    """rows: (label, messages, label of the raw row it is compared with)."""
+    """groups: lists of (label, messages, ...) rows; each row is compared with the first
+    of its group (the raw client's)."""
     print(f"{title}\n")
     print("| path | messages | msg/s (median) | runs msg/s | vs raw client |")
     print("|---|---:|---:|---|---:|")
+    rows = [(label, n, group[0][0]) for group in groups for label, n, *_ in group]
     for label, n, raw in rows:
         rate, runs = results[label]
         if isinstance(rate, str):
@@ -575,13 +579,11 @@ def throughput_rabbit(n: int, slow: int, repeat: int) -> None:
     cases = [(label, on_fresh(fn)) for label, _, fn in pub]
     cases += [(label, on_fresh(fn, fill=True)) for label, _, fn in con]
     results = interleaved(cases, repeat)
-    rows = [(label, k, pub[0][0]) for label, k, _ in pub]
-    rows += [(label, k, con[0][0]) for label, k, _ in con]
     table(
         f"RabbitMQ 127.0.0.1:5672, quorum queues, messages of {len(CODEC.encode(r.items[0]))} "
         f"bytes, median of {repeat} interleaved runs; load average {before} before, "
         f"{load()} after",
-        rows,
+        [pub, con],
         results,
     )
 
@@ -643,13 +645,11 @@ def throughput_kafka(n: int, slow: int, repeat: int) -> None:
         before = load()
         cases = [(label, fn) for label, _, fn in pub + con]
         results = interleaved(cases, repeat, filled.clear)  # each round fills a topic of its own
-        rows = [(label, m, pub[0][0]) for label, m, _ in pub]
-        rows += [(label, m, con[0][0]) for label, m, _ in con]
         table(
             f"Kafka, librdkafka's mock cluster (3 brokers), messages of "
             f"{len(CODEC.encode(k.items[0]))} bytes, median of {repeat} interleaved runs; "
             f"load average {before} before, {load()} after",
-            rows,
+            [pub, con],
             results,
         )
     finally:

@@ -95,7 +95,7 @@ class Handler:
         self.all_in = threading.Event()
         self.first = 0.0
 
-    def __call__(self, obj: Small) -> None:
+    def __call__(self, obj: object) -> None:
         seen = self.count()
         if seen == 1:
             self.first = time.perf_counter()
@@ -200,7 +200,7 @@ def profile(broker: str, case: str, n: int, top: int) -> None:
         prof.disable()
     finally:
         threading.Thread.run = real_run  # type: ignore[method-assign]
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
     print(f"{LABELS[case]}: {n / seconds:,.0f} msg/s under the profiler, all threads")
     stats = pstats.Stats(profs[0])
     for p in profs[1:]:
@@ -262,7 +262,7 @@ class ThreadCPU:
             finally:
                 cpu.add(cpu.kind(thread.name), time.thread_time() - began)
 
-        threading.Thread.run = run  # type: ignore[method-assign]
+        threading.Thread.run = run  # type: ignore[method-assign,assignment]
         self.began = time.thread_time()
         return self
 

@@ -15,14 +15,13 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -202,23 +201,29 @@ def _parent(args: argparse.Namespace) -> int:
     # The handlers go in before anything another process can see (the /healthz port, the
     # children): a SIGTERM sent after /healthz answered is a graceful stop, never the
     # default death by signal (a CI run saw the parent killed by one, exit -15).
-    with stop_on_signals(stop) as received:
-        state = Path(tempfile.mkdtemp(prefix="qchan-worker-"))
-        try:
-            server = None
-            if args.metrics_port is not None:
-                from ._metrics import serve_metrics  # noqa: PLC0415
+    with (
+        stop_on_signals(stop) as received,
+        tempfile.TemporaryDirectory(prefix="qchan-worker-", ignore_cleanup_errors=True) as state,
+        _serving_metrics(args, Path(state)),
+    ):
+        return Supervisor(args, Path(state), stop, received).run()
 
-                (state / "prometheus").mkdir()
-                server = serve_metrics(args.metrics_host, args.metrics_port, state, args.processes)
-            try:
-                return Supervisor(args, state, stop, received).run()
-            finally:
-                if server is not None:
-                    server.shutdown()
-                    server.server_close()
-        finally:
-            shutil.rmtree(state, ignore_errors=True)
+
+@contextlib.contextmanager
+def _serving_metrics(args: argparse.Namespace, state: Path) -> Iterator[None]:
+    """/metrics and /healthz on --metrics-port while inside (nothing without it)."""
+    if args.metrics_port is None:
+        yield
+        return
+    from ._metrics import serve_metrics  # noqa: PLC0415
+
+    (state / "prometheus").mkdir()
+    server = serve_metrics(args.metrics_host, args.metrics_port, state, args.processes)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _check_url(url: str, open_adapter: Callable[..., Any]) -> None:
@@ -254,15 +259,16 @@ class Supervisor:
         self,
         args: argparse.Namespace,
         state: Path,
-        stop: threading.Event | None = None,
-        received: list[signal.Signals] | None = None,
+        stop: threading.Event,
+        received: list[signal.Signals],
     ) -> None:
-        """`stop` is set, and `received` lists the signals, by the caller's signal handlers."""
+        """`stop` is set, and `received` lists the signals, by the caller's signal handlers
+        (`stop_on_signals`, installed before anything another process can see)."""
         self.args = args
         self.state = state
         self.children = [_Child(i) for i in range(args.processes)]
-        self.stop = stop if stop is not None else threading.Event()
-        self.received = received if received is not None else []
+        self.stop = stop
+        self.received = received
         self.starting = True  # until every child has consumed once
 
     def command(self, index: int) -> list[str]:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -56,6 +57,9 @@ class Worker:
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
             "QCHAN_TEST_HANDLED": str(self.handled),
+            # The parent's state folder lands under pytest's tmp_path: a parent killed by
+            # SIGKILL (a test below) cannot remove it itself.
+            "TMPDIR": str(tmp),
             **env,
         }
         with open(self.stderr_path, "wb") as err:
@@ -220,8 +224,11 @@ def test_the_signal_handlers_are_in_before_healthz_can_answer(
 
     seen: list[object] = []
 
-    def serve_metrics(*args: Any) -> Any:
+    states: list[Path] = []
+
+    def serve_metrics(host: str, port: int, state: Path, processes: int) -> Any:
         seen.append(signal.getsignal(signal.SIGTERM))
+        states.append(state)
         raise WorkerRuntimeError("stopped by the test")
 
     monkeypatch.setattr(_metrics, "serve_metrics", serve_metrics)
@@ -230,6 +237,7 @@ def test_the_signal_handlers_are_in_before_healthz_can_answer(
     assert code == 1 and "stopped by the test" in capsys.readouterr().err
     assert seen and seen[0] not in (signal.SIG_DFL, before), seen  # qchan's own handler
     assert signal.getsignal(signal.SIGTERM) is before  # and the old one is back
+    assert states and not states[0].exists()  # the state folder went too
 
 
 def test_metrics_without_prometheus_client_names_the_pip_command(
@@ -419,7 +427,7 @@ def test_capacity_reaches_each_child_and_a_bad_one_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = parser().parse_args(["worker", "m:f", "mem://x", "--capacity", "8"])
-    argv = Supervisor(args, tmp_path).command(0)
+    argv = Supervisor(args, tmp_path, threading.Event(), []).command(0)
     assert argv[argv.index("--capacity") + 1] == "8"  # the child runs serve(capacity=8)
     assert parser().parse_args(argv[3:]).capacity == 8
     with pytest.raises(SystemExit) as exited:
