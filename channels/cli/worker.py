@@ -322,7 +322,7 @@ class Supervisor:
             failed = self._supervise()
             if failed is not None:
                 return failed
-            return self._stop(self.received)
+            return self._stop()
         finally:
             self._kill_all()
 
@@ -363,8 +363,9 @@ class Supervisor:
         log.warning("child %d (pid %d) %s; restarting it in %.1f s", child.index, pid, how, delay)
         child.restart_at = now + delay
 
-    def _stop(self, received: list[signal.Signals]) -> int:
+    def _stop(self) -> int:
         """The first signal: each child stops gracefully; a second one: kill them."""
+        received = self.received
         first = received[0] if received else signal.SIGTERM
         running = [c for c in self.children if c.proc is not None]
         log.warning(
