@@ -4,7 +4,8 @@ A queue named `orders` is the same queue for every connection in the process
 and lives until the process exits. Delivery works like SQS: a received
 message is invisible for `visibility_timeout` seconds (default 30) and comes
 back if it is not deleted (acked) by then; a nack makes it visible again at
-once or after a delay. With `max_deliveries`, a message delivered that many
+once or after a delay; a release (a receiver closing) makes it visible again
+without counting a delivery. With `max_deliveries`, a message delivered that many
 times without an ack moves to the queue's dead letters (like an SQS redrive
 policy's maxReceiveCount). Fault injection (`fail_sends`, `fail_receives`) lets tests exercise
 retries and dead letters without a network.
@@ -260,6 +261,17 @@ class Broker:
                     heapq.heappush(self._delayed, (now + delay, entry[0].seq, entry[0]))
             self._cond.notify_all()
 
+    def release(self, receipts: Sequence[int]) -> None:
+        """Visible again now, and not a delivery: the receiver gave them back unhandled
+        (closing), so they do not count toward `max_deliveries`."""
+        with self._cond:
+            for r in receipts:
+                entry = self._invisible.pop(r, None)
+                if entry is not None:
+                    entry[0].receives -= 1
+                    self._requeue(entry[0])
+            self._cond.notify_all()
+
     def extend(self, receipts: Sequence[int]) -> None:
         with self._cond:
             until = time.monotonic() + self.visibility_timeout
@@ -388,6 +400,15 @@ class EmbeddedAdapter(Adapter):
 
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         self.broker.dead_letter([b.digest for b in bags])
+
+    def release(self, bags: Sequence[Bag]) -> None:
+        """Back on the queue at once, uncounted: a release is not a delivery attempt."""
+        self.broker.release([b.digest for b in bags])
+
+    @property
+    def visibility(self) -> float:
+        """The queue's visibility timeout: the kernel extends what it holds before it ends."""
+        return self.broker.visibility_timeout
 
     def extend(self, bags: Sequence[Bag]) -> None:
         self.broker.extend([b.digest for b in bags])

@@ -164,6 +164,18 @@ class Adapter(abc.ABC):
         self.name = name
         self.hooks = Hooks()
 
+    @property
+    def visibility(self) -> float | None:
+        """Seconds the broker keeps a received, unsettled message from other consumers before
+        it delivers it again (SQS's VisibilityTimeout, mem://'s visibility_timeout); None
+        where the broker has no such clock (the default).
+
+        The kernel then calls `extend` on what it holds every third of it (the queue's
+        `heartbeat` overrides the interval), so a message waiting in a buffer or held by
+        the application is never delivered twice for being slow.
+        """
+        return None
+
     # -- required: every adapter implements these four -------------------------
 
     @abc.abstractmethod

@@ -145,6 +145,7 @@ class Chan(Generic[T]):
         "_lock",
         "_recvq",
         "_sendq",
+        "_watch",
         "name",
     )
 
@@ -161,6 +162,10 @@ class Chan(Generic[T]):
         self._sendq: deque[_Entry] = deque()
         self._closed = False
         self._failure: QueueFailed | None = None  # set by _fail: closed because its queue failed
+        # Called (with no lock held) after a receiver takes an item or parks to wait for
+        # one: the kernel sets it on a `rcv` while its poller waits for demand (see
+        # kernel/routes.py). None for every other channel: one test per receive.
+        self._watch: Callable[[], None] | None = None
         self.name = name
 
     # -- state ---------------------------------------------------------------
@@ -312,16 +317,24 @@ class Chan(Generic[T]):
             _acquire_contended(lock)
         try:
             buf = self._buf
+            value: Any
             if buf and not self._sendq:
-                return buf.popleft()  # the common case, inline
-            done, value, ok = self._take()
-            if not done:
-                if timeout is not None and timeout <= 0:
-                    raise TimeoutError(f"recv on {self!r} would block")
-                w = _waiter()
-                self._recvq.append((w, 0, None))
+                value = buf.popleft()  # the common case, inline
+                if self._watch is None:
+                    return value  # type: ignore[no-any-return]
+                done, ok = True, True
+            else:
+                done, value, ok = self._take()
+                if not done:
+                    if timeout is not None and timeout <= 0:
+                        raise TimeoutError(f"recv on {self!r} would block")
+                    w = _waiter()
+                    self._recvq.append((w, 0, None))
         finally:
             lock.release()
+        watch = self._watch
+        if watch is not None:  # room in the buffer, or a receiver waiting: demand
+            watch()
         if done:
             if not ok:
                 raise self._drained_error()
@@ -429,6 +442,18 @@ class Chan(Generic[T]):
             return got
         finally:
             lock.release()
+
+    def _withdraw(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Take the buffered items that `predicate` picks out of the buffer (no receiver
+        will get them); the others keep their order. For the kernel's dispatcher, the one
+        sender of the channels it uses this on."""
+        with _Locked(self._lock):
+            picked = [x for x in self._buf if predicate(x)]
+            if picked:
+                kept = [x for x in self._buf if not predicate(x)]
+                self._buf.clear()  # in place: a reader may hold the deque itself
+                self._buf.extend(kept)
+            return picked
 
     def _buffered(self) -> list[T]:
         """A copy of the items buffered now (not yet received), oldest first."""

@@ -153,16 +153,24 @@ def _fast(cases: Any, n: int) -> Selected | None:
             if buf and not c._sendq:
                 got = buf.popleft()
                 c._lock.release()
+                if c._watch is not None:
+                    c._watch()
                 return _selected(i, got, True)
         try:
             sel = _perform((c, sending, case[1] if sending else None), i)
         finally:
             c._lock.release()
         if sel is not None:
+            if not sending and c._watch is not None:
+                c._watch()
             return sel
     if busy is not None:
         with _Locked(busy[0]._lock):
-            return _perform(busy, busy_index)
+            sel = _perform(busy, busy_index)
+        watch = busy[0]._watch
+        if sel is not None and not busy[1] and watch is not None:
+            watch()
+        return sel
     return None
 
 
@@ -180,20 +188,28 @@ def _slow(ops: list[_Op], timeout: float | None) -> Selected | None:
             for i, (c, sending, _) in enumerate(ops)
             if (c._send_ready() if sending else c._recv_ready())
         ]
+        sel = None
         while ready:
             k = ready[int(_random() * len(ready))]
             sel = _perform(ops[k], k)
             if sel is not None:
-                return sel
+                break
             ready.remove(k)  # its parked peers had all been claimed elsewhere
-        if timeout is not None and timeout <= 0:
-            return None
-        w = _waiter()
-        for i, (c, sending, value) in enumerate(ops):
-            (c._sendq if sending else c._recvq).append((w, i, value))
+        else:
+            if timeout is not None and timeout <= 0:
+                return None
+            w = _waiter()
+            for i, (c, sending, value) in enumerate(ops):
+                (c._sendq if sending else c._recvq).append((w, i, value))
     finally:
         for c in chans:
             c._lock.release()
+    # A receive performed, or receivers now parked: tell the channels that watch for it.
+    for i, (c, sending, _) in enumerate(ops):
+        if not sending and c._watch is not None and (sel is None or sel.index == i):
+            c._watch()
+    if sel is not None:
+        return sel
     return _wait(w, ops, chans, timeout)
 
 

@@ -175,6 +175,7 @@ class Dispatcher:
             if r not in self.receivers:
                 if self.gate.routes.get(r.category) is not r:
                     # its channel closed while the messages were on their way
+                    self.gate.arrived += len(msgs)
                     self._release([m.bag for m in msgs if m.bag])
                     continue
                 # The poller routed by the new table before this thread took the
@@ -182,6 +183,9 @@ class Dispatcher:
                 # ready case), so open it now rather than release them.
                 self._open(r)
             r.pending.extend(msgs)
+            # After the extend: the poller may count them twice for a moment, never zero
+            # times (it would take more than the consumers can use).
+            self.gate.arrived += len(msgs)
 
     def _poison(self, p: Poison) -> None:
         self.ctx.counters.poison += 1
@@ -352,13 +356,22 @@ class Dispatcher:
 
     def _revoke(self, predicate: Any, box: list[int], done: threading.Event) -> None:
         """Forget messages the adapter lost (a rebalance): no release, no ack; a new owner
-        redelivers them. Messages already in a buffered rcv still reach the application;
-        their acks are then ignored."""
+        redelivers them. Those waiting in rcv's buffer are taken out of it, so the
+        application never handles them here; only the ones it holds already may be
+        handled twice (their acks are ignored)."""
         dropped = 0
+
+        def lost(m: Msg[Any]) -> bool:
+            return m.bag is not None and bool(predicate(m.bag))
+
         for r in self.receivers:
-            keep = deque(m for m in r.pending if not (m.bag and predicate(m.bag)))
+            keep = deque(m for m in r.pending if not lost(m))
             dropped += len(r.pending) - len(keep)
             r.pending = keep
+            for m in r.rcv._withdraw(lost):
+                if m.bag is not None and self.parked.pop(m.bag, None) is None:
+                    self.flight.pop(m.bag, None)
+                dropped += 1
         for bag in [b for b in self.flight if predicate(b)]:
             del self.flight[bag]
             dropped += 1

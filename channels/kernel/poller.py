@@ -1,9 +1,12 @@
 """The poller: one thread per queue that takes messages from the broker.
 
-It calls `adapter.receive` while some category is open and fewer than
-`in_flight` messages are outstanding (`adapter.hold` when the limit is reached,
-`adapter.idle` when no channel is open), decodes each bag with its category's
-codec and hands the batch to the dispatcher. Bags it cannot decode or route go
+It calls `adapter.receive` while some category is open, fewer than `in_flight`
+messages are outstanding and the consumers have demand (free `rcv` buffer and
+waiting receivers beyond what was received and not handed over yet: see
+`Gate.want`), asking for no more than that demand; `adapter.hold` while the
+limit is reached or there is no demand, `adapter.idle` while no channel is open.
+It decodes each bag with its category's codec and hands the batch to the
+dispatcher. Bags it cannot decode or route go
 to the dispatcher as `Poison`, which reports them and applies the adapter's
 poison policy.
 """
@@ -54,13 +57,13 @@ class Poller:
                 while True:
                     if gate.stopping or ctx.failure() is not None:
                         return
-                    now = gate.state()
+                    want = gate.want()
+                    now = "receive" if want > 0 else "hold" if want == 0 else "idle"
                     if now != state:  # a new state: ask the adapter (again) whether it tends it
                         state, serviceable = now, True
                     if state == "receive" or serviceable:
                         break
                     gate.cond.wait()
-                room = gate.limit - gate.count
                 gate.idling = state != "receive"
             if state != "receive":
                 # Two different signals, never one: hold keeps what the adapter took
@@ -73,7 +76,7 @@ class Poller:
                     serviceable = False
                 continue
             try:
-                bags = adapter.receive(min(adapter.max_receive, room), ctx.poll_wait)
+                bags = adapter.receive(min(adapter.max_receive, want), ctx.poll_wait)
                 failures = 0
             except Exception as e:
                 failures += 1
@@ -106,6 +109,7 @@ class Poller:
         run: list[Msg[Any]] = []  # consecutive messages for one receiver
         last: Receiver | None = None
         name = self.ctx.name
+        routed = 0
         for bag in bags:
             if bag.deliveries > 1:
                 stats.redelivered += 1
@@ -144,6 +148,8 @@ class Poller:
                 last = r
             # positional: a third faster than with the keyword (1.2 us against 1.7)
             run.append(Msg(obj, bag.category, bag.digest, bag.attributes, None, None, bag))
+            routed += 1
+        self.gate.sent += routed  # only this thread writes it
         self._hand_over(handoff)
 
     def _hand_over(self, handoff: Handoff) -> None:

@@ -84,8 +84,11 @@ class Queue:
       before it counts as nacked (30); the clock starts when it leaves rcv's
       buffer (checked at least once a second). ack_linger: acks are batched for at most this
       long (10 ms); a batch goes sooner once it holds half of in_flight (or
-      the adapter's max_batch). heartbeat: seconds between visibility extensions of held
-      messages (off by default; brokers without visibility ignore it).
+      the adapter's max_batch). heartbeat: seconds between visibility extensions of the
+      messages the queue holds (waiting in a buffer or held by the application); by
+      default a third of the broker's visibility timeout where it has one (SQS,
+      mem://), so none of them is delivered again for waiting; give it to override the
+      interval (it must be shorter than the timeout).
     - errors: a channel for everything the workers cannot hand to a specific
       channel (poison messages, connection loss); when absent they are logged.
       Give it a buffer: a full errors channel falls back to logging.
@@ -129,6 +132,13 @@ class Queue:
             errors=errors,
             close_timeout=close_timeout,
         )
+        visibility = adapter.visibility
+        if heartbeat is not None and visibility is not None and heartbeat >= visibility:
+            raise OptionError(
+                f"heartbeat={heartbeat!r} s is not shorter than the visibility timeout of "
+                f"{adapter!r} ({visibility} s): held messages would be delivered again between "
+                f"two extensions; leave heartbeat out (a third of the timeout) or give less"
+            )
         self.adapter = adapter
         self.name = adapter.name
         self.log = logging.LoggerAdapter(log, {"queue": adapter.name})
@@ -175,12 +185,20 @@ class Queue:
             in_flight=self.in_flight,
             time_to_flight=self.time_to_flight,
             ack_linger=self.ack_linger,
-            heartbeat=self.heartbeat,
+            heartbeat=self._beat(),
             counters=self._counters,
             report=self._report,
             fail=self._fail,
             failure=lambda: self._failure,
         )
+
+    def _beat(self) -> float | None:
+        """Seconds between extensions of what the queue holds: `heartbeat` if given, else a
+        third of the broker's visibility timeout (None: the broker has none)."""
+        if self.heartbeat is not None:
+            return self.heartbeat
+        visibility = self.adapter.visibility
+        return max(0.01, visibility / 3) if visibility else None
 
     def __repr__(self) -> str:
         state = (

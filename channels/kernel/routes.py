@@ -60,12 +60,19 @@ Handoff = list[tuple[Receiver, list[Msg[Any]]] | Poison | Stray]
 
 
 class Gate:
-    """The routing table and the in-flight count of one queue.
+    """The routing table, the in-flight count and the demand of one queue.
 
-    Shared by the application's threads (a `dequeue` opens and closes a route), the
-    poller (it waits here for a route and for room, and counts what it takes) and the
-    dispatcher (it counts what is settled). `routes` is replaced, never mutated, so the
-    poller reads it without the lock.
+    Shared by the application's threads (a `dequeue` opens and closes a route; a
+    receive on a watched `rcv` pokes it), the poller (it waits here for a route,
+    for room and for demand, and counts what it takes) and the dispatcher (it
+    counts what is settled, and what it takes from the poller). `routes` is
+    replaced, never mutated, so the poller reads it without the lock.
+
+    Demand (DESIGN.md section 9): what the consumers can use soon, the free
+    buffer of every open `rcv` plus the receivers waiting on it. The poller takes
+    from the broker only while the messages received and not yet handed to the
+    application (`unhanded`) are fewer; the in-flight limit caps everything the
+    queue holds, the application's part included.
     """
 
     def __init__(self, adapter: Adapter, limit: int) -> None:
@@ -76,6 +83,11 @@ class Gate:
         self.count = 0  # in flight: received and not yet acked, nacked, released or rejected
         self.idling = False  # the poller is in adapter.hold or adapter.idle, not receive
         self.stopping = False
+        # Routed messages the poller has handed over / the dispatcher has taken in: each
+        # written by one thread only, so no lock; their difference is what is in transit.
+        self.sent = 0
+        self.arrived = 0
+        self.watching = False  # the rcv channels' watches are set (see want)
 
     def open(self, r: Receiver, queue: str) -> bool:
         """Route `r`'s category to it; whether the poller sits in adapter.idle or hold
@@ -88,6 +100,7 @@ class Gate:
             return self.idling
 
     def close(self, r: Receiver) -> None:
+        r.rcv._watch = None
         with self.cond:
             if self.routes.get(r.category) is r:
                 self.routes = {k: v for k, v in self.routes.items() if v is not r}
@@ -100,17 +113,57 @@ class Gate:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+            self._unwatch()
         self.adapter.wakeup()
 
     def is_stopping(self) -> bool:
         return self.stopping
 
-    def state(self) -> str:
-        """What the poller may do now (the caller holds `cond`): "receive", "hold" (the
-        in-flight limit is reached) or "idle" (no channel to receive for)."""
-        if not self.routes:
-            return "idle"
-        return "hold" if self.count >= self.limit else "receive"
+    def want(self) -> int:
+        """How many messages the poller may take now (the caller holds `cond`): 0 while
+        the in-flight limit is reached or the consumers have all they can use soon,
+        -1 while no channel is open. At 0 it sets a watch on every `rcv`, so that the
+        next receive (or a receiver that starts waiting) pokes the poller."""
+        routes = self.routes
+        if not routes:
+            return -1
+        room = self.limit - self.count
+        if room <= 0:
+            return 0
+        demand = 0
+        unhanded = self.sent - self.arrived
+        for r in routes.values():
+            rcv = r.rcv
+            demand += rcv._capacity + len(rcv._recvq)
+            unhanded += len(r.pending) + len(rcv._buf)
+        want = min(room, demand - unhanded)
+        if want > 0:
+            if self.watching:
+                self._unwatch()
+            return want
+        if not self.watching:
+            self.watching = True
+            for r in routes.values():
+                r.rcv._watch = self.poke
+            return self.want()  # a receive may have slipped in before the watch was set
+        return 0
+
+    def _unwatch(self) -> None:
+        self.watching = False
+        for r in self.routes.values():
+            r.rcv._watch = None
+
+    def poke(self) -> None:
+        """A receiver took a message from its `rcv` or started waiting (a watch fired): the
+        poller looks at the demand again, cutting an adapter.hold short."""
+        with self.cond:
+            if not self.watching:
+                return
+            self._unwatch()
+            self.cond.notify_all()
+            wake = self.idling
+        if wake:
+            self.adapter.wakeup()
 
     def taken(self, n: int) -> None:
         with self.cond:
