@@ -67,16 +67,9 @@ class RabbitMQAdapter(Adapter):
 
     def bind(self, hooks: Hooks) -> None:
         super().bind(hooks)
-        # The broker stops pushing at the kernel's in-flight limit: more prefetch would
-        # only sit in this process, invisible to other consumers, while the kernel holds.
+        # The credit of the consumer's lines (what the broker may push ahead of acks) never
+        # exceeds the kernel's in-flight limit: it follows the kernel's demand below that.
         limit = min(self.settings.prefetch, max(1, hooks.in_flight))
-        if limit < self.settings.prefetch:
-            log.info(
-                "queue %s: prefetch %d capped at the in-flight limit %d",
-                self.settings.queue,
-                self.settings.prefetch,
-                limit,
-            )
         self._consumer.prefetch = limit
         self.max_receive = min(limit, type(self).max_receive)
 
@@ -92,9 +85,10 @@ class RabbitMQAdapter(Adapter):
         return self._consumer.receive(max_items, wait)
 
     def hold(self, wait: float) -> bool:
-        """In-flight limit reached: keep the consumer connection's I/O going (acks reach the
-        broker, heartbeats are answered) and every delivery; `basic.qos` keeps the broker
-        from pushing more."""
+        """No demand, or the in-flight limit reached: keep the consumer connection's I/O
+        going (acks reach the broker, heartbeats are answered) and every delivery; full
+        credit lines the kernel does not need are cancelled, so the broker pushes no more
+        than the consumers can use."""
         self._consumer.hold(wait)
         return True
 
@@ -109,7 +103,8 @@ class RabbitMQAdapter(Adapter):
         self._consumer.settle([Settle("ack", _receipt(b)) for b in bags])
 
     def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        """Requeue now, or after `delay` s (held un-acked meanwhile); dead-letter when exhausted."""
+        """Back on the queue now, or after `delay` s (held un-acked meanwhile), one delivery
+        more counted; dead-letter when exhausted."""
         self._requeue_or_dead_letter(bags, delay, "failed")
 
     def nack_failed(
@@ -128,7 +123,7 @@ class RabbitMQAdapter(Adapter):
                     f"message(s) given up on are requeued, not dropped"
                 )
             )
-            self._consumer.settle([Settle("requeue", _receipt(b)) for b in bags])
+            self._consumer.settle([Settle("requeue", _receipt(b), bag=b) for b in bags])
             return
         for bag, error in zip(bags, errors, strict=True):
             self._consumer.dead_lettered(
@@ -137,8 +132,9 @@ class RabbitMQAdapter(Adapter):
         self._consumer.settle([Settle("dead", _receipt(b), bag=b) for b in bags])
 
     def release(self, bags: Sequence[Bag]) -> None:
-        """Requeue at once; never dead-letters (the application did not refuse them)."""
-        self._consumer.settle([Settle("requeue", _receipt(b)) for b in bags])
+        """Back on the queue at once, not counted as a delivery, never dead-lettered (the
+        application did not refuse them): a copy with the same count, then an ack."""
+        self._consumer.settle([Settle("release", _receipt(b), bag=b) for b in bags])
 
     def reject(self, bag: Bag, error: MessageError) -> None:
         """Undecodable or unroutable: requeue after `reject_delay` s; counts as a delivery.
@@ -168,7 +164,7 @@ class RabbitMQAdapter(Adapter):
                 reason = why if errors is None else f"{why} ({describe(errors[i])})"
                 self._consumer.dead_lettered(bag, f"{reason} on delivery {bag.deliveries}")
             else:
-                ops.append(Settle("requeue", receipt, due))
+                ops.append(Settle("requeue", receipt, due, bag))
         self._consumer.settle(ops)
 
     def wakeup(self) -> None:

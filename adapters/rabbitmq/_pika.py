@@ -63,6 +63,7 @@ class BasicProperties(Protocol):
 class Deliver(Protocol):
     """`Basic.Deliver`: what the broker says about one delivery."""
 
+    consumer_tag: str
     delivery_tag: int
     redelivered: bool
     routing_key: str
@@ -250,6 +251,29 @@ def properties(
             delivery_mode=pika.DeliveryMode.Persistent,
         ),
     )
+
+
+#: BasicProperties fields a copy keeps (user_id goes: the broker checks it against the
+#: publishing connection's user, and the copy is published by ours).
+_COPIED = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+)
+
+
+def copied(props: BasicProperties, headers: dict[str, Any]) -> BasicProperties:
+    """`props` for a copy of a delivered message, with `headers` instead of its own."""
+    fields = {name: getattr(props, name, None) for name in _COPIED}
+    return cast(BasicProperties, pika.BasicProperties(headers=headers, **fields))
 
 
 def is_nack(frame: ConfirmFrame) -> bool:

@@ -4,7 +4,18 @@ Body = the encoded object, untouched. Every bag attribute (`Category`,
 `Source`, `System`, `Queue`, and any other) is an AMQP header with a string
 value; `content_type` and `message_id` are the native properties; messages are
 persistent. On receive, headers whose names start with `x-` are the broker's
-(`x-delivery-count`, `x-death`, ...) and stay out of `Bag.attributes`.
+(`x-delivery-count`, `x-death`, ...) and stay out of `Bag.attributes`, as does
+`qchan-deliveries` (below).
+
+Delivery counting (docs/rabbitmq.md, "Delivery counts"): `Bag.deliveries` counts
+deliveries to the application. RabbitMQ before 4.3 raises a quorum queue's
+`x-delivery-count` for every return, a consumer closing with messages it never
+handed out included, and a classic queue only says `redelivered`. So qchan never
+returns a message with `basic.nack`/`reject` on purpose: it publishes a copy to
+the queue (confirmed) carrying `qchan-deliveries`, the deliveries counted so far,
+then acks the original. What the broker counts after that (`x-delivery-count`,
+or `redelivered` on a classic queue) are the returns qchan did not choose: a
+consumer that died or lost its connection.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ __all__ = ["Receipt", "bag_from_delivery", "properties_for"]
 log = logging.getLogger("qchan.adapters.rabbitmq")
 
 DELIVERY_COUNT = "x-delivery-count"
+#: The header of a copy qchan put back on the queue: deliveries counted before the copy.
+DELIVERIES = "qchan-deliveries"
 
 
 @attrs.frozen
@@ -62,22 +75,43 @@ def _header_text(value: Any) -> str | None:
     return None
 
 
+def counted(headers: dict[str, Any]) -> int:
+    """The deliveries a copy carries (`qchan-deliveries`; 0 on an original)."""
+    value = headers.get(DELIVERIES)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    try:
+        return max(0, int(value)) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def returned(headers: dict[str, Any], redelivered: bool) -> int | None:
+    """Returns the broker counted since the message (or its last copy) was published: a
+    quorum queue's `x-delivery-count`; None where only `redelivered` says (a classic
+    queue), at least one then."""
+    count = headers.get(DELIVERY_COUNT)
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    return None if redelivered else 0
+
+
 def bag_from_delivery(
     generation: int, method: pk.Deliver, props: pk.BasicProperties, body: bytes, queue: str
 ) -> Bag:
-    """One delivery as a Bag; `deliveries` from x-delivery-count (quorum) or `redelivered`."""
+    """One delivery as a Bag; `deliveries` = the copies' count + the broker's returns + 1."""
     headers = props.headers or {}
     attributes: dict[str, str] = {}
     for name, value in headers.items():
-        if name.startswith("x-"):
+        if name.startswith("x-") or name == DELIVERIES:
             continue
         text = _header_text(value)
         if text is None:
             log.debug("queue %s: header %r is not a string attribute; skipped", queue, name)
             continue
         attributes[name] = text
-    count = headers.get(DELIVERY_COUNT)
-    deliveries = count + 1 if isinstance(count, int) else 2 if method.redelivered else 1
+    back = returned(headers, method.redelivered)
+    deliveries = counted(headers) + (1 if back is None else back) + 1
     return Bag(
         category=attributes.get(ATTR_CATEGORY, ""),
         body=body,

@@ -354,39 +354,63 @@ def test_wakeup_cuts_a_blocked_receive_short_and_gives_nothing_back(
 
 
 @integration
-def test_idle_pauses_and_gives_prefetched_deliveries_back(
+def test_idle_pauses_and_gives_what_arrived_ahead_back_uncounted(
     make_adapter: Any, queue_name: str, admin: Any
 ) -> None:
-    """Nobody listens (Adapter.idle): the subscription is cancelled and what the broker
-    pushed ahead goes back, so other consumers get it; the next receive subscribes again."""
+    """Nobody listens (Adapter.idle): the credit lines are cancelled and what the broker
+    pushed but the kernel did not take goes back uncounted (a copy, then an ack), so
+    other consumers get it; the next receive subscribes again."""
     adapter = make_adapter(queue_name)
     adapter.send_batch([bag(i) for i in range(3)])
-    (first,) = receive_n(adapter, 1)  # subscribed: the other two are prefetched here
+    first = adapter.receive(1, 10.0)  # a line of credit 1: the broker pushes one
+    assert len(first) == 1
+    assert stays(lambda: queue_depth(admin, queue_name) == 2)  # no more than asked for
+    got = adapter.receive(2, 10.0)  # a line of credit 2 more
     wait_for(lambda: queue_depth(admin, queue_name) == 0, 10.0, "pushed to the subscriber")
-    adapter.idle(0.1)
-    wait_for(lambda: queue_depth(admin, queue_name) == 2, 10.0, "the prefetched two back")
+    adapter.idle(0.1)  # what arrived and was not returned goes back
+    wait_for(lambda: queue_depth(admin, queue_name) == 2 - len(got), 10.0, "the rest back")
     adapter.send_batch([bag(3)])
-    assert stays(lambda: queue_depth(admin, queue_name) == 3)  # paused: nothing pushed to us
-    adapter.ack([first])
-    adapter.ack(receive_n(adapter, 3))
+    assert stays(lambda: queue_depth(admin, queue_name) == 3 - len(got))  # paused
+    adapter.ack([*first, *got])
+    rest = receive_n(adapter, 3 - len(got))
+    assert [b.deliveries for b in rest] == [1] * len(rest)  # a give-back is no delivery
+    adapter.ack(rest)
 
 
 @integration
-def test_hold_keeps_every_prefetched_delivery_uncounted(
+def test_the_adapter_takes_no_more_than_the_kernel_asks(
     make_adapter: Any, queue_name: str, admin: Any
 ) -> None:
-    """The in-flight limit reached (Adapter.hold): nothing is requeued, so no delivery
-    count grows, however long and however often the kernel holds and wakes."""
+    """Credit follows demand (issue 25): asked for 3 of 40, the broker pushes 3, however
+    long the kernel holds; asked for 2 more, 2 more."""
+    adapter = make_adapter(queue_name)
+    adapter.send_batch([bag(i) for i in range(40)])
+    got = receive_n(adapter, 3)
+    for _ in range(5):
+        assert adapter.hold(0.05) is True
+    assert queue_depth(admin, queue_name) == 37
+    got += receive_n(adapter, 2)
+    assert stays(lambda: queue_depth(admin, queue_name) == 35)
+    adapter.ack(got)
+
+
+@integration
+def test_hold_keeps_every_delivery_uncounted(
+    make_adapter: Any, queue_name: str, admin: Any
+) -> None:
+    """The kernel holds (Adapter.hold): nothing is requeued, so no delivery count grows,
+    however long and however often the kernel holds and wakes."""
     adapter = make_adapter(queue_name, max_deliveries=2)
     adapter.send_batch([bag(i) for i in range(5)])
-    (first,) = receive_n(adapter, 1)
+    first = adapter.receive(5, 10.0)
+    wait_for(lambda: queue_depth(admin, queue_name) == 0, 10.0, "pushed to the subscriber")
     for _ in range(5):  # hold, woken again and again as acks free room
         adapter.wakeup()
         assert adapter.hold(0.05) is True
     assert queue_depth(admin, queue_name) == 0  # still ours, not requeued
-    rest = receive_n(adapter, 4)
-    assert [b.deliveries for b in [first, *rest]] == [1] * 5
-    adapter.ack([first, *rest])
+    rest = receive_n(adapter, 5 - len(first))
+    assert [b.deliveries for b in [*first, *rest]] == [1] * 5
+    adapter.ack([*first, *rest])
     assert stays(lambda: queue_depth(admin, f"{queue_name}.dlq") == 0)
 
 
