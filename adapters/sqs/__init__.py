@@ -65,6 +65,10 @@ _PERMANENT_CODES = frozenset(
         "AWS.SimpleQueueService.UnsupportedOperation",
     }
 )
+# What SQS says of a receipt handle that has expired (the message was received again).
+_EXPIRED_CODES = frozenset(
+    {"ReceiptHandleIsInvalid", "AWS.SimpleQueueService.ReceiptHandleIsInvalid"}
+)
 _NOT_FOUND_CODES = frozenset(
     {
         "AWS.SimpleQueueService.NonExistentQueue",
@@ -154,6 +158,7 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         self._queue_content_dedup = False
         self._dead_letter_arn: str | None = None  # from the queue's RedrivePolicy
         self._dead_letter_url: str | None = None
+        self._max_receives: int | None = None  # the RedrivePolicy's maxReceiveCount
 
         common: aws.ClientOptions = {
             "session": aws.session_for(session, profile),
@@ -209,6 +214,13 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
 
     # -- the contract --------------------------------------------------------
 
+    @property
+    def visibility(self) -> float:
+        """The visibility timeout receives get: `visibility_timeout`, else the queue's own."""
+        if self.visibility_timeout is not None:
+            return float(self.visibility_timeout)
+        return float(self._queue_visibility)
+
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         if self._woken.is_set():
             self._woken.clear()
@@ -227,7 +239,18 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
             reply = self._poll_client.receive_message(**request)
         except (BotoCoreError, ClientError) as e:
             raise self._error("receive", e) from e
-        return [self._received(wire.bag_from_message(m)) for m in reply.get("Messages", [])]
+        bags = [self._received(wire.bag_from_message(m)) for m in reply.get("Messages", [])]
+        limit = self._max_receives
+        if limit is None or all(b.deliveries <= limit for b in bags):
+            return bags
+        # Past the redrive policy's maxReceiveCount: only a copy gets here (SQS counts the
+        # copy's receives from 0), delivered that often without an ack: consumers die on it.
+        over = [b for b in bags if b.deliveries > limit]
+        self.dead_letter(
+            over,
+            [QchanError(f"delivered {b.deliveries - 1} times without an ack") for b in over],
+        )
+        return [b for b in bags if b.deliveries <= limit]
 
     def _received(self, bag: Bag) -> Bag:
         if not self.unwrap:
@@ -257,8 +280,52 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
             raise ValueError(f"nack delay must be >= 0 s, not {delay}")
         self._change_visibility(bags, min(math.ceil(delay), wire.MAX_VISIBILITY_SECONDS), "nack")
 
+    def nack_failed(
+        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    ) -> None:
+        """Visible again after `delay`; a delivery that used up the redrive policy's
+        maxReceiveCount goes to the dead-letter queue now (a copy qchan gave back counts
+        its deliveries on: SQS would count its receives from 0)."""
+        limit = self._max_receives
+        spent = [] if limit is None else [i for i, b in enumerate(bags) if b.deliveries >= limit]
+        if spent:
+            self.dead_letter([bags[i] for i in spent], [errors[i] for i in spent])
+            bags = [b for i, b in enumerate(bags) if i not in spent]
+        if bags:
+            self.nack(bags, delay)
+
     def release(self, bags: Sequence[Bag]) -> None:
-        self._change_visibility(bags, 0, "release")
+        """Give back unhandled bags without counting a delivery: SQS counted the receive, so
+        on a standard queue each goes back as a copy carrying its count and id, and the
+        original is deleted; a copy that fails, and a FIFO queue's message (a copy would
+        go behind the rest of its group), is made visible again instead (counted)."""
+        if self.fifo or not bags:
+            self._change_visibility(bags, 0, "release")
+            return
+        received = [self._as_received(b) for b in bags]
+        try:
+            outcomes = self.send_batch([wire.give_back(b, b.deliveries - 1) for b in received])
+        except Exception as e:  # noqa: BLE001 - the originals become visible again below
+            outcomes = [e] * len(bags)
+        copied = [b for b, o in zip(bags, outcomes, strict=True) if o is None]
+        failed = [b for b, o in zip(bags, outcomes, strict=True) if o is not None]
+        if copied:
+            self.ack(copied)
+        if failed:
+            log.info(
+                "queue %s: %d message(s) could not be given back as copies (%s); made visible "
+                "again, which SQS counts as a receive",
+                self.name,
+                len(failed),
+                next(o for o in outcomes if o is not None),
+            )
+            self._change_visibility(failed, 0, "release")
+
+    def _as_received(self, bag: Bag) -> Bag:
+        """The SQS message as received (an unwrapped bag's envelope), with the bag's count."""
+        with self._envelopes_lock:
+            received = self._envelopes.get(bag, bag)
+        return received
 
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         """The application gave up: copy each to the queue's redrive dead-letter queue, then
@@ -279,8 +346,7 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         fifo = target.endswith(".fifo")
         copied: list[Bag] = []
         for bag, error in zip(bags, errors, strict=True):
-            with self._envelopes_lock:
-                received = self._envelopes.get(bag, bag)
+            received = self._as_received(bag)
             try:
                 entry, _ = wire.entry(
                     received,
@@ -440,6 +506,17 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
 
     def _report_failed(self, what: str, failed: Sequence[Mapping[str, Any]]) -> None:
         for f in failed:
+            expired = f.get("Code", "") in _EXPIRED_CODES or "ReceiptHandle" in f.get("Message", "")
+            if what.startswith(("release", "nack")) and expired:
+                # The receipt expired first: the message is visible again already, which
+                # is what a release or a nack asked for. A race that ends well.
+                log.info(
+                    "queue %s: %s of an expired receipt (%s); the message is visible already",
+                    self.name,
+                    what,
+                    f.get("Code", ""),
+                )
+                continue
             self.hooks.report(
                 SQSError(
                     f"{what} failed for a message of queue {self.name}: "
@@ -488,8 +565,11 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         try:
             redrive = json.loads(attrs.get("RedrivePolicy") or "{}")
             self._dead_letter_arn = redrive.get("deadLetterTargetArn") or None
-        except (ValueError, AttributeError):
+            count = int(redrive.get("maxReceiveCount", 0))
+            self._max_receives = count if count > 0 and self._dead_letter_arn else None
+        except (ValueError, AttributeError, TypeError):
             self._dead_letter_arn = None
+            self._max_receives = None
         log.debug(
             "queue %s: resolved to %s (max message %d bytes, visibility %d s)",
             self.name,

@@ -17,6 +17,11 @@ Pure functions, no I/O, so the format can be read (and tested) in one place.
 - Envelopes: a message an EventBridge rule or an SNS subscription (raw delivery
   off) put on the queue is received as the message inside (`unwrapped`, by the
   rule of `qchan.envelopes`), with the SQS message's id, receipt and counts.
+- Copies: SQS counts every receive (ApproximateReceiveCount), so a message given
+  back unhandled (a consumer closing) goes back as a copy, then the original is
+  deleted: the copy carries `qchan-deliveries` (the deliveries counted so far) and
+  `qchan-id` (the original's id), which `bag_from_message` folds back into
+  `Bag.deliveries` and `Bag.id` and removes from the attributes.
 """
 
 from __future__ import annotations
@@ -181,8 +186,15 @@ def dedup_id(bag: Bag, content: bool) -> str | None:
     return bag.id or uuid.uuid4().hex
 
 
+#: Attributes of a copy qchan put back on a queue instead of a release (see `give_back`):
+#: the deliveries counted before the copy, and the id of the message it copies.
+DELIVERIES_ATTR = "qchan-deliveries"
+ID_ATTR = "qchan-id"
+
+
 def bag_from_message(message: MessageTypeDef) -> Bag:
-    """The Bag for a received SQS message (digest = ReceiptHandle, id = MessageId)."""
+    """The Bag for a received SQS message (digest = ReceiptHandle, id = MessageId, or the
+    original's for a copy; deliveries = ApproximateReceiveCount, plus a copy's count)."""
     attrs: dict[str, str] = {}
     for name, value in message.get("MessageAttributes", {}).items():
         if "StringValue" in value:
@@ -192,14 +204,33 @@ def bag_from_message(message: MessageTypeDef) -> Bag:
             attrs[name] = base64.b64encode(value["BinaryValue"]).decode("ascii")
     body, attrs = decode_body(message.get("Body", ""), attrs)
     system = message.get("Attributes", {})
+    before = attrs.pop(DELIVERIES_ATTR, "0")
+    original = attrs.pop(ID_ATTR, None)
     return Bag(
         category=attrs.get(ATTR_CATEGORY, ""),
         body=body,
         attributes=attrs,
-        id=message.get("MessageId"),
+        id=original or message.get("MessageId"),
         key=system.get("MessageGroupId"),
         digest=message.get("ReceiptHandle"),
-        deliveries=int(system.get("ApproximateReceiveCount", 1)),
+        deliveries=int(system.get("ApproximateReceiveCount", 1))
+        + (int(before) if before.isdigit() else 0),
+    )
+
+
+def give_back(bag: Bag, counted: int) -> Bag:
+    """`bag` as a copy to send back to its queue: its body and attributes, the id of the
+    message it copies and `counted`, the deliveries to carry on (`bag_from_message`)."""
+    attributes = {**bag.attributes, DELIVERIES_ATTR: str(counted)}
+    if bag.id:
+        attributes[ID_ATTR] = bag.id
+    return Bag(
+        category=bag.category,
+        body=bag.body,
+        attributes=attributes,
+        id=bag.id,
+        key=bag.key,
+        content_type=bag.content_type,
     )
 
 
