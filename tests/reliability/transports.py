@@ -112,6 +112,15 @@ class Transport(abc.ABC):
         """Messages the broker holds for `name` (visible or in flight); None if it cannot tell."""
         return None
 
+    def limit(self, name: str, max_deliveries: int) -> dict[str, Any]:
+        """Make the broker (or the adapter) dead-letter a message of `name` after
+        `max_deliveries` deliveries; the `open` options that do it."""
+        return {"max_deliveries": max_deliveries}
+
+    def dead_letters(self, name: str) -> int:
+        """Messages of `name` in its dead-letter queue or topic."""
+        raise NotImplementedError(f"{self.name} cannot count dead letters")
+
     def written(self, name: str) -> int | None:
         """Records the broker has stored for `name` since it was created (a log's length:
         what the producer wrote, its resends included); None where consuming removes them."""
@@ -138,7 +147,10 @@ class EmbeddedTransport(Transport):
     redelivery = 2.0
 
     def open(self, name: str, link: Link | None = None, **options: Any) -> Queue:
-        adapter: Adapter = EmbeddedAdapter(name, visibility_timeout=self.redelivery)
+        limit = options.pop("max_deliveries", None)
+        adapter: Adapter = EmbeddedAdapter(
+            name, visibility_timeout=self.redelivery, max_deliveries=limit
+        )
         if link is not None:
             assert isinstance(link, InjectedLink)
             adapter = link.wrap(adapter)
@@ -153,6 +165,9 @@ class EmbeddedTransport(Transport):
     def leftover(self, name: str) -> int:
         b = broker(name)
         return b.depth + b.in_flight
+
+    def dead_letters(self, name: str) -> int:
+        return len(broker(name).dead_letters)
 
     def cleanup(self, name: str) -> None:
         broker(name).purge()
@@ -211,6 +226,9 @@ class RabbitTransport(Transport):
         except (pika.exceptions.AMQPError, OSError):
             self._admin = None
             return None
+
+    def dead_letters(self, name: str) -> int:
+        return self.leftover(f"{name}.dlq") or 0
 
     def cleanup(self, name: str) -> None:
         import pika
@@ -287,6 +305,24 @@ class SQSTransport(Transport):
     def new_link(self) -> Link:
         return TcpProxy(self.target)
 
+    def limit(self, name: str, max_deliveries: int) -> dict[str, Any]:
+        """A redrive policy to `<name>-dlq` (created here) with maxReceiveCount."""
+        import json
+
+        dlq = self.client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        arn = self.client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        url = self.client.get_queue_url(QueueName=name)["QueueUrl"]
+        policy = {"deadLetterTargetArn": arn, "maxReceiveCount": str(max_deliveries)}
+        self.client.set_queue_attributes(
+            QueueUrl=url, Attributes={"RedrivePolicy": json.dumps(policy)}
+        )
+        return {}
+
+    def dead_letters(self, name: str) -> int:
+        return self.leftover(f"{name}-dlq") or 0
+
     def leftover(self, name: str) -> int | None:
         try:
             url = self.client.get_queue_url(QueueName=name)["QueueUrl"]
@@ -303,8 +339,12 @@ class SQSTransport(Transport):
         return sum(int(v) for v in a.values())
 
     def cleanup(self, name: str) -> None:
-        url = self.client.get_queue_url(QueueName=name)["QueueUrl"]
-        self.client.delete_queue(QueueUrl=url)
+        for queue in (name, f"{name}-dlq"):
+            try:
+                url = self.client.get_queue_url(QueueName=queue)["QueueUrl"]
+            except self.client.exceptions.QueueDoesNotExist:
+                continue
+            self.client.delete_queue(QueueUrl=url)
 
 
 class ControlledCluster:
@@ -482,6 +522,9 @@ class KafkaTransport(Transport):
             return lag
         except (KafkaException, KeyError):
             return None
+
+    def dead_letters(self, name: str) -> int:
+        return self.written(f"{name}.dlq") or 0
 
     def cleanup(self, name: str) -> None:
         c = self._lag.pop(name, None)
