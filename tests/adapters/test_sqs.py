@@ -400,8 +400,12 @@ def test_fifo_keeps_order_per_group_across_1000_messages(make_queue: Any, adapte
 
 
 @pytest.mark.integration
-def test_fifo_resend_with_the_same_id_is_deduplicated(make_queue: Any, adapters: Any) -> None:
-    name, _ = make_queue(fifo=True)
+@pytest.mark.parametrize("content", ["false", "true"], ids=["id-dedup", "content-dedup-queue"])
+def test_fifo_resend_with_the_same_id_is_deduplicated(
+    content: str, make_queue: Any, adapters: Any
+) -> None:
+    # On a queue with ContentBasedDeduplication too: the id, not the body, decides.
+    name, _ = make_queue(fifo=True, ContentBasedDeduplication=content)
     a = adapters(name)
     calls = count_calls(a, "SendMessageBatch")
     b = bag("once", key="k1", id="stable-id-1")
@@ -414,15 +418,72 @@ def test_fifo_resend_with_the_same_id_is_deduplicated(make_queue: Any, adapters:
 
 
 @pytest.mark.integration
-def test_fifo_content_dedup_and_group_function(make_queue: Any, adapters: Any) -> None:
+def test_fifo_distinct_messages_with_equal_bodies_all_arrive_on_a_content_dedup_queue(
+    make_queue: Any, adapters: Any
+) -> None:
+    # ContentBasedDeduplication=true on the queue: SQS would drop the second "same"
+    # within 5 minutes if qchan sent no MessageDeduplicationId. It sends the bag's id.
     name, _ = make_queue(fifo=True, ContentBasedDeduplication="true")
-    a = adapters(name, group_id=lambda b: "g-" + b.category)
+    a = adapters(name)
+    calls = count_calls(a, "SendMessageBatch")
+    sent = [bag("same"), bag("same"), bag("other")]
+    assert a.send_batch(sent) == [None] * 3
+    assert [e.get("MessageDeduplicationId") for e in calls[0]["Entries"]] == [b.id for b in sent]
+    assert sorted(x.body for x in drain(a, 3)) == [b"other", b"same", b"same"]
+    assert_empty(a)
+
+
+@pytest.mark.integration
+def test_fifo_content_dedup_true_lets_sqs_hash_the_body(make_queue: Any, adapters: Any) -> None:
+    # The explicit opt-in: no MessageDeduplicationId, so equal bodies within SQS's
+    # 5-minute window are one message (docs/sqs.md).
+    name, _ = make_queue(fifo=True, ContentBasedDeduplication="true")
+    a = adapters(name, content_dedup=True, group_id=lambda b: "g-" + b.category)
     calls = count_calls(a, "SendMessageBatch")
     assert a.send_batch([bag("same"), bag("same"), bag("other")]) == [None] * 3
     entry = calls[0]["Entries"][0]
     assert "MessageDeduplicationId" not in entry
     assert entry["MessageGroupId"] == "g-Order"
     assert sorted(x.body for x in drain(a, 2)) == [b"other", b"same"]
+    assert_empty(a)
+
+
+@pytest.mark.integration
+def test_fifo_content_dedup_queue_delivers_the_same_object_sent_twice(
+    make_queue: Any, sqs_endpoint: str
+) -> None:
+    # The case end to end: one object enqueued twice is two messages, with
+    # equal bodies and attributes; neither may be dropped.
+    name, _ = make_queue(fifo=True, ContentBasedDeduplication="true")
+    order = Order("twice", 2.0)
+    with connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1) as q:
+        with enqueue(Order, q) as (out, dlq):
+            out.send(order)
+            out.send(order)
+        assert len(dlq) == 0 and q.stats().sent == 2
+        with dequeue(Order, q) as (rcv, ack):
+            got = [rcv.recv(timeout=10) for _ in range(2)]
+            for m in got:
+                ack.send(m)
+    assert [m.object for m in got] == [order, order]
+    assert got[0].bag is not None and got[1].bag is not None
+    assert got[0].bag.id != got[1].bag.id
+
+
+@pytest.mark.integration
+def test_dead_letters_with_equal_bodies_all_reach_a_content_dedup_fifo_dlq(
+    make_queue: Any, adapters: Any, sqs: Any
+) -> None:
+    # The dead-letter copy sends the original's id too, whatever the DLQ's setting.
+    dlq_name, dlq_url = make_queue(fifo=True, ContentBasedDeduplication="true")
+    arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    redrive = {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 10}
+    name, _ = make_queue(fifo=True, RedrivePolicy=json.dumps(redrive))
+    a = adapters(name)
+    assert a.send_batch([bag("same"), bag("same")]) == [None, None]
+    got = receive_all(a, 2)
+    a.dead_letter(got, [ValueError("give up")] * 2)
+    assert [x.body for x in drain(adapters(dlq_name), 2)] == [b"same", b"same"]
     assert_empty(a)
 
 
