@@ -310,7 +310,8 @@ class AWSAdapter(Adapter, Generic[E]):
         """The qchan error for a botocore failure of `what` ("send"); never holds credentials.
 
         A `service.permanent` code is a RejectedError (MessageTooLarge when the service
-        says the message is too long), a `service.not_found` one is `_not_found(code)`, a
+        says the message or request is too long: a request of one message refused as
+        too long is that message too large), a `service.not_found` one is `_not_found(code)`, a
         connection failure is ConnectionLost; anything else is `error_type`, retried.
         """
         where = redact(self.endpoint)
@@ -322,7 +323,7 @@ class AWSAdapter(Adapter, Generic[E]):
                 return self._not_found(code)
             text = f"{about} at {where} failed: {code}: {msg}"
             if code in self.service.permanent:
-                if "shorter than" in msg or "too long" in msg.lower() or code == "MessageTooLong":
+                if "shorter than" in msg or "too long" in msg.lower() or code.endswith("TooLong"):
                     return MessageTooLarge(text)
                 return RejectedError(text)
             return self.service.error(text, code)

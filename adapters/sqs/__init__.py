@@ -52,6 +52,8 @@ DEFAULT_WAIT = 5.0
 
 # Error codes that say "this request can never succeed as sent"; anything
 # else (throttling, 5xx, access still propagating, ...) is worth retrying.
+# On SQS's JSON protocol botocore reports the query-compatible code where SQS
+# has one (AWS.SimpleQueueService.X, as AWS, moto and LocalStack send it).
 _PERMANENT_CODES = frozenset(
     {
         "InvalidParameterValue",
@@ -60,6 +62,7 @@ _PERMANENT_CODES = frozenset(
         "InvalidAttributeValue",
         "MessageTooLong",
         "BatchRequestTooLong",
+        "AWS.SimpleQueueService.BatchRequestTooLong",
         "UnsupportedOperation",
         "MissingParameter",
         "AWS.SimpleQueueService.UnsupportedOperation",

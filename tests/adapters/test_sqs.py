@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from support.helpers import outage_then_invalid, slow_consume, start, wait_for
 from support.sqs import MotoServer, free_port
 
@@ -244,6 +245,19 @@ def test_missing_region_and_credentials_are_clear_errors(
         from_url("sqs://orders?endpoint=http://127.0.0.1:9&region=us-east-1")
 
 
+def test_a_request_too_long_for_one_message_is_message_too_large() -> None:
+    # What the one-by-one resend of a batch refused as too long meets when one
+    # message alone is still more than the endpoint takes in a request.
+    a = SQSAdapter("orders", endpoint="http://127.0.0.1:9", region=REGION)
+    for code in ("AWS.SimpleQueueService.BatchRequestTooLong", "BatchRequestTooLong"):
+        refused = ClientError(
+            {"Error": {"Code": code, "Message": "Batch requests cannot be longer than 1048576"}},
+            "SendMessageBatch",
+        )
+        assert isinstance(a._error("send", refused), MessageTooLarge), code
+    a.close()
+
+
 # -- adapter level, against moto ------------------------------------------------
 
 
@@ -365,6 +379,28 @@ def test_a_batch_refused_for_one_entry_is_resent_one_by_one(
     assert isinstance(outcomes[1], MessageTooLarge), outcomes
     assert [len(c["Entries"]) for c in calls] == [3, 1, 1, 1]
     assert sorted(b.body for b in drain(a, 2)) == [b"ok-1", b"ok-2"]
+
+
+@pytest.mark.integration
+def test_a_batch_over_sqss_request_limit_is_resent_one_by_one(
+    make_queue: Any, adapters: Any
+) -> None:
+    # max_request_bytes above what the endpoint takes: SQS refuses the request as
+    # AWS.SimpleQueueService.BatchRequestTooLong (botocore's code on the JSON protocol),
+    # though each message fits alone. Each HTTP request is counted (botocore's own
+    # retries too): one of 2, then one per message, none repeated.
+    name, _ = make_queue(MaximumMessageSize="1048576")
+    a = adapters(name, max_request_bytes=2_000_000)
+    sent: list[int] = []
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append(len(json.loads(request.body)["Entries"]))
+
+    a.client.meta.events.register("before-send.sqs.SendMessageBatch", record)
+    big = [bag(f"{i}" + "x" * 600_000) for i in range(2)]
+    assert a.send_batch(big) == [None, None]
+    assert sent == [2, 1, 1]
+    assert sorted(b.body for b in drain(a, 2)) == sorted(b.body for b in big)
 
 
 @pytest.mark.integration
