@@ -180,6 +180,21 @@ def test_oversized_and_empty_messages_end_on_dlq_and_the_rest_is_delivered(
     assert [m["Body"] for m in aws.read(queue, 1)] == ["ok"]
 
 
+def test_a_message_sns_refuses_as_too_long_is_message_too_large(aws: AWS) -> None:
+    # max_request_bytes at 1 MiB (a topic raised to it); moto's SNS keeps 256 KiB and
+    # answers the entry in Failed: "Invalid parameter: Message too long".
+    name, _, queue = aws.topic()
+    adapter = from_url(aws.url("sns", name), max_request_bytes=1_048_576)
+    try:
+        outcomes = adapter.send_batch([bag(b"ok-1"), bag(b"x" * 300_000), bag(b"ok-2")])
+    finally:
+        adapter.close()
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], MessageTooLarge), outcomes
+    assert "too long" in str(outcomes[1])
+    assert sorted(m["Body"] for m in aws.read(queue, 2)) == ["ok-1", "ok-2"]
+
+
 def fail_once(adapter: SNSAdapter, failures: dict[str, tuple[str, bool]]) -> list[str]:
     """Wrap the client's publish_batch: the first time a message whose body is in
     `failures` is published, it is not sent and comes back in `Failed` with that code and

@@ -38,6 +38,7 @@ from qchan import (
     serve,
 )
 from qchan.adapter import Hooks
+from qchan.adapters import _aws as aws
 from qchan.adapters.sqs import QueueNotFound, SQSAdapter, SQSError, _parse, from_url
 from qchan.adapters.sqs import _wire as wire
 from qchan.errors import ConnectionLost, MessageTooLarge, RejectedError
@@ -258,6 +259,36 @@ def test_a_request_too_long_for_one_message_is_message_too_large() -> None:
     a.close()
 
 
+#: A SendMessageBatch reply's Failed entry for a message over the queue's limit, as SQS
+#: words it.
+TOO_LONG_ENTRY = {
+    "SenderFault": True,
+    "Code": "InvalidParameterValue",
+    "Message": "One or more parameters are invalid. Reason: Message must be shorter than "
+    "262144 bytes.",
+}
+
+
+def test_failed_entries_tell_a_size_refusal_from_other_refusals() -> None:
+    failed = [
+        {"Id": "0", **TOO_LONG_ENTRY},
+        {
+            "Id": "1",
+            "SenderFault": True,
+            "Code": "InvalidParameterValue",
+            "Message": "Value x for parameter MessageGroupId is invalid.",
+        },
+        {"Id": "2", "SenderFault": False, "Code": "InternalError", "Message": "try again"},
+        {"Id": "3", "SenderFault": True, "Code": "RequestThrottled", "Message": "slow down"},
+    ]
+    out = aws.failed_entries(failed, "SQS refused message for queue q", SQSError)
+    assert isinstance(out["0"], MessageTooLarge) and isinstance(out["0"], RejectedError)
+    assert "must be shorter than 262144 bytes" in str(out["0"])
+    assert type(out["1"]) is RejectedError
+    assert type(out["2"]) is SQSError and out["2"].code == "InternalError"
+    assert type(out["3"]) is SQSError and out["3"].code == "RequestThrottled"
+
+
 # -- adapter level, against moto ------------------------------------------------
 
 
@@ -401,6 +432,31 @@ def test_a_batch_over_sqss_request_limit_is_resent_one_by_one(
     assert a.send_batch(big) == [None, None]
     assert sent == [2, 1, 1]
     assert sorted(b.body for b in drain(a, 2)) == sorted(b.body for b in big)
+
+
+@pytest.mark.integration
+def test_an_entry_refused_for_its_size_in_the_reply_is_message_too_large(
+    make_queue: Any, adapters: Any
+) -> None:
+    # moto refuses a whole batch for an entry's size; SQS can also answer it in the
+    # reply's Failed list, which a wrapped client plays here, the rest sent to moto.
+    name, _ = make_queue()
+    a = adapters(name)
+    real = a.client.send_message_batch
+
+    def send_message_batch(**kwargs: Any) -> Any:
+        entries = kwargs["Entries"]
+        big = [e for e in entries if e["MessageBody"].startswith("big")]
+        kept = [e for e in entries if e not in big]
+        reply = real(QueueUrl=kwargs["QueueUrl"], Entries=kept)
+        failed = [{"Id": e["Id"], **TOO_LONG_ENTRY} for e in big]
+        return {"Successful": reply["Successful"], "Failed": reply.get("Failed", []) + failed}
+
+    a.client.send_message_batch = send_message_batch  # type: ignore[method-assign]
+    outcomes = a.send_batch([bag("ok-1"), bag("big"), bag("ok-2")])
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], MessageTooLarge), outcomes
+    assert sorted(b.body for b in drain(a, 2)) == [b"ok-1", b"ok-2"]
 
 
 @pytest.mark.integration
