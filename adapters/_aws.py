@@ -56,6 +56,7 @@ __all__ = [
     "open_url",
     "parse_url",
     "session_for",
+    "too_long",
 ]
 
 E = TypeVar("E")
@@ -186,20 +187,30 @@ def code_of(e: ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
 
 
+def too_long(code: str, message: str) -> bool:
+    """Whether an error the service sent (for a request or an entry) refuses a message
+    for its size: SQS's "Message must be shorter than N bytes", SNS's "Message too long",
+    a *TooLong code."""
+    return "shorter than" in message or "too long" in message.lower() or code.endswith("TooLong")
+
+
 def failed_entries(
     failed: Sequence[Mapping[str, Any]], what: str, error: type[AWSError]
 ) -> dict[str, QchanError]:
     """Entry id -> error, for the `Failed` list of SQS SendMessageBatch or SNS PublishBatch.
 
     An entry the service blames on the sender (not throttling) can never pass:
-    RejectedError. Anything else is `error`, retried.
+    RejectedError, MessageTooLarge when refused for its size. Anything else is
+    `error`, retried.
     """
     out: dict[str, QchanError] = {}
     for f in failed:
         code = f.get("Code", "")
-        text = f"{what}: {code}: {f.get('Message', '')}"
+        message = f.get("Message", "")
+        text = f"{what}: {code}: {message}"
         if f.get("SenderFault") and code not in THROTTLING_CODES:
-            out[str(f["Id"])] = RejectedError(text)
+            refused = MessageTooLarge if too_long(code, message) else RejectedError
+            out[str(f["Id"])] = refused(text)
         else:
             out[str(f["Id"])] = error(text, code)
     return out
@@ -310,7 +321,8 @@ class AWSAdapter(Adapter, Generic[E]):
         """The qchan error for a botocore failure of `what` ("send"); never holds credentials.
 
         A `service.permanent` code is a RejectedError (MessageTooLarge when the service
-        says the message is too long), a `service.not_found` one is `_not_found(code)`, a
+        says the message or request is too long: a request of one message refused as
+        too long is that message too large), a `service.not_found` one is `_not_found(code)`, a
         connection failure is ConnectionLost; anything else is `error_type`, retried.
         """
         where = redact(self.endpoint)
@@ -322,7 +334,7 @@ class AWSAdapter(Adapter, Generic[E]):
                 return self._not_found(code)
             text = f"{about} at {where} failed: {code}: {msg}"
             if code in self.service.permanent:
-                if "shorter than" in msg or "too long" in msg.lower() or code == "MessageTooLong":
+                if too_long(code, msg):
                     return MessageTooLarge(text)
                 return RejectedError(text)
             return self.service.error(text, code)

@@ -86,7 +86,6 @@ class SNSAdapter(aws.Publisher["PublishBatchRequestEntryTypeDef"]):
         self._create = create
         self._topic_attributes = dict(topic_attributes or {})
         self._content_dedup = content_dedup
-        self._topic_content_dedup = False  # from the topic's attributes
         self._group_id = group_id
         if options.get("region") is None:
             options["region"] = aws.arn_region(topic)
@@ -106,14 +105,14 @@ class SNSAdapter(aws.Publisher["PublishBatchRequestEntryTypeDef"]):
         return wire.entry(message), size
 
     def _fifo(self, bag: Bag) -> dict[str, Any]:
-        """The FIFO keywords of `sqs_wire.entry` for `bag` (as an SQS FIFO queue gets them)."""
+        """The FIFO keywords of `sqs_wire.entry` for `bag` (as an SQS FIFO queue gets them):
+        the message id as MessageDeduplicationId whatever the topic's
+        ContentBasedDeduplication; none only with content_dedup=True."""
         if not self.fifo:
             return {"fifo": False, "group": None, "dedup": None}
-        content = self._content_dedup
-        if content is None:
-            content = self._topic_content_dedup
         group = sqs_wire.group_id(bag, self._group_id)
-        return {"fifo": True, "group": group, "dedup": sqs_wire.dedup_id(bag, content)}
+        dedup = sqs_wire.dedup_id(bag, self._content_dedup is True)
+        return {"fifo": True, "group": group, "dedup": dedup}
 
     def _request(
         self, entries: list[PublishBatchRequestEntryTypeDef]
@@ -135,20 +134,17 @@ class SNSAdapter(aws.Publisher["PublishBatchRequestEntryTypeDef"]):
         )
 
     def _look_up(self) -> None:
-        """Find (or create) the topic's ARN and read its attributes."""
+        """Find (or create) the topic's ARN and check that the topic exists."""
         try:
             if self._arn is None:
                 self._arn = self._lookup()
-            attributes = self.client.get_topic_attributes(TopicArn=self._arn)["Attributes"]
+            self.client.get_topic_attributes(TopicArn=self._arn)
         except (BotoCoreError, ClientError) as e:
             err = self._error("topic lookup", e)
             if type(err) is not SNSError or self._arn is None:
                 raise err from None
-            # A publisher may lack sns:GetTopicAttributes; the topic's content-based
-            # de-duplication is then only known by option.
+            # A publisher may lack sns:GetTopicAttributes; it can still publish.
             self.log.warning("topic %s: attributes not read (%s)", self.name, err)
-            attributes = {}
-        self._topic_content_dedup = attributes.get("ContentBasedDeduplication") == "true"
 
     def _lookup(self) -> str:
         """The ARN of the topic by name: made by create_topic (idempotent) if `create`, else

@@ -52,6 +52,8 @@ DEFAULT_WAIT = 5.0
 
 # Error codes that say "this request can never succeed as sent"; anything
 # else (throttling, 5xx, access still propagating, ...) is worth retrying.
+# On SQS's JSON protocol botocore reports the query-compatible code where SQS
+# has one (AWS.SimpleQueueService.X, as AWS, moto and LocalStack send it).
 _PERMANENT_CODES = frozenset(
     {
         "InvalidParameterValue",
@@ -60,6 +62,7 @@ _PERMANENT_CODES = frozenset(
         "InvalidAttributeValue",
         "MessageTooLong",
         "BatchRequestTooLong",
+        "AWS.SimpleQueueService.BatchRequestTooLong",
         "UnsupportedOperation",
         "MissingParameter",
         "AWS.SimpleQueueService.UnsupportedOperation",
@@ -155,7 +158,6 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         # Filled in by _look_up from the queue's attributes.
         self._max_message_bytes = wire.DEFAULT_MAX_REQUEST_BYTES
         self._queue_visibility = 30
-        self._queue_content_dedup = False
         self._dead_letter_arn: str | None = None  # from the queue's RedrivePolicy
         self._dead_letter_url: str | None = None
         self._max_receives: int | None = None  # the RedrivePolicy's maxReceiveCount
@@ -460,10 +462,11 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         return wire.group_id(bag, self._group_id) if self.fifo else None
 
     def _dedup(self, bag: Bag) -> str | None:
+        """The message id, whatever the queue's ContentBasedDeduplication (SQS would drop
+        distinct messages with equal bodies); none only with content_dedup=True."""
         if not self.fifo:
             return None
-        content = self._content_dedup
-        return wire.dedup_id(bag, self._queue_content_dedup if content is None else content)
+        return wire.dedup_id(bag, self._content_dedup is True)
 
     def _entry(self, index: int, bag: Bag) -> tuple[SendMessageBatchRequestEntryTypeDef, int]:
         return wire.entry(
@@ -554,14 +557,12 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
             "queue lookup",
             "MaximumMessageSize",
             "VisibilityTimeout",
-            "ContentBasedDeduplication",
             "RedrivePolicy",
         )
         self._max_message_bytes = int(
             attrs.get("MaximumMessageSize", wire.DEFAULT_MAX_REQUEST_BYTES)
         )
         self._queue_visibility = int(attrs.get("VisibilityTimeout", 30))
-        self._queue_content_dedup = attrs.get("ContentBasedDeduplication") == "true"
         try:
             redrive = json.loads(attrs.get("RedrivePolicy") or "{}")
             self._dead_letter_arn = redrive.get("deadLetterTargetArn") or None

@@ -133,8 +133,8 @@ def entry(
     """The SendMessageBatch entry for `bag` and its size; RejectedError if SQS would refuse it.
 
     `group` and `dedup` are the FIFO MessageGroupId and MessageDeduplicationId
-    (dedup None: the queue de-duplicates by content); `limit_name` says what
-    `limit` is in the MessageTooLarge error.
+    (dedup None: none is sent, and the broker hashes the body); `limit_name` says
+    what `limit` is in the MessageTooLarge error.
     """
     body, encoded = encode_body(bag.body)
     attrs = dict(bag.attributes)
@@ -176,10 +176,14 @@ def group_id(bag: Bag, function: Callable[[Bag], str] | None) -> str:
 
 
 def dedup_id(bag: Bag, content: bool) -> str | None:
-    """The FIFO MessageDeduplicationId of `bag`; None when the broker de-duplicates by content.
+    """The FIFO MessageDeduplicationId of `bag`: its id; None only when `content` (the
+    explicit `content_dedup=True`), which leaves the broker to hash the body.
 
     The kernel's id is stable across its retries, so a resend after a lost reply
-    is dropped by the broker within its 5-minute window.
+    is dropped by the broker within its 5-minute window, and distinct messages
+    never are, even with equal bodies on a queue or topic with
+    ContentBasedDeduplication (an explicit id overrides the hash). Hashing drops
+    any message whose body equals one sent in the last 5 minutes.
     """
     if content:
         return None

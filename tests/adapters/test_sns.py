@@ -127,6 +127,44 @@ def test_a_fifo_topic_keeps_order_per_group(aws: AWS) -> None:
     assert got == {f"g{g}": list(range(g, 30, 3)) for g in range(3)}
 
 
+def test_a_fifo_content_dedup_topic_delivers_the_same_object_sent_twice(aws: AWS) -> None:
+    # Topic and queue with ContentBasedDeduplication=true: without a
+    # MessageDeduplicationId the second "twice" would be dropped (moto drops it in the
+    # subscribed queue; SNS itself drops it on AWS). qchan sends each message's id.
+    name, _, queue = aws.topic(fifo=True, raw=True, content_dedup=True)
+    q = aws.open(aws.url("sns", name))
+    order = Order("twice", 2.0)
+    with enqueue(Order, q) as (out, dlq):
+        out.send(order)
+        out.send(order)
+    assert len(dlq) == 0
+    got = aws.read(queue, 2, timeout=10)
+    assert [json.loads(m["Body"]) for m in got] == [{"id": "twice", "amount": 2.0}] * 2
+    assert got[0]["MessageId"] != got[1]["MessageId"]
+
+
+def test_a_fifo_resend_with_the_same_id_is_deduplicated(aws: AWS) -> None:
+    name, _, queue = aws.topic(fifo=True, raw=True, content_dedup=True)
+    adapter = from_url(aws.url("sns", name))
+    try:
+        b = bag(b'{"id": "once"}')
+        assert adapter.send_batch([b]) == [None]
+        assert adapter.send_batch([b]) == [None]  # the kernel's retry after a lost reply
+    finally:
+        adapter.close()
+    assert [m["Body"] for m in aws.read(queue, 1)] == ['{"id": "once"}']
+
+
+def test_content_dedup_true_sends_no_deduplication_id() -> None:
+    arn = "arn:aws:sns:us-east-1:123456789012:orders.fifo"
+    b = bag(b"{}")
+    for content, expected in ((None, b.id), (False, b.id), (True, None)):
+        adapter = SNSAdapter(arn, content_dedup=content)
+        entry, _ = adapter._entry(0, b)
+        assert entry.get("MessageDeduplicationId") == expected, content
+        adapter.close()
+
+
 def test_oversized_and_empty_messages_end_on_dlq_and_the_rest_is_delivered(
     aws: AWS,
 ) -> None:
@@ -140,6 +178,21 @@ def test_oversized_and_empty_messages_end_on_dlq_and_the_rest_is_delivered(
     assert {m.object: type(m.error) for m in dead} == {big: MessageTooLarge, b"": RejectedError}
     assert q.stats().retried == 0
     assert [m["Body"] for m in aws.read(queue, 1)] == ["ok"]
+
+
+def test_a_message_sns_refuses_as_too_long_is_message_too_large(aws: AWS) -> None:
+    # max_request_bytes at 1 MiB (a topic raised to it); moto's SNS keeps 256 KiB and
+    # answers the entry in Failed: "Invalid parameter: Message too long".
+    name, _, queue = aws.topic()
+    adapter = from_url(aws.url("sns", name), max_request_bytes=1_048_576)
+    try:
+        outcomes = adapter.send_batch([bag(b"ok-1"), bag(b"x" * 300_000), bag(b"ok-2")])
+    finally:
+        adapter.close()
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], MessageTooLarge), outcomes
+    assert "too long" in str(outcomes[1])
+    assert sorted(m["Body"] for m in aws.read(queue, 2)) == ["ok-1", "ok-2"]
 
 
 def fail_once(adapter: SNSAdapter, failures: dict[str, tuple[str, bool]]) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from support.helpers import outage_then_invalid, slow_consume, start, wait_for
 from support.sqs import MotoServer, free_port
 
@@ -37,6 +38,7 @@ from qchan import (
     serve,
 )
 from qchan.adapter import Hooks
+from qchan.adapters import _aws as aws
 from qchan.adapters.sqs import QueueNotFound, SQSAdapter, SQSError, _parse, from_url
 from qchan.adapters.sqs import _wire as wire
 from qchan.errors import ConnectionLost, MessageTooLarge, RejectedError
@@ -244,6 +246,49 @@ def test_missing_region_and_credentials_are_clear_errors(
         from_url("sqs://orders?endpoint=http://127.0.0.1:9&region=us-east-1")
 
 
+def test_a_request_too_long_for_one_message_is_message_too_large() -> None:
+    # What the one-by-one resend of a batch refused as too long meets when one
+    # message alone is still more than the endpoint takes in a request.
+    a = SQSAdapter("orders", endpoint="http://127.0.0.1:9", region=REGION)
+    for code in ("AWS.SimpleQueueService.BatchRequestTooLong", "BatchRequestTooLong"):
+        refused = ClientError(
+            {"Error": {"Code": code, "Message": "Batch requests cannot be longer than 1048576"}},
+            "SendMessageBatch",
+        )
+        assert isinstance(a._error("send", refused), MessageTooLarge), code
+    a.close()
+
+
+#: A SendMessageBatch reply's Failed entry for a message over the queue's limit, as SQS
+#: words it.
+TOO_LONG_ENTRY = {
+    "SenderFault": True,
+    "Code": "InvalidParameterValue",
+    "Message": "One or more parameters are invalid. Reason: Message must be shorter than "
+    "262144 bytes.",
+}
+
+
+def test_failed_entries_tell_a_size_refusal_from_other_refusals() -> None:
+    failed = [
+        {"Id": "0", **TOO_LONG_ENTRY},
+        {
+            "Id": "1",
+            "SenderFault": True,
+            "Code": "InvalidParameterValue",
+            "Message": "Value x for parameter MessageGroupId is invalid.",
+        },
+        {"Id": "2", "SenderFault": False, "Code": "InternalError", "Message": "try again"},
+        {"Id": "3", "SenderFault": True, "Code": "RequestThrottled", "Message": "slow down"},
+    ]
+    out = aws.failed_entries(failed, "SQS refused message for queue q", SQSError)
+    assert isinstance(out["0"], MessageTooLarge) and isinstance(out["0"], RejectedError)
+    assert "must be shorter than 262144 bytes" in str(out["0"])
+    assert type(out["1"]) is RejectedError
+    assert type(out["2"]) is SQSError and out["2"].code == "InternalError"
+    assert type(out["3"]) is SQSError and out["3"].code == "RequestThrottled"
+
+
 # -- adapter level, against moto ------------------------------------------------
 
 
@@ -368,6 +413,53 @@ def test_a_batch_refused_for_one_entry_is_resent_one_by_one(
 
 
 @pytest.mark.integration
+def test_a_batch_over_sqss_request_limit_is_resent_one_by_one(
+    make_queue: Any, adapters: Any
+) -> None:
+    # max_request_bytes above what the endpoint takes: SQS refuses the request as
+    # AWS.SimpleQueueService.BatchRequestTooLong (botocore's code on the JSON protocol),
+    # though each message fits alone. Each HTTP request is counted (botocore's own
+    # retries too): one of 2, then one per message, none repeated.
+    name, _ = make_queue(MaximumMessageSize="1048576")
+    a = adapters(name, max_request_bytes=2_000_000)
+    sent: list[int] = []
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append(len(json.loads(request.body)["Entries"]))
+
+    a.client.meta.events.register("before-send.sqs.SendMessageBatch", record)
+    big = [bag(f"{i}" + "x" * 600_000) for i in range(2)]
+    assert a.send_batch(big) == [None, None]
+    assert sent == [2, 1, 1]
+    assert sorted(b.body for b in drain(a, 2)) == sorted(b.body for b in big)
+
+
+@pytest.mark.integration
+def test_an_entry_refused_for_its_size_in_the_reply_is_message_too_large(
+    make_queue: Any, adapters: Any
+) -> None:
+    # moto refuses a whole batch for an entry's size; SQS can also answer it in the
+    # reply's Failed list, which a wrapped client plays here, the rest sent to moto.
+    name, _ = make_queue()
+    a = adapters(name)
+    real = a.client.send_message_batch
+
+    def send_message_batch(**kwargs: Any) -> Any:
+        entries = kwargs["Entries"]
+        big = [e for e in entries if e["MessageBody"].startswith("big")]
+        kept = [e for e in entries if e not in big]
+        reply = real(QueueUrl=kwargs["QueueUrl"], Entries=kept)
+        failed = [{"Id": e["Id"], **TOO_LONG_ENTRY} for e in big]
+        return {"Successful": reply["Successful"], "Failed": reply.get("Failed", []) + failed}
+
+    a.client.send_message_batch = send_message_batch  # type: ignore[method-assign]
+    outcomes = a.send_batch([bag("ok-1"), bag("big"), bag("ok-2")])
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], MessageTooLarge), outcomes
+    assert sorted(b.body for b in drain(a, 2)) == [b"ok-1", b"ok-2"]
+
+
+@pytest.mark.integration
 def test_fifo_keeps_order_per_group_across_1000_messages(make_queue: Any, adapters: Any) -> None:
     name, _ = make_queue(fifo=True)
     producer, consumer = adapters(name), adapters(name)
@@ -400,8 +492,12 @@ def test_fifo_keeps_order_per_group_across_1000_messages(make_queue: Any, adapte
 
 
 @pytest.mark.integration
-def test_fifo_resend_with_the_same_id_is_deduplicated(make_queue: Any, adapters: Any) -> None:
-    name, _ = make_queue(fifo=True)
+@pytest.mark.parametrize("content", ["false", "true"], ids=["id-dedup", "content-dedup-queue"])
+def test_fifo_resend_with_the_same_id_is_deduplicated(
+    content: str, make_queue: Any, adapters: Any
+) -> None:
+    # On a queue with ContentBasedDeduplication too: the id, not the body, decides.
+    name, _ = make_queue(fifo=True, ContentBasedDeduplication=content)
     a = adapters(name)
     calls = count_calls(a, "SendMessageBatch")
     b = bag("once", key="k1", id="stable-id-1")
@@ -414,15 +510,72 @@ def test_fifo_resend_with_the_same_id_is_deduplicated(make_queue: Any, adapters:
 
 
 @pytest.mark.integration
-def test_fifo_content_dedup_and_group_function(make_queue: Any, adapters: Any) -> None:
+def test_fifo_distinct_messages_with_equal_bodies_all_arrive_on_a_content_dedup_queue(
+    make_queue: Any, adapters: Any
+) -> None:
+    # ContentBasedDeduplication=true on the queue: SQS would drop the second "same"
+    # within 5 minutes if qchan sent no MessageDeduplicationId. It sends the bag's id.
     name, _ = make_queue(fifo=True, ContentBasedDeduplication="true")
-    a = adapters(name, group_id=lambda b: "g-" + b.category)
+    a = adapters(name)
+    calls = count_calls(a, "SendMessageBatch")
+    sent = [bag("same"), bag("same"), bag("other")]
+    assert a.send_batch(sent) == [None] * 3
+    assert [e.get("MessageDeduplicationId") for e in calls[0]["Entries"]] == [b.id for b in sent]
+    assert sorted(x.body for x in drain(a, 3)) == [b"other", b"same", b"same"]
+    assert_empty(a)
+
+
+@pytest.mark.integration
+def test_fifo_content_dedup_true_lets_sqs_hash_the_body(make_queue: Any, adapters: Any) -> None:
+    # The explicit opt-in: no MessageDeduplicationId, so equal bodies within SQS's
+    # 5-minute window are one message (docs/sqs.md).
+    name, _ = make_queue(fifo=True, ContentBasedDeduplication="true")
+    a = adapters(name, content_dedup=True, group_id=lambda b: "g-" + b.category)
     calls = count_calls(a, "SendMessageBatch")
     assert a.send_batch([bag("same"), bag("same"), bag("other")]) == [None] * 3
     entry = calls[0]["Entries"][0]
     assert "MessageDeduplicationId" not in entry
     assert entry["MessageGroupId"] == "g-Order"
     assert sorted(x.body for x in drain(a, 2)) == [b"other", b"same"]
+    assert_empty(a)
+
+
+@pytest.mark.integration
+def test_fifo_content_dedup_queue_delivers_the_same_object_sent_twice(
+    make_queue: Any, sqs_endpoint: str
+) -> None:
+    # The case end to end: one object enqueued twice is two messages, with
+    # equal bodies and attributes; neither may be dropped.
+    name, _ = make_queue(fifo=True, ContentBasedDeduplication="true")
+    order = Order("twice", 2.0)
+    with connect(sqs_url(sqs_endpoint, name), wait=1, poll_wait=1) as q:
+        with enqueue(Order, q) as (out, dlq):
+            out.send(order)
+            out.send(order)
+        assert len(dlq) == 0 and q.stats().sent == 2
+        with dequeue(Order, q) as (rcv, ack):
+            got = [rcv.recv(timeout=10) for _ in range(2)]
+            for m in got:
+                ack.send(m)
+    assert [m.object for m in got] == [order, order]
+    assert got[0].bag is not None and got[1].bag is not None
+    assert got[0].bag.id != got[1].bag.id
+
+
+@pytest.mark.integration
+def test_dead_letters_with_equal_bodies_all_reach_a_content_dedup_fifo_dlq(
+    make_queue: Any, adapters: Any, sqs: Any
+) -> None:
+    # The dead-letter copy sends the original's id too, whatever the DLQ's setting.
+    dlq_name, dlq_url = make_queue(fifo=True, ContentBasedDeduplication="true")
+    arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    redrive = {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 10}
+    name, _ = make_queue(fifo=True, RedrivePolicy=json.dumps(redrive))
+    a = adapters(name)
+    assert a.send_batch([bag("same"), bag("same")]) == [None, None]
+    got = receive_all(a, 2)
+    a.dead_letter(got, [ValueError("give up")] * 2)
+    assert [x.body for x in drain(adapters(dlq_name), 2)] == [b"same", b"same"]
     assert_empty(a)
 
 

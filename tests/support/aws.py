@@ -70,10 +70,12 @@ class AWS:
                 ack.send(m)
         return got
 
-    def queue(self, fifo: bool = False) -> tuple[str, str]:
-        """A new SQS queue: (url, arn)."""
+    def queue(self, fifo: bool = False, content_dedup: bool = False) -> tuple[str, str]:
+        """A new SQS queue: (url, arn); FIFO with ContentBasedDeduplication if asked."""
         name = f"qchan-{uuid.uuid4().hex[:12]}" + (".fifo" if fifo else "")
         attributes = {"FifoQueue": "true"} if fifo else {}
+        if content_dedup:
+            attributes["ContentBasedDeduplication"] = "true"
         url = self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
         self._undo.append(lambda: self.sqs.delete_queue(QueueUrl=url))
         arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
@@ -103,12 +105,17 @@ class AWS:
         self._undo.append(undo)
         return bus, url
 
-    def topic(self, fifo: bool = False, raw: bool = True) -> tuple[str, str, str]:
-        """A new SNS topic subscribed by a new SQS queue: (name, arn, queue url)."""
+    def topic(
+        self, fifo: bool = False, raw: bool = True, content_dedup: bool = False
+    ) -> tuple[str, str, str]:
+        """A new SNS topic subscribed by a new SQS queue: (name, arn, queue url). With
+        `content_dedup`, both have ContentBasedDeduplication (FIFO only)."""
         name = f"qchan-{uuid.uuid4().hex[:12]}" + (".fifo" if fifo else "")
         attributes = {"FifoTopic": "true"} if fifo else {}
+        if content_dedup:
+            attributes["ContentBasedDeduplication"] = "true"
         arn = self.sns.create_topic(Name=name, Attributes=attributes)["TopicArn"]
-        url, queue_arn = self.queue(fifo=fifo)
+        url, queue_arn = self.queue(fifo=fifo, content_dedup=content_dedup)
         self.sns.subscribe(
             TopicArn=arn,
             Protocol="sqs",
