@@ -31,6 +31,11 @@ declaration is a promise the suite then checks. `missing_queue` also needs a
 that does not exist (without creating it).
 
 A new adapter is done when this suite passes against the real broker.
+
+`Peers` (`qchan.testing.peers`) adds the behaviours of a Go Pub/Sub suite
+(watermill's): consumers that come and go, nacks, concurrent consumers, order
+per key. Mix it in, `class TestMyBroker(Peers, Conformance)`; its docstring
+says how to scale it and how to let it check the broker's dead letters.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ from ..kernel.queue import Queue
 from ..message import Bag, Msg
 from ..retry import Constant
 from .doubles import Faulty, Spy, Wrapped
+from .peers import Peers
 
-__all__ = ["FEATURES", "Conformance", "Faulty", "Order", "Refund", "Spy", "Wrapped"]
+__all__ = ["FEATURES", "Conformance", "Faulty", "Order", "Peers", "Refund", "Spy", "Wrapped"]
 
 AdapterFactory = Callable[[str], Adapter]
 

@@ -4,29 +4,44 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from support.helpers import slow_consume
 
 from qchan import Adapter, Bag, ConnectionLost, MessageTooLarge, connect
 from qchan.adapters.embedded import EmbeddedAdapter, broker, from_url
-from qchan.testing import FEATURES, Conformance
+from qchan.testing import FEATURES, Conformance, Peers
 
 
-class TestEmbeddedConformance(Conformance):
+class TestEmbeddedConformance(Peers, Conformance):
     queue_options = {"poll_wait": 0.5}
     patience = 10.0
     quiet = 0.5
     redelivery_after = 1.0
     features = frozenset(FEATURES) - {"missing_queue"}  # one process: no missing queue
+    # As RabbitMQ's default and serve's: the peer suite checks that closing consumers
+    # never dead-letters (without a limit mem:// never does).
+    peer_max_deliveries = 10
 
     @pytest.fixture
-    def adapter_factory(self) -> Callable[[str], Adapter]:
-        def make(name: str) -> Adapter:
-            return EmbeddedAdapter(name, visibility_timeout=self.redelivery_after)
+    def adapter_factory(self) -> Iterator[Callable[[str], Adapter]]:
+        names: set[str] = set()
 
-        return make
+        def make(name: str) -> Adapter:
+            names.add(name)
+            return EmbeddedAdapter(
+                name,
+                visibility_timeout=self.redelivery_after,
+                max_deliveries=self.peer_max_deliveries,
+            )
+
+        yield make
+        for name in names:
+            broker(name).purge()
+
+    def dead_lettered(self, name: str) -> int:
+        return len(broker(name).dead_letters)
 
 
 def _bag(body: bytes = b"{}") -> Bag:

@@ -40,7 +40,7 @@ from qchan.adapters.kafka._inflight import (
 from qchan.adapters.kafka._producer import Produced
 from qchan.errors import DecodeError, MessageTooLarge, QchanError, UnroutableError
 from qchan.message import Bag
-from qchan.testing import FEATURES, Conformance, Order
+from qchan.testing import FEATURES, Conformance, Order, Peers
 from qchan.urls import URLError
 
 # ---------------------------------------------------------------- helpers
@@ -111,6 +111,17 @@ def produce_plain(
     for v in values:
         p.produce(topic, v, partition=partition, **kw)
     assert p.flush(30) == 0
+
+
+def topic_size(bootstrap: str, topic: str) -> int:
+    """Messages on `topic` (high less low watermark, summed over its partitions)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"size-{uuid.uuid4().hex}"})
+    try:
+        partitions = c.list_topics(topic, timeout=10).topics[topic].partitions
+        marks = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions]
+        return sum(high - low for low, high in marks)
+    finally:
+        c.close()
 
 
 def consume_plain(
@@ -950,12 +961,19 @@ def test_ordering_holds_per_key(kafka_queue: Callable[..., Queue]) -> None:
     assert {m.bag.digest.partition for m in got if m.bag} != {got[0].bag.digest.partition}
 
 
-class TestKafkaConformance(Conformance):
+class TestKafkaConformance(Peers, Conformance):
     """The shared adapter suite against the mock cluster (per-category order needs key=category)."""
 
     pytestmark = pytest.mark.integration
     patience = 30.0
     features = frozenset(FEATURES)
+    peer_max_deliveries = 5  # the adapter's default max_deliveries
+    # A partition that moves to another member of the group is read again from its
+    # committed offset: what was delivered and not yet acked arrives as a first delivery.
+    peer_rebalances = True
+
+    def dead_lettered(self, name: str) -> int:
+        return topic_size(self.bootstrap, f"{name}.dlq")
 
     @pytest.fixture
     def missing_adapter_factory(self, kafka_cluster: Cluster) -> Callable[[str], Adapter]:
@@ -969,6 +987,7 @@ class TestKafkaConformance(Conformance):
     @pytest.fixture
     def adapter_factory(self, kafka_cluster: Cluster) -> Callable[[str], Adapter]:
         created: set[str] = set()
+        self.bootstrap = kafka_cluster.bootstrap
 
         def make(name: str) -> Adapter:
             if name not in created:

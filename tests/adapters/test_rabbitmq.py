@@ -34,6 +34,7 @@ from support.rabbitmq import (
     get_one,
     queue_depth,
     rabbitmqctl,
+    ready_count,
     receive_n,
     self_signed_cert,
     stays,
@@ -55,7 +56,7 @@ from qchan.errors import (
     UnroutableError,
 )
 from qchan.retry import Exponential
-from qchan.testing import FEATURES, Conformance, Order, Refund
+from qchan.testing import FEATURES, Conformance, Order, Peers, Refund
 from qchan.urls import URLError
 
 integration = pytest.mark.integration
@@ -723,11 +724,15 @@ def drain(ch: Any) -> list[Any]:
 
 
 @integration
-class TestRabbitMQConformance(Conformance):
+class TestRabbitMQConformance(Peers, Conformance):
     queue_options = {"poll_wait": 0.5}
     patience = 20.0
     quiet = 1.0
     features = frozenset(FEATURES)
+    peer_max_deliveries = 10  # the adapter's default max_deliveries
+
+    def dead_lettered(self, name: str) -> int:
+        return ready_count(f"{name}.dlq")
 
     @pytest.fixture
     def missing_adapter_factory(self, rabbit: str) -> Callable[[str], Adapter]:

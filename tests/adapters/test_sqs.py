@@ -43,7 +43,7 @@ from qchan.adapters.sqs import QueueNotFound, SQSAdapter, SQSError, _parse, from
 from qchan.adapters.sqs import _wire as wire
 from qchan.errors import ConnectionLost, MessageTooLarge, RejectedError
 from qchan.message import Bag
-from qchan.testing import FEATURES, Conformance
+from qchan.testing import FEATURES, Conformance, Peers
 from qchan.urls import URLError
 
 REGION = "us-east-1"
@@ -1078,8 +1078,10 @@ def test_a_slow_consumer_never_sends_a_message_to_the_redrive_dlq(
 # -- the conformance suite ---------------------------------------------------------
 
 
-class TestSQSConformance(Conformance):
-    """Standard queues: no order, redelivery after the queue's 2 s visibility timeout."""
+class TestSQSConformance(Peers, Conformance):
+    """Standard queues: no order, redelivery after the queue's 2 s visibility timeout, and
+    a redrive policy to a dead-letter queue after `peer_max_deliveries` receives (which
+    the peer suite checks nothing reaches)."""
 
     ordered = False
     fifo = False
@@ -1088,6 +1090,7 @@ class TestSQSConformance(Conformance):
     quiet = 1.0
     redelivery_after = 2.0
     features = frozenset(FEATURES) - {"wakeup"}  # a long poll cannot be cut short
+    peer_max_deliveries = 10  # the redrive policy's maxReceiveCount
 
     @pytest.fixture
     def missing_adapter_factory(self, sqs_endpoint: str) -> Callable[[str], Adapter]:
@@ -1099,13 +1102,34 @@ class TestSQSConformance(Conformance):
     @pytest.fixture
     def adapter_factory(self, sqs_endpoint: str, sqs: Any) -> Iterator[Callable[[str], Adapter]]:
         urls: set[str] = set()
+        suffix = ".fifo" if self.fifo else ""
+        self.sqs = sqs
+        self.dead_letter_urls: dict[str, str] = {}  # queue name -> its dead-letter queue
+        policies: dict[str, str] = {}
 
         def make(name: str) -> Adapter:
+            if name not in policies:
+                dlq = sqs.create_queue(
+                    QueueName=f"{name}-dlq{suffix}",
+                    Attributes={"FifoQueue": "true"} if self.fifo else {},
+                )["QueueUrl"]
+                urls.add(dlq)
+                self.dead_letter_urls[name] = dlq
+                arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
+                policies[name] = json.dumps(
+                    {
+                        "deadLetterTargetArn": arn["Attributes"]["QueueArn"],
+                        "maxReceiveCount": self.peer_max_deliveries,
+                    }
+                )
             a = from_url(
-                sqs_url(sqs_endpoint, name + (".fifo" if self.fifo else "")),
+                sqs_url(sqs_endpoint, name + suffix),
                 create=True,
                 wait=1,
-                queue_attributes={"VisibilityTimeout": str(int(self.redelivery_after))},
+                queue_attributes={
+                    "VisibilityTimeout": str(int(self.redelivery_after)),
+                    "RedrivePolicy": policies[name],
+                },
             )
             urls.add(a.queue_url)
             return a
@@ -1116,6 +1140,14 @@ class TestSQSConformance(Conformance):
                 sqs.delete_queue(QueueUrl=url)
             except Exception:
                 pass
+
+    def dead_lettered(self, name: str) -> int:
+        url = self.dead_letter_urls.get(name)
+        if url is None:
+            return 0
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        got = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+        return sum(int(got[n]) for n in names)
 
 
 class TestSQSFifoConformance(TestSQSConformance):

@@ -155,6 +155,20 @@ def queue_depth(admin: Any, queue: str) -> int:
     return int(admin.queue_declare(queue, passive=True).method.message_count)
 
 
+def ready_count(queue: str) -> int:
+    """Ready messages of `queue` on a connection of its own; 0 if there is no such queue."""
+    conn = pika.BlockingConnection(pika.ConnectionParameters(HOST, PORT))
+    try:
+        return queue_depth(conn.channel(), queue)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code == 404:
+            return 0
+        raise
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            conn.close()
+
+
 def stays(predicate: Callable[[], Any], seconds: float = 0.5) -> bool:
     """True if predicate() holds throughout `seconds` (for "nothing comes back" checks:
     the broker requeues a closed connection's deliveries a moment after the close)."""
