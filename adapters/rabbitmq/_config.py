@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from qchan.options import QUEUE_URL_OPTIONS, check_keywords, parse_query, renamed
+from qchan.options import QUEUE_URL_OPTIONS, OptionError, check_keywords, parse_query, renamed
 from qchan.urls import URLError, redact
 
 from . import _pika as pk
@@ -222,8 +222,8 @@ def settings_from_url(url: str, options: Mapping[str, Any]) -> Settings:
 
 
 def _validate(s: Settings) -> None:
-    def bad(msg: str) -> ValueError:
-        return ValueError(f"RabbitMQ queue {s.queue!r}: {msg}")
+    def bad(msg: str) -> OptionError:
+        return OptionError(f"RabbitMQ queue {s.queue!r}: {msg}")
 
     if s.queue_type not in ("quorum", "classic"):
         raise bad(f"queue_type must be 'quorum' or 'classic', not {s.queue_type!r}")

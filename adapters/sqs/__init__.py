@@ -128,16 +128,20 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
                 f"sqs://{name}: option 'unwrap' must be True or False, not {unwrap!r}"
             )
         if not 0 <= wait <= wire.MAX_WAIT_SECONDS:
-            raise ValueError(f"wait must be 0 to {wire.MAX_WAIT_SECONDS} s, not {wait}")
+            raise OptionError(
+                f"sqs://{name}: wait must be 0 to {wire.MAX_WAIT_SECONDS} s, not {wait}"
+            )
         if visibility_timeout is not None and not (
             0 <= visibility_timeout <= wire.MAX_VISIBILITY_SECONDS
         ):
-            raise ValueError(
-                f"visibility_timeout must be 0 to {wire.MAX_VISIBILITY_SECONDS} s, "
+            raise OptionError(
+                f"sqs://{name}: visibility_timeout must be 0 to {wire.MAX_VISIBILITY_SECONDS} s, "
                 f"not {visibility_timeout}"
             )
         if max_request_bytes < 1024:
-            raise ValueError(f"max_request_bytes must be at least 1024, not {max_request_bytes}")
+            raise OptionError(
+                f"sqs://{name}: max_request_bytes must be at least 1024, not {max_request_bytes}"
+            )
         self.fifo = name.endswith(".fifo")
         self.poll_wait = wait
         self.visibility_timeout = visibility_timeout
