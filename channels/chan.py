@@ -165,7 +165,7 @@ class Chan(Generic[T]):
         # Called (with no lock held) after a receiver takes an item or parks to wait for
         # one: the kernel sets it on a `rcv` while its poller waits for demand (see
         # kernel/routes.py). None for every other channel: one test per receive.
-        self._watch: Callable[[], None] | None = None
+        self._watch: Callable[[Chan[Any]], None] | None = None
         self.name = name
 
     # -- state ---------------------------------------------------------------
@@ -334,7 +334,7 @@ class Chan(Generic[T]):
             lock.release()
         watch = self._watch
         if watch is not None:  # room in the buffer, or a receiver waiting: demand
-            watch()
+            watch(self)
         if done:
             if not ok:
                 raise self._drained_error()

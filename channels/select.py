@@ -154,7 +154,7 @@ def _fast(cases: Any, n: int) -> Selected | None:
                 got = buf.popleft()
                 c._lock.release()
                 if c._watch is not None:
-                    c._watch()
+                    c._watch(c)
                 return _selected(i, got, True)
         try:
             sel = _perform((c, sending, case[1] if sending else None), i)
@@ -162,14 +162,14 @@ def _fast(cases: Any, n: int) -> Selected | None:
             c._lock.release()
         if sel is not None:
             if not sending and c._watch is not None:
-                c._watch()
+                c._watch(c)
             return sel
     if busy is not None:
         with _Locked(busy[0]._lock):
             sel = _perform(busy, busy_index)
         watch = busy[0]._watch
         if sel is not None and not busy[1] and watch is not None:
-            watch()
+            watch(busy[0])
         return sel
     return None
 
@@ -207,7 +207,7 @@ def _slow(ops: list[_Op], timeout: float | None) -> Selected | None:
     # A receive performed, or receivers now parked: tell the channels that watch for it.
     for i, (c, sending, _) in enumerate(ops):
         if not sending and c._watch is not None and (sel is None or sel.index == i):
-            c._watch()
+            c._watch(c)
     if sel is not None:
         return sel
     return _wait(w, ops, chans, timeout)

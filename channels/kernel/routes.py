@@ -4,9 +4,12 @@ poller hands the dispatcher (`Handoff`)."""
 
 from __future__ import annotations
 
+import functools
 import reprlib
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..adapter import Adapter
@@ -19,12 +22,15 @@ __all__ = ["ANY", "Gate", "Handoff", "Poison", "Receiver", "Stray"]
 
 #: The category of a channel that receives every message no other channel takes.
 ANY = "*"
+#: Seconds of the application's own settle rate a buffer may hold beyond its capacity
+#: (see `Gate.want`; docs/measurements.md).
+RATE_WINDOW = 0.05
 
 
 class Receiver:
     """One `dequeue`d category: its channels, codec and undelivered messages."""
 
-    __slots__ = ("ack", "category", "codec", "finished", "pending", "rcv")
+    __slots__ = ("ack", "allowed", "category", "codec", "finished", "pending", "rcv", "watch")
 
     def __init__(self, category: str, codec: Codec[Any], rcv: Chan[Msg[Any]], ack: Chan[Msg[Any]]):
         self.category = category
@@ -33,6 +39,10 @@ class Receiver:
         self.ack = ack
         self.pending: deque[Msg[Any]] = deque()
         self.finished = threading.Event()
+        #: What its buffer may hold now (pending included); the poller sets it (Gate.want).
+        self.allowed = 0
+        #: Its rcv's watch while the poller waits for demand (Gate.open sets it).
+        self.watch: Callable[[Chan[Any]], None] | None = None
 
 
 class Poison:
@@ -68,11 +78,18 @@ class Gate:
     counts what is settled, and what it takes from the poller). `routes` is
     replaced, never mutated, so the poller reads it without the lock.
 
-    Demand (DESIGN.md section 9): what the consumers can use soon, the free
-    buffer of every open `rcv` plus the receivers waiting on it. The poller takes
-    from the broker only while the messages received and not yet handed to the
-    application (`unhanded`) are fewer; the in-flight limit caps everything the
-    queue holds, the application's part included.
+    Demand (DESIGN.md section 9): what the consumers can use soon, the receivers
+    waiting on every open `rcv` plus its buffer. The poller takes from the broker
+    only while the messages received and not yet handed to the application are
+    fewer; the in-flight limit caps everything the queue holds, the application's
+    part included.
+
+    The buffer starts empty and grows by one message per message the application
+    settles (acks or fails), up to its capacity: a slow start. A consumer that
+    dies on its first message (a poison message that kills the process) has taken
+    nothing else from the broker, so the broker's count of that death, where it
+    keeps one (RabbitMQ's x-delivery-count, SQS's receive count), falls on the
+    messages its application had received, never on ones waiting unseen.
     """
 
     def __init__(self, adapter: Adapter, limit: int) -> None:
@@ -87,7 +104,16 @@ class Gate:
         # written by one thread only, so no lock; their difference is what is in transit.
         self.sent = 0
         self.arrived = 0
+        #: Messages the application settled: how much buffer it has earned (the dispatcher
+        #: writes it, the poller reads it).
+        self.earned = 0
+        # The rate the application settles at (messages/s, smoothed), from `earned`.
+        self._rate = 0.0
+        self._rate_at = time.monotonic()
+        self._rate_from = 0
         self.watching = False  # the rcv channels' watches are set (see want)
+        #: What the buffers may hold now, all categories (see want); the poller writes it.
+        self.allowance = 0
 
     def open(self, r: Receiver, queue: str) -> bool:
         """Route `r`'s category to it; whether the poller sits in adapter.idle or hold
@@ -95,6 +121,7 @@ class Gate:
         with self.cond:
             if self.stopping:
                 raise ChannelClosed(f"queue {queue!r} is closed")
+            r.watch = functools.partial(self.poke, r)
             self.routes = {**self.routes, r.category: r}
             self.cond.notify_all()
             return self.idling
@@ -129,33 +156,68 @@ class Gate:
             return -1
         room = self.limit - self.count
         if room <= 0:
+            if self.watching:
+                self._unwatch()  # acks free room, not receives: resolved() wakes the poller
             return 0
-        demand = 0
-        unhanded = self.sent - self.arrived
+        # Watch every rcv before looking at them: a receive from now on pokes (it waits
+        # for `cond`, which the caller holds), so none slips in unseen.
+        for r in routes.values():
+            r.rcv._watch = r.watch
+        self.watching = True
+        # Each category's own deficit: messages piling up for one nobody reads never
+        # hold back the others (no head-of-line blocking; the in-flight limit caps them).
+        earned = self.earned
+        # A buffer holds what its capacity says, or what the application settles in
+        # RATE_WINDOW seconds if that is more: an application that keeps up at 10,000
+        # messages a second drains 200 in 20 ms, and a deeper buffer then costs nobody
+        # anything (it takes fewer, larger receives); a slow one never gets past its
+        # capacity. Either way no more than it has earned (the slow start).
+        ahead = int(self._settle_rate() * RATE_WINDOW)
+        deficit = self.arrived - self.sent  # in transit: not routed yet, counted against all
+        waiting = buffers = 0
         for r in routes.values():
             rcv = r.rcv
-            demand += rcv._capacity + len(rcv._recvq)
-            unhanded += len(r.pending) + len(rcv._buf)
-        want = min(room, demand - unhanded)
-        if want > 0:
-            if self.watching:
-                self._unwatch()
-            return want
-        if not self.watching:
-            self.watching = True
-            for r in routes.values():
-                r.rcv._watch = self.poke
-            return self.want()  # a receive may have slipped in before the watch was set
+            waiting += len(rcv._recvq)
+            r.allowed = allowed = min(max(rcv._capacity, ahead), earned)
+            buffers += allowed
+            d = len(rcv._recvq) + allowed - len(r.pending) - len(rcv._buf)
+            if d > 0:
+                deficit += d
+        self.allowance = buffers
+        # Refill buffers in batches: at once for a waiting receiver, else once half of
+        # them is free (one receive, one wakeup per batch instead of per message).
+        if deficit > 0 and (waiting or deficit >= max(1, buffers // 2)):
+            self._unwatch()
+            return min(room, deficit)
         return 0
+
+    def _settle_rate(self) -> float:
+        """The application's settle rate, smoothed (updated at most every 10 ms)."""
+        now = time.monotonic()
+        elapsed = now - self._rate_at
+        if elapsed >= 0.01:
+            rate = (self.earned - self._rate_from) / elapsed
+            self._rate = rate if elapsed > 1.0 else (self._rate + rate) / 2
+            self._rate_at, self._rate_from = now, self.earned
+        return self._rate
 
     def _unwatch(self) -> None:
         self.watching = False
         for r in self.routes.values():
             r.rcv._watch = None
 
-    def poke(self) -> None:
-        """A receiver took a message from its `rcv` or started waiting (a watch fired): the
-        poller looks at the demand again, cutting an adapter.hold short."""
+    def poke(self, r: Receiver, rcv: Chan[Any]) -> None:
+        """A receiver took a message from `r`'s rcv or started waiting (its watch fired):
+        the poller looks at the demand again, cutting an adapter.hold short; not while
+        `r` holds more than half of what it may and nobody waits (see `want`)."""
+        if not self.watching:
+            return
+        if not rcv._recvq and len(r.pending) + len(rcv._buf) > r.allowed // 2:
+            return
+        self.wake()
+
+    def wake(self) -> None:
+        """Have the poller look at the demand again (if it waits for some)."""
         with self.cond:
             if not self.watching:
                 return

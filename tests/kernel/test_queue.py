@@ -8,7 +8,7 @@ import logging
 import threading
 
 import pytest
-from support.helpers import wait_for
+from support.helpers import start, wait_for
 from support.queues import User, open_q, put_raw
 
 from qchan import (
@@ -55,7 +55,8 @@ def test_errors_channel_full_falls_back_to_logging(
     errors: Chan[Exception] = Chan(1)
     q = open_q(queues, name, errors=errors)
     put_raw(name, *[Bag("Order", b"bad", {"Category": "Order"}, id=f"p{i}") for i in range(3)])
-    with caplog.at_level(logging.ERROR, logger="qchan.queue"), dequeue(Order, q):
+    with caplog.at_level(logging.ERROR, logger="qchan.queue"), dequeue(Order, q) as (rcv, _):
+        start(rcv.recv, 10.0)  # a receiver waits: the poller takes what there is
         wait_for(lambda: q.stats().poison == 3, what="three poison messages")
     assert len(errors) == 1
     assert caplog.text.count("cannot decode") == 2

@@ -194,10 +194,12 @@ def test_a_received_message_still_expires_after_time_to_flight(
 def test_in_flight_limit_counts_buffered_messages(queues: list[Queue], name: str) -> None:
     q = open_q(queues, name, in_flight=5)
     with enqueue(Order, q, policy=AT_MOST_ONCE) as (out, _):
-        for i in range(20):
+        for i in range(26):
             out.send(Order(str(i), 1.0))
     rcv, ack = dequeue(Order, q, capacity=32)
-    wait_for(lambda: q.stats().in_flight == 5, what="5 messages in flight")
+    for _ in range(6):  # six settled: the buffer may hold six, the limit says five
+        ack.send(rcv.recv(timeout=5))
+    wait_for(lambda: q.stats().acked == 6 and q.stats().in_flight == 5, what="5 in flight")
     assert broker(name).depth == 15, "took more than the in-flight limit from the broker"
     m = rcv.recv(timeout=5)
     ack.send(m)  # one slot frees: exactly one more comes in
@@ -227,7 +229,8 @@ def test_unroutable_message_is_reported_once_and_left_to_the_broker(
     errors: Chan[Exception] = Chan(16)
     q = open_q(queues, name, errors=errors)
     put_raw(name, Bag("Ghost", b"{}", {"Category": "Ghost"}, id="ghost-1"))
-    with dequeue(Order, q):
+    with dequeue(Order, q) as (rcv, _):
+        start(rcv.recv, 10.0)  # a receiver waits: the poller takes what there is
         err = errors.recv(timeout=5)
         # The broker brings it back after each visibility timeout; the kernel
         # must not ack it, and must not report it again.
@@ -335,16 +338,18 @@ def test_heartbeat_keeps_messages_waiting_in_the_rcv_buffer_invisible(
     EmbeddedAdapter(name, visibility_timeout=0.3)
     q = open_q(queues, name, heartbeat=0.1)
     with enqueue(Order, q) as (out, _):
-        for i in range(3):
+        for i in range(6):
             out.send(Order(str(i), 1.0))
     with dequeue(Order, q, capacity=8) as (rcv, ack):
+        for _ in range(3):  # three settled: the buffer may hold three (a slow start)
+            ack.send(rcv.recv(timeout=5))
         wait_for(lambda: len(rcv) == 3, what="three buffered")
         threading.Event().wait(1.0)  # three visibility timeouts, nothing received
         for _ in range(3):
             ack.send(rcv.recv(timeout=5))
         with pytest.raises(TimeoutError):
             rcv.recv(timeout=0.5)
-    assert (q.stats().received, q.stats().redelivered) == (3, 0)
+    assert (q.stats().received, q.stats().redelivered) == (6, 0)
 
 
 def test_nack_with_delay_redelivers_after_the_delay(queues: list[Queue], name: str) -> None:
@@ -407,11 +412,13 @@ def test_close_releases_delivered_and_buffered_messages_at_once(
 ) -> None:
     q = open_q(queues, name)
     with enqueue(Order, q) as (out, _):
-        for i in range(5):
+        for i in range(9):
             out.send(Order(str(i), 1.0))
-    rcv, _ = dequeue(Order, q, capacity=8)
+    rcv, ack = dequeue(Order, q, capacity=8)
+    for _ in range(4):  # four settled: the buffer may hold four (a slow start)
+        ack.send(rcv.recv(timeout=5))
     rcv.recv(timeout=5)  # one delivered, the rest buffered in rcv
-    wait_for(lambda: q.stats().in_flight == 5, what="all 5 in flight")
+    wait_for(lambda: q.stats().in_flight == 5, what="5 in flight: 1 held, 4 buffered")
     q.close()
     assert broker(name).depth == 5 and broker(name).in_flight == 0
 

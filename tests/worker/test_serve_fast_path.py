@@ -86,8 +86,11 @@ def test_a_worker_takes_buffered_messages_without_a_select_each(
     name = f"t-{uuid.uuid4().hex[:8]}"
     q = Queue(EmbeddedAdapter(name), poll_wait=0.1)
     with enqueue(Order, q) as (out, _):
-        for i in range(20):
-            out.send(Order(str(i), 1.0))
+        for i in range(52):
+            out.send(Order(str(i - 32), 1.0))
+    with dequeue(Order, q) as (rcv, ack):  # 32 settled: the buffer has earned its size
+        for _ in range(32):
+            ack.send(rcv.recv(timeout=5))
     selects: list[int] = []
 
     def spy_select(*cases: Any, **kwargs: Any) -> Any:
