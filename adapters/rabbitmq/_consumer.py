@@ -22,7 +22,7 @@ demand, see qchan.kernel.routes.Gate): a line is added when the kernel wants
 more than has arrived plus what the lines may still push, sized to that deficit
 (at least a quarter of the credit so far, so a fast consumer needs few lines),
 within `prefetch`. While the kernel holds (no demand, or its in-flight limit),
-a line is cancelled once it is full and the other lines still cover everything
+a line is cancelled once it is full and the other lines still cover twice what
 the kernel holds: nothing is ever in flight to a full line, so the cancel
 returns nothing. A slow consumer's credit is thus its buffer plus what its
 workers hold; other consumers of the queue get the rest of the backlog.
@@ -263,14 +263,16 @@ class Consumer:
         log.debug("queue %s: line %s with credit %d (%d in all)", self._s.queue, tag, size, credit)
 
     def _trim(self) -> None:
-        """The kernel holds: cancel full lines while the others still cover what it holds."""
+        """The kernel holds: cancel full lines while the others still cover twice what it
+        holds (what it holds swings with every batch of acks: a margin, not a churn of
+        subscriptions)."""
         ch = self._ch
         assert ch is not None
         active = [line for line in self._lines.values() if not line.cancelled]
         credit = sum(line.credit for line in active)
         holds = len(self._open) - len(self._ready)  # handed to the kernel, not settled
         for line in sorted(active, key=lambda x: -x.credit):
-            if line.out >= line.credit and credit - line.credit >= holds:
+            if line.out >= line.credit and credit - line.credit >= 2 * holds:
                 self._cancel(ch, line)  # full: nothing is in flight to it
                 credit -= line.credit
 

@@ -110,8 +110,11 @@ def bag_from_delivery(
             log.debug("queue %s: header %r is not a string attribute; skipped", queue, name)
             continue
         attributes[name] = text
-    back = returned(headers, method.redelivered)
-    deliveries = counted(headers) + (1 if back is None else back) + 1
+    if DELIVERY_COUNT in headers or DELIVERIES in headers:
+        back = returned(headers, method.redelivered)
+        deliveries = counted(headers) + (1 if back is None else back) + 1
+    else:  # a first delivery (or a classic queue's redelivery) of an original
+        deliveries = 2 if method.redelivered else 1
     return Bag(
         category=attributes.get(ATTR_CATEGORY, ""),
         body=body,
