@@ -2,6 +2,7 @@
 
     python tests/reliability/child.py hold    URL RUN N_HOLD N_ACK [OPTIONS_JSON]
     python tests/reliability/child.py produce URL RUN N CLOSE [OPTIONS_JSON]
+    python tests/reliability/child.py poison  URL RUN BAD [OPTIONS_JSON]
 
 `hold`: receive `Numbered` messages of run RUN; ack the first N_ACK, keep the
 next N_HOLD un-acked; print one line `holding <acked numbers> | <held
@@ -13,6 +14,8 @@ CLOSE says how it ends: `close` calls `q.close()`; `exit` just returns from
 main (the interpreter's exit hook closes the queue); `abandon` ends with
 `os._exit(0)` (no close, no exit hooks: the at-most-once buffer is lost). Prints `sent <n>` before
 closing, and `undelivered <k>` if close raised. Exit status 0 unless it fails.
+
+`poison`: see `poison()`: a consumer that dies on message number BAD.
 
 Options (JSON object) go to `qchan.connect`. Arguments are plain strings and
 JSON: nothing is unpickled.
@@ -57,6 +60,34 @@ def hold(url: str, run: str, n_hold: int, n_ack: int, options: dict[str, object]
     threading.Event().wait()  # until SIGKILL
 
 
+def poison(url: str, run: str, bad: int, options: dict[str, object]) -> None:
+    """Receive and ack `Numbered` messages of run RUN one at a time (each ack applied
+    before the next message), printing `ok N DELIVERIES`; on number BAD print `poison
+    DELIVERIES` and die at once (`os._exit`: no close, no release), as a process that a
+    poison message kills does. After 3 s with nothing, print `idle` and close."""
+    q = connect(url, **options)
+    rcv, ack = dequeue(Numbered, q)
+    acked = 0
+    while True:
+        try:
+            m = rcv.recv(timeout=3)
+        except TimeoutError:
+            print("idle", flush=True)
+            break
+        if m.object.run == run and m.object.n == bad:
+            print(f"poison {m.deliveries}", flush=True)
+            os._exit(3)
+        ack.send(m)
+        acked += 1
+        for _ in range(500):  # the ack applied before the next message, or a crash loses it
+            if q.stats().acked >= acked:
+                break
+            threading.Event().wait(0.01)
+        if m.object.run == run:
+            print(f"ok {m.object.n} {m.deliveries}", flush=True)
+    q.close()
+
+
 def produce(url: str, run: str, n: int, how: str, options: dict[str, object]) -> None:
     q = connect(url, **{"linger": 0.5, **options})
     out, dlq = enqueue(Numbered, q, policy=AT_MOST_ONCE, capacity=n)
@@ -82,6 +113,9 @@ def main() -> None:
         hold(url, run, int(sys.argv[4]), int(sys.argv[5]), options)
     elif mode == "produce":
         produce(url, run, int(sys.argv[4]), sys.argv[5], options)
+    elif mode == "poison":
+        options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+        poison(url, run, int(sys.argv[4]), options)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from support.helpers import wait_for
 
 from qchan import enqueue
 
@@ -140,6 +141,61 @@ def test_consumer_killed_with_sigkill_while_holding_unacked_messages(
     # An ack the child sent just before the kill may not have reached the broker:
     # those messages come again, at most the ones it acked.
     r.check(max_duplicates=n_ack)
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_a_message_that_kills_its_consumer_every_time_is_stopped(
+    transport: Transport, queue_type: str
+) -> None:
+    """A poison message that kills the consumer process (os._exit, no release) each time it
+    is handed out, ahead of 4 good ones, with max_deliveries=3: it is delivered exactly 3
+    times, then dead-lettered without reaching the application again; the good ones are
+    each handled once, on their first delivery, and none is dead-lettered (issue 25).
+
+    How it is stopped: RabbitMQ counts each return of a consumer that died
+    (x-delivery-count on a quorum queue; a classic queue says only `redelivered`, and
+    qchan counts that return on a copy); past max_deliveries the adapter dead-letters it
+    on arrival. SQS counts receives; its redrive policy moves it. The good ones are
+    never counted: a fresh consumer takes only what its application waits for until it
+    has settled something (the slow start), so nothing waits unseen when it dies."""
+    external(transport)
+    if queue_type == "classic" and transport.name != "amqp":
+        pytest.skip("queue types are RabbitMQ's")
+    if transport.name == "kafka":
+        pytest.skip("covered in tests/adapters/test_kafka.py (commit metadata)")
+    transport.isolate()
+    name = transport.new_name()
+    options = {**transport.child_options}
+    if transport.name == "amqp":
+        options["queue_type"] = queue_type
+    options.update(transport.limit(name, 3))
+    run = uuid.uuid4().hex[:8]
+    with transport.open(name, **options) as q, enqueue(Numbered, q) as (out, _):
+        for i in range(5):
+            out.send(Numbered(run, i))
+    poisoned: list[int] = []
+    good: list[tuple[int, int]] = []
+    for _ in range(8):
+        child = Child("poison", transport.url(name), run, "0", json.dumps(options))
+        try:
+            while True:
+                line = child.line(timeout=transport.crash_patience)
+                if line.startswith("poison"):
+                    poisoned.append(int(line.split()[1]))
+                    assert child.proc.wait(30) == 3
+                    break
+                if line.startswith("ok"):
+                    good.append((int(line.split()[1]), int(line.split()[2])))
+                    continue
+                assert line == "idle", line
+                break
+        finally:
+            child.kill()
+        if line == "idle":
+            break
+    assert poisoned == [1, 2, 3]
+    assert sorted(good) == [(n, 1) for n in range(1, 5)]
+    wait_for(lambda: transport.dead_letters(name) == 1, 30, "the poison message dead-lettered")
 
 
 @pytest.mark.parametrize("how", ["close", "exit"])
