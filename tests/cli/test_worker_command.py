@@ -362,6 +362,31 @@ def test_rabbitmq_two_processes_share_2000_with_metrics_and_a_clean_sigterm(
 
 
 @pytest.mark.integration
+def test_rabbitmq_worker_processes_share_a_waiting_backlog(
+    workers: Any, queue_name: str, admin: Any
+) -> None:
+    """Issue 25: 400 orders waiting, `--processes 2 --threads 2`, 20 ms each. Each child
+    takes what its threads can use, so both handle a fair part (before: one child
+    took the whole backlog and handled all 400, the other none)."""
+    from support.rabbitmq import queue_depth, url_for
+
+    url = url_for(queue_name)
+    send_orders(url, 400)
+    w = workers(
+        ["worker_handlers:handle", url, "--processes", "2", "--threads", "2"],
+        QCHAN_TEST_WORK="0.02",
+    )
+    wait_for(lambda: len({i for i, _ in w.lines()}) == 400, 60, "400 orders handled")
+    lines = w.lines()
+    per_pid = Counter(pid for _, pid in lines)
+    assert len(per_pid) == 2 and min(per_pid.values()) >= 100, per_pid
+    assert duplicates(lines) == 0
+    w.signal()
+    assert w.wait(15) == 0, w.stderr
+    assert queue_depth(admin, queue_name) == 0
+
+
+@pytest.mark.integration
 def test_kafka_two_workers_in_one_group_share_2000(
     workers: Any, kafka_bootstrap: str, topic: str
 ) -> None:
