@@ -46,22 +46,34 @@ itself (connection refused) counts as a failure of every bag in the call.
 Flow control: the poller thread tells the adapter which of three states the
 queue is in, by which method it calls, and never by `wakeup` alone:
 
-- room (a channel is open, fewer than `hooks.in_flight` messages are out):
-  `receive`, which takes up to `max_items`;
-- hold (the in-flight limit is reached: the application is slower than the
-  broker): `hold`, which keeps what the adapter has taken or prefetched, takes
-  nothing new, and neither gives back, requeues nor dead-letters anything. The
-  application has not refused those messages, and a message it has not
-  received is never a delivery attempt;
+- demand (a channel is open, the consumers can use more, fewer than
+  `hooks.in_flight` messages are out): `receive`, which takes up to
+  `max_items`: what the consumers can use now (the receivers waiting plus the
+  free buffer, DESIGN.md section 9). An adapter whose broker pushes ahead
+  (RabbitMQ's `basic.qos`) takes no more ahead than that, so that several
+  consumers of a queue share a waiting backlog and a consumer that closes has
+  little to give back;
+- hold (no demand: the application is slower than the broker; or the in-flight
+  limit is reached): `hold`, which keeps what the adapter has taken or
+  prefetched, takes nothing new, and neither gives back, requeues nor
+  dead-letters anything. The application has not refused those messages, and
+  a message it has not received is never a delivery attempt;
 - nobody listens (no channel open: before the first `dequeue`, after the
   last one closed): `idle`, which may give back what was prefetched, so that
   other consumers get it.
 
 `wakeup` only interrupts a `receive`, `hold` or `idle` in progress so the
 kernel can look at the state again (a channel opened or closed, acks freed
-room, the queue is closing); it says nothing about which state comes next. An
-adapter that prefetches (RabbitMQ's `basic.qos`) keeps its prefetch at most
-`hooks.in_flight`, so the broker itself stops pushing while the kernel holds.
+room, a receiver took a message, the queue is closing); it says nothing about
+which state comes next.
+
+Counting: `Bag.deliveries` counts deliveries to the application. A failure
+(`nack`, `nack_failed`) is one; a `release` (given back unhandled) is not, nor
+is what `idle` gives back: an adapter whose broker counts every return (SQS's
+receive count, a quorum queue's `x-delivery-count` before RabbitMQ 4.3) gives
+such messages back as copies that carry the count. Where the broker has a
+visibility timeout, the adapter says so (`visibility`) and the kernel keeps
+what it holds invisible with `extend`.
 
 Pipelining (optional): an adapter whose client sends asynchronously (Kafka)
 sets `pipeline` above 1 and overrides `submit`, which starts sending a batch
@@ -254,7 +266,12 @@ class Adapter(abc.ABC):
         self.nack_failed(bags, errors, 0.0)
 
     def release(self, bags: Sequence[Bag]) -> None:
-        """Give back deliveries the application never acknowledged (queue closing)."""
+        """Give back deliveries the application did not settle (a `dequeue` closing, a
+        `qchan peek`, a message received after the last channel closed): available again
+        at once, and not a delivery attempt, so they must not move toward the broker's
+        dead-letter threshold. The default is `nack(bags, 0)`, right for a broker whose
+        nack counts nothing; override it where a return counts (see the module
+        docstring)."""
         self.nack(bags, 0.0)
 
     def reject(self, bag: Bag, error: MessageError) -> None:  # noqa: B027 - optional hook
@@ -268,9 +285,10 @@ class Adapter(abc.ABC):
     def extend(self, bags: Sequence[Bag]) -> None:  # noqa: B027 - optional hook
         """Keep these deliveries invisible to other consumers a while longer (a heartbeat).
 
-        Called every `heartbeat` seconds (a queue option, off by default) for
-        messages still in flight; the adapter decides by how much (its
-        visibility timeout). Brokers without visibility timeouts ignore it.
+        Called for every message the queue holds (waiting in a buffer or held by the
+        application) every third of `visibility`, or every `heartbeat` seconds when
+        that queue option is given; the adapter decides by how much (its visibility
+        timeout). Brokers without visibility timeouts ignore it.
         """
 
     # -- pipelining: set `pipeline` above 1 and override `submit` --------------
