@@ -290,12 +290,12 @@ def serve(
     fails (a worker thread of it raised, see `QueueFailed`), serve stops the same
     way and raises `QueueFailed`.
 
-    `capacity` is how many messages wait, received from the broker, for a free
-    worker (`dequeue`'s `capacity`; at least `workers` are). More makes fast handlers
-    cheaper (workers=4 with a trivial handler on mem://: 0.75-0.85x of one `dequeue` loop
-    with 32, 1.0x with 128) but holds more: on a broker with a visibility timeout (SQS)
-    a message must reach a worker before it runs out, so keep `capacity` x handler time
-    / `workers` well under the timeout, or set the queue's `heartbeat`.
+    `capacity` is how many messages may wait, received from the broker, for a free
+    worker (`dequeue`'s `capacity`; at least `workers` are). A consumer takes only what
+    it can use: the buffer grows with the messages settled, up to `capacity` (or to what
+    the workers settle in 50 ms, if more), so several consumers share a waiting backlog.
+    More makes fast handlers cheaper; less leaves more of a backlog to other consumers.
+    Where the broker has a visibility timeout (SQS), what waits is kept invisible.
     """
     if not callable(handler):
         raise OptionError(f"serve needs a handler function as its first argument, not {handler!r}")
@@ -371,7 +371,8 @@ def _serve(
     halt: Chan[None] = Chan(0, name=f"{q.name}.serve.stop")
     # A buffer shared by the workers, at least one message per worker: with only
     # `workers` slots the dispatcher and the workers woke each other for every
-    # message (5x slower). The buffered messages go back to the broker on stop.
+    # message (5x slower). The buffered messages go back to the broker on stop,
+    # uncounted.
     rcv, ack = dequeue(type_, q, category=category, capacity=max(capacity, workers))
     pool: _Pool[T] = _Pool(
         handler=handler,
