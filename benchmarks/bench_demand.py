@@ -1,10 +1,12 @@
 """RabbitMQ consume rates: the code of 84ac3a1 vs the new one (issue 25, delivery follows demand).
 
-What changed: today a consumer subscribes with `basic.qos` prefetch = the queue's
-`in_flight` (500) and takes that many, whatever its consumers can use. The new kernel
-asks only for what the consumers can take soon (each open `rcv`'s free buffer,
-`dequeue(..., capacity=32)` by default, plus receivers waiting), and the RabbitMQ
-adapter subscribes several times ("credit lines") with credit that follows that demand
+What changed: at 84ac3a1 a consumer subscribed with `basic.qos` prefetch = the
+queue's `in_flight` (500) and took that many, whatever its consumers could use. The
+new kernel asks only for what the consumers can take soon (the receivers waiting,
+plus each open `rcv`'s buffer, which grows with the messages settled up to its
+capacity, `dequeue(..., capacity=32)` by default, or to what the application settles
+in 50 ms if more: kernel/routes.py), and the RabbitMQ adapter subscribes several
+times ("credit lines") with credit that follows that demand
 (adapters/rabbitmq/_consumer.py). This measures whether that costs throughput.
 
 Both versions run in the same run, as separate processes: each measurement is a child
@@ -42,6 +44,11 @@ Fairness table (small): 400 messages wait; two `serve(workers=2)` consumers on
 connections of their own, in one child process, a 20 ms handler, the second started
 0.5 s after the first (tests/reliability/test_demand.py's scenario); how many each
 handled, how many were handled twice, and the seconds until all 400 were handled.
+
+The tree of 84ac3a1, once (`qchan` laid out as the package installs):
+    git worktree add /tmp/qchan-84ac3a1 84ac3a1
+    mkdir -p /tmp/basepkg/qchan && ln -s /tmp/qchan-84ac3a1/channels/* /tmp/basepkg/qchan/ \
+        && ln -s /tmp/qchan-84ac3a1/adapters /tmp/basepkg/qchan/adapters
 
 Run (RabbitMQ on 127.0.0.1:5672, guest/guest; from the checkout, with the venv):
     .venv/bin/python benchmarks/bench_demand.py [--messages 20000] [--rounds 5]
