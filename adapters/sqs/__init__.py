@@ -234,7 +234,14 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
         self._prepare()
         request: dict[str, Any] = {
             "QueueUrl": self._queue_url,
-            "MaxNumberOfMessages": max(1, min(max_items, wire.MAX_BATCH_ENTRIES)),
+            # A FIFO queue hands out one receive's worth of a message group until it is
+            # settled: asked for 1, a consumer that holds it while it waits for the
+            # group's next message would wait for ever (what it holds is kept invisible).
+            "MaxNumberOfMessages": (
+                wire.MAX_BATCH_ENTRIES
+                if self.fifo
+                else max(1, min(max_items, wire.MAX_BATCH_ENTRIES))
+            ),
             "WaitTimeSeconds": _wait_seconds(wait),
             "MessageAttributeNames": ["All"],
             self._system_names: ["ApproximateReceiveCount", "MessageGroupId"],
