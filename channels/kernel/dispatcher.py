@@ -79,6 +79,7 @@ class Dispatcher:
         self.ack_limit = max(1, min(self.adapter.max_batch, ctx.in_flight // 2))
         self.ack_batch = self.ack_limit
         self.next_beat = time.monotonic() + (ctx.heartbeat or 0.0)
+        self.beaten: set[Bag] = set()  # what was held at the last heartbeat
         self.failed = False  # the queue failed: its rcv and ack channels raise now
 
     def _failed(self) -> None:
@@ -323,14 +324,16 @@ class Dispatcher:
             self._unpark(now)
         if self.ctx.heartbeat and now >= self.next_beat:
             self.next_beat = now + self.ctx.heartbeat
-            held = [
-                *self.flight,
-                *self.parked,
-                *(m.bag for r in self.receivers for m in r.pending if m.bag),
-            ]
-            if held:
+            held = {*self.flight, *self.parked}
+            held.update(m.bag for r in self.receivers for m in r.pending if m.bag)
+            # Only what was held at the last beat too: a message received since is at
+            # most one beat old (every one is extended before two, well inside the
+            # visibility timeout), and most are settled before their first extension.
+            due = [b for b in held if b in self.beaten]
+            self.beaten = held
+            if due:
                 try:
-                    self.adapter.extend(held)
+                    self.adapter.extend(due)
                 except Exception as e:
                     self.ctx.report(e)
 

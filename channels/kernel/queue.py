@@ -88,7 +88,8 @@ class Queue:
       messages the queue holds (waiting in a buffer or held by the application); by
       default a third of the broker's visibility timeout where it has one (SQS,
       mem://), so none of them is delivered again for waiting; give it to override the
-      interval (it must be shorter than the timeout).
+      interval (it must be shorter than half the timeout: a message is first extended
+      at the second beat after it arrives, so most are settled before any extension).
     - errors: a channel for everything the workers cannot hand to a specific
       channel (poison messages, connection loss); when absent they are logged.
       Give it a buffer: a full errors channel falls back to logging.
@@ -133,11 +134,12 @@ class Queue:
             close_timeout=close_timeout,
         )
         visibility = adapter.visibility
-        if heartbeat is not None and visibility is not None and heartbeat >= visibility:
+        if heartbeat is not None and visibility is not None and 2 * heartbeat >= visibility:
             raise OptionError(
-                f"heartbeat={heartbeat!r} s is not shorter than the visibility timeout of "
-                f"{adapter!r} ({visibility} s): held messages would be delivered again between "
-                f"two extensions; leave heartbeat out (a third of the timeout) or give less"
+                f"heartbeat={heartbeat!r} s is not shorter than half the visibility timeout of "
+                f"{adapter!r} ({visibility} s): a message is first extended up to two beats "
+                f"after it arrives, so it could be delivered again first; leave heartbeat out "
+                f"(a third of the timeout) or give less"
             )
         self.adapter = adapter
         self.name = adapter.name

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import boto3
 import pytest
+from support.helpers import start
 
 from qchan import Chan, DecodeError, OptionError, connect, dequeue
 from qchan.adapters.sqs import SQSAdapter, _parse, from_url
@@ -253,7 +254,8 @@ def test_an_inner_body_that_does_not_decode_is_reported_with_the_envelope_fields
     event_id = put_event(aws, eventbridge(arn), "User", {"id": "u-5"})  # no name
     errors: Chan[Exception] = Chan(16)
     q = connect(sqs_url(sqs_endpoint, name), poll_wait=1, errors=errors)
-    with q, dequeue(User, q) as _:
+    with q, dequeue(User, q) as (rcv, _):
+        start(rcv.recv, 20.0)  # a receiver waits: the poller takes what there is
         error = errors.recv(timeout=20)
     assert isinstance(error, DecodeError)
     assert json.loads(error.bag.body) == {"id": "u-5"}

@@ -39,15 +39,16 @@ def test_a_fresh_consumer_takes_what_it_waits_for_then_earns_its_buffer(
     queues: list[Queue], name: str
 ) -> None:
     """100 waiting, in_flight 500, a buffer of 8: nothing is taken before anyone receives
-    (before: all 100); after 10 settled the buffer holds its 8, or at most the 10 earned
-    if the application settles fast enough to use more (RATE_WINDOW), never the 100."""
+    (before: all 100); after 10 settled the buffer holds up to its 8, or up to the 10
+    earned if the application settles fast enough to use more (RATE_WINDOW), refilled
+    by halves: never the 100."""
     q = open_q(queues, name)
     _fill(q, 100)
     rcv, ack = dequeue(Order, q, capacity=8)
     assert _stays(lambda: broker(name).depth == 100)
     _settle(rcv, ack, 10)
-    wait_for(lambda: broker(name).depth <= 82, what="the earned buffer filled")
-    assert _stays(lambda: 80 <= broker(name).depth <= 82)
+    wait_for(lambda: len(rcv) >= 4, what="the earned buffer refilled")
+    assert _stays(lambda: 80 <= broker(name).depth <= 86 and len(rcv) <= 10)
 
 
 def test_the_buffer_grows_one_message_per_settled_message(queues: list[Queue], name: str) -> None:
@@ -87,7 +88,7 @@ def test_the_default_heartbeat_is_a_third_of_the_visibility_timeout(name: str) -
         assert q._context().heartbeat == 0.5
 
 
-@pytest.mark.parametrize("heartbeat", [3.0, 5.0, 0.0, -1.0])
+@pytest.mark.parametrize("heartbeat", [1.5, 3.0, 5.0, 0.0, -1.0])
 def test_a_heartbeat_out_of_range_is_refused_at_the_call(name: str, heartbeat: float) -> None:
     with pytest.raises(OptionError, match="heartbeat"):
         Queue(EmbeddedAdapter(name, visibility_timeout=3.0), heartbeat=heartbeat)
@@ -104,7 +105,7 @@ def test_messages_waiting_in_the_buffer_outlive_the_visibility_timeout(
     _fill(q, 20)
     rcv, ack = dequeue(Order, q, capacity=10)
     _settle(rcv, ack, 10)
-    wait_for(lambda: broker(name).depth == 0, what="ten more in the buffer")
+    wait_for(lambda: len(rcv) >= 5, what="the buffer refilled (it refills by halves)")
     threading.Event().wait(1.5)  # the scenario: they wait, longer than the timeout
     got = [rcv.recv(timeout=5) for _ in range(10)]
     assert [m.deliveries for m in got] == [1] * 10

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.helpers import wait_for
+from support.helpers import start, wait_for
 from support.rabbitmq import Relay, self_signed_cert
 
 from qchan import Chan, Constant, Event, Meta, Queue, connect, dequeue, enqueue
@@ -98,7 +98,8 @@ def exercise(exposure: Exposure, q: Queue, errors: Chan[Exception], seconds: flo
     out.send(Order("1", 1.0))
     dead = dlq.recv(timeout=60)
     exposure.add(dead, dead.error)
-    with dequeue(Order, q):
+    with dequeue(Order, q) as (rcv, _):
+        start(rcv.recv, seconds + 30)  # a receiver waits: the poller tries to receive
         wait_for(lambda: len(errors) > 0, seconds + 30, "an error reported by the poller")
     exposure.drain(errors)
     try:
