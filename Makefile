@@ -53,8 +53,11 @@ demo: $(CORE_STAMP)
 
 test: check unit
 
+# Two workers (pytest-xdist): most tests wait on brokers, not the CPU. The tests that
+# restart the shared RabbitMQ (marked `serial`) run alone afterwards.
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 check: lint typecheck
 

@@ -33,6 +33,10 @@ class Wrapped(Adapter):
         super().bind(hooks)
         self.inner.bind(hooks)
 
+    @property
+    def visibility(self) -> float | None:
+        return self.inner.visibility
+
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
         return self.inner.send_batch(bags)
 

@@ -939,6 +939,7 @@ def test_lost_consumer_connection_is_reported_and_delivery_resumes(
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @integration
 def test_broker_restart_in_the_middle_of_10000_messages_loses_nothing(queue_name: str) -> None:
     """stop_app / start_app while 10,000 messages flow: each is received at least once or is

@@ -1196,3 +1196,31 @@ def test_serve_retries_with_visibility_then_gives_up_to_the_redrive_dlq(
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.9
     assert dead[0].category == "Order" and json.loads(dead[0].body)["id"] == "x"
     assert_empty(adapters(name))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+def test_a_release_counts_no_delivery_except_on_a_fifo_queue(
+    make_queue: Any, adapters: Any, fifo: bool
+) -> None:
+    """Issue 25: a give-back (release) is no delivery. A standard queue gets a copy that
+    carries the count and the original id; a FIFO queue cannot take a copy without
+    putting it behind the rest of its group, so there the message is made visible again
+    and SQS counts the receive (docs/sqs.md, the documented limit this shows)."""
+    name, _ = make_queue(fifo=fifo)
+    a = adapters(name)
+    assert a.send_batch([bag('{"id": "r", "amount": 1.0}', key="g")]) == [None]
+    seen = []
+    for _ in range(3):
+        (got,) = receive_all(a, 1)
+        seen.append((got.id, got.deliveries, dict(got.attributes)))
+        a.release([got])
+    (last,) = receive_all(a, 1)
+    a.ack([last])
+    ids = {i for i, _, _ in seen} | {last.id}
+    if fifo:
+        assert [d for _, d, _ in seen] == [1, 2, 3] and last.deliveries == 4
+    else:
+        assert [d for _, d, _ in seen] == [1, 1, 1] and last.deliveries == 1
+        assert len(ids) == 1  # the copy keeps the original's id
+    assert all("qchan-deliveries" not in attrs for _, _, attrs in seen)

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from support.helpers import start, wait_for
-from support.queues import open_q
+from support.queues import open_q, put_raw
 
-from qchan import AT_MOST_ONCE, Queue, connect, dequeue, enqueue
+from qchan import AT_MOST_ONCE, Bag, Queue, connect, dequeue, enqueue
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.options import OptionError
-from qchan.testing import Order
+from qchan.testing import Order, Wrapped
 
 
 def _fill(q: Queue, n: int) -> None:
@@ -113,3 +113,58 @@ def test_messages_waiting_in_the_buffer_outlive_the_visibility_timeout(
         ack.send(m)
     assert _stays(lambda: broker(name).depth == 0 and len(rcv) == 0)
     assert q.stats().redelivered == 0
+
+
+class _Revoking(Wrapped):
+    """Says, from within a receive, that it lost the messages whose id is odd (as a Kafka
+    adapter does in its rebalance callback)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.lose = threading.Event()
+        self.dropped = -1
+
+    def receive(self, max_items: int, wait: float) -> Any:
+        if self.lose.is_set():
+            self.lose.clear()
+            self.dropped = self.hooks.revoke(lambda bag: int(bag.id or "0") % 2 == 1)
+            return []
+        return self.inner.receive(max_items, wait)
+
+
+def test_messages_a_rebalance_takes_away_leave_the_buffer_unhandled(
+    queues: list[Queue], name: str
+) -> None:
+    """Issue 25: what waits in rcv's buffer for a partition the adapter lost is taken out of
+    it, so the application never handles it here (the new owner does); before, it was
+    handed out anyway, and handled twice."""
+    put_raw(
+        name,
+        *[
+            Bag(
+                "Order",
+                f'{{"id": "{i}", "amount": 1.0}}'.encode(),
+                {"Category": "Order"},
+                id=str(i),
+            )
+            for i in range(12)
+        ],
+    )
+    adapter = _Revoking(EmbeddedAdapter(name))
+    q = open_q(queues, name, adapter)
+    rcv, ack = dequeue(Order, q, capacity=8)
+    _settle(rcv, ack, 2)  # ids 0 and 1: now the buffer may hold two
+    wait_for(lambda: len(rcv) == 2, what="two buffered")
+    adapter.lose.set()
+    with dequeue(Order, q, category="other"):  # a route change wakes the poller
+        wait_for(lambda: adapter.dropped >= 0, what="the revoke")
+    got = []
+    while True:
+        try:
+            m = rcv.recv(timeout=1)
+        except TimeoutError:
+            break
+        got.append(m.object.id)
+        ack.send(m)
+    assert adapter.dropped >= 1
+    assert not [i for i in got[:2] if int(i) % 2 == 1], got  # none handed out after the loss

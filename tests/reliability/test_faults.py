@@ -263,6 +263,7 @@ def test_consumer_connection_dropped_with_messages_in_flight(
 
 
 @pytest.mark.integration
+@pytest.mark.serial
 def test_rabbitmq_broker_restart_mid_way(rabbit: str, record: list[Report]) -> None:
     """`rabbitmqctl stop_app` / `start_app` half-way through: every connection dies, the
     broker is down ~2 s and restarts with the queue (quorum, durable) intact. Sends retry,
