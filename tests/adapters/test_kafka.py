@@ -26,7 +26,14 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.helpers import outage_then_invalid, slow_consume, start, wait_for
-from support.kafka import PARTITIONS, Cluster, MockCluster, group_config, new_topic
+from support.kafka import (
+    GROUP_PROTOCOL,
+    PARTITIONS,
+    Cluster,
+    MockCluster,
+    group_config,
+    new_topic,
+)
 
 from qchan import Chan, Queue, Retries, connect, dequeue, enqueue, serve
 from qchan.adapter import Adapter, Hooks
@@ -715,9 +722,9 @@ def test_out_of_order_acks_commit_only_the_contiguous_prefix(
     try:
         for i in range(0, len(acked), 3):
             first.ack(acked[i : i + 3])
-        # First un-acked offset; nothing committed (-1001) where nothing was acked.
+        # First un-acked offset (where nothing was acked: the assignment's commit, 0).
         expected = [
-            min(set(range(10)) - pattern[p], default=10) if pattern[p] else -1001
+            min(set(range(10)) - pattern[p], default=10) if pattern[p] else 0
             for p in range(PARTITIONS)
         ]
         wait_for(
@@ -948,6 +955,76 @@ def test_rebalance_revokes_partitions_and_the_new_owner_redelivers(
         return committed(kafka_bootstrap, topic, group) == [5] * PARTITIONS
 
     wait_for(all_committed, timeout=30, what="every partition committed")
+
+
+def commit_found(bootstrap: str, topic: str, group: str, partition: int = 0) -> Metadata:
+    """What the group's commit of `partition` says (decoded as a new owner reads it)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        (tp,) = c.committed([TopicPartition(topic, partition)], timeout=10)
+        return decode_metadata(tp.offset, tp.metadata)
+    finally:
+        c.close()
+
+
+@pytest.mark.integration
+def test_a_clean_restart_counts_nothing_and_keeps_the_failures(
+    kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
+) -> None:
+    """close() writes o=0: the next owner counts no death (no false suspects), and a
+    failure counted in memory carries over (its released delivery was not an attempt)."""
+    produce_plain(kafka_bootstrap, topic, [b"a", b"b", b"c"], 0)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    first = adapter(kafka_bootstrap, topic, group=group)
+    adapters.append(first)
+    got = receive_n(first, 3)
+    first.nack([got[1]], 60.0)  # failed once; its redelivery waits
+    first.release([got[0], got[2]])
+    first.close()
+    adapters.remove(first)
+    found = commit_found(kafka_bootstrap, topic, group)
+    assert (found.live, dict(found.counts)) == (False, {1: 1})
+    heir = adapter(kafka_bootstrap, topic, group=group)
+    adapters.append(heir)
+    again = sorted(receive_n(heir, 3), key=lambda b: b.digest.offset)
+    assert [(b.body, b.deliveries) for b in again] == [(b"a", 1), (b"b", 2), (b"c", 1)]
+    heir.ack(again)
+
+
+@pytest.mark.integration
+def test_a_rebalance_to_a_second_member_counts_nothing(
+    kafka_cluster: Cluster, kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
+) -> None:
+    """The partitions a revoke hands over carry o=0 and the failures counted so far: the
+    new owner counts no death."""
+    if GROUP_PROTOCOL == "classic" and isinstance(kafka_cluster, MockCluster):
+        pytest.skip(
+            "the mock refuses commits while a classic group rebalances (Kafka accepts them "
+            "until the rebalance completes): the revoke's o=0 commit fails there"
+        )
+    for p in range(PARTITIONS):
+        produce_plain(kafka_bootstrap, topic, [f"{p}:{i}".encode() for i in range(3)], p)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    one = adapter(kafka_bootstrap, topic, group=group)
+    adapters.append(one)
+    held = receive_n(one, 3 * PARTITIONS)
+    one.nack([b for b in held if b.digest.offset == 1], 60.0)  # one failure per partition
+    two = adapter(kafka_bootstrap, topic, group=group)
+    adapters.append(two)
+    got_two: list[Bag] = []
+
+    def moved() -> bool:
+        got_two.extend(two.receive(20, 0.1))
+        one.receive(20, 0.05)
+        parts = {b.digest.partition for b in got_two}
+        return bool(parts) and len(got_two) == 3 * len(parts)
+
+    wait_for(moved, timeout=30, what="a rebalance moving partitions to the second member")
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for b in got_two:
+        by_partition.setdefault(b.digest.partition, []).append((b.digest.offset, b.deliveries))
+    assert all(sorted(v) == [(0, 1), (1, 2), (2, 1)] for v in by_partition.values()), by_partition
+    two.ack(got_two)
 
 
 # ------------------------------------------------------------ broker loss
