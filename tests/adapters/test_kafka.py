@@ -37,7 +37,13 @@ from support.kafka import (
 
 from qchan import Chan, Queue, Retries, connect, dequeue, enqueue, serve
 from qchan.adapter import Adapter, Hooks
-from qchan.adapters.kafka import KafkaAdapter, KafkaSendError, TopicNotFound, from_url
+from qchan.adapters.kafka import (
+    DeadLettered,
+    KafkaAdapter,
+    KafkaSendError,
+    TopicNotFound,
+    from_url,
+)
 from qchan.adapters.kafka._config import parse_url, redact_config, scrub
 from qchan.adapters.kafka._inflight import (
     METADATA_LIMIT,
@@ -957,6 +963,15 @@ def test_rebalance_revokes_partitions_and_the_new_owner_redelivers(
     wait_for(all_committed, timeout=30, what="every partition committed")
 
 
+def commit_as(bootstrap: str, topic: str, group: str, offset: int, metadata: str) -> None:
+    """Commit for partition 0 of `group` as a member that is gone would have left it."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        c.commit(offsets=[TopicPartition(topic, 0, offset, metadata)], asynchronous=False)
+    finally:
+        c.close()
+
+
 def commit_found(bootstrap: str, topic: str, group: str, partition: int = 0) -> Metadata:
     """What the group's commit of `partition` says (decoded as a new owner reads it)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
@@ -965,6 +980,41 @@ def commit_found(bootstrap: str, topic: str, group: str, partition: int = 0) -> 
         return decode_metadata(tp.offset, tp.metadata)
     finally:
         c.close()
+
+
+@pytest.mark.integration
+def test_a_message_consumers_died_on_is_dead_lettered_on_arrival(
+    kafka_bootstrap: str, topic: str, adapters: list[KafkaAdapter]
+) -> None:
+    """The commit a consumer left when it died (o=1) with a frontier past offsets 0 and 1:
+    both count that death. Offset 0, with two deliveries used before, has used up
+    max_deliveries=3: it goes to the dead-letter topic without reaching the kernel. Offset
+    1 comes with deliveries 2, and only once the frontier past it is committed (careful
+    mode), so a death now counts it again; offset 2 was never handed out: 1."""
+    produce_plain(
+        kafka_bootstrap, topic, [b"poison", b"next", b"third"], 0, headers=[("Category", b"O")]
+    )
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    died = encode_metadata(0, -1, [], counts={0: 2}, live=True, frontier=2)
+    commit_as(kafka_bootstrap, topic, group, 0, died)
+    a = adapter(kafka_bootstrap, topic, group=group, max_deliveries=3)
+    adapters.append(a)
+    (second,) = receive_n(a, 1)
+    assert (second.body, second.deliveries) == (b"next", 2)
+    found = commit_found(kafka_bootstrap, topic, group)  # at 0, or at 1 once 0 is copied
+    assert (found.live, found.frontier, found.counts[1]) == (True, 2, 1)
+    (third,) = receive_n(a, 1)
+    assert (third.body, third.deliveries) == (b"third", 1)
+    (dead,) = consume_plain(kafka_bootstrap, f"{topic}.dlq", 1)
+    headers = {k: v.decode() for k, v in dead.headers()}
+    assert dead.value() == b"poison"
+    assert headers["Deliveries"] == "3"
+    assert headers["Error"].startswith("delivered 3 times without an ack: consumers died on it")
+    assert headers["OriginOffset"] == "0"
+    (report,) = [e for e in recorder(a).reports if isinstance(e, DeadLettered)]
+    assert report.bag is not None and report.bag.body == b"poison"
+    a.ack([second, third])
+    wait_for(lambda: committed(kafka_bootstrap, topic, group)[0] == 3, what="commit past all")
 
 
 @pytest.mark.integration
