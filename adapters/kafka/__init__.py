@@ -6,9 +6,9 @@ The adapter is split by the kernel thread that calls it:
 |---|---|---|
 | `_producer.py` | `Producing`: the `Producer` (`send_batch`, `submit`) | emitter |
 | `_consumer.py` | `Consuming`: the group member, rebalances, commits | poller |
-| `_settle.py` | `Settling`: acks, redeliveries, the dead-letter producer | dispatcher |
+| `_settle.py` | `Settling`: acks, redeliveries, dead letters (some on arrival) | dispatcher |
 | `_cluster.py` | `Cluster`: clients, their error callback, topics | any |
-| `_inflight.py` | `InFlight`: what each partition delivered and settled | poller, dispatcher |
+| `_inflight.py` | `InFlight`: delivered and settled offsets; commit metadata | poller, dispatcher |
 
 `_wire.py` holds headers, dead-letter headers and error codes; `_config.py`
 the options and librdkafka's configuration. docs/kafka.md is the user-facing
@@ -23,8 +23,25 @@ reference; the points a maintainer must not break:
   seek). After `max_deliveries` deliveries the message goes to the dead-letter
   topic, and only once the broker confirmed that copy does its offset count
   as settled, so the partition moves on and nothing is ever skipped.
-* Rebalances: revoked partitions commit what is settled, drop their state and
-  tell the kernel (`hooks.revoke`) to drop their undelivered bags.
+* Delivery counts outlive the process in the commit metadata (`qchan:2:`,
+  `_inflight.encode_metadata`): per un-acked offset its count (`c`), and whether
+  an owner is live (`o`) up to which frontier (`f`). Every commit carries them,
+  and a nack that raises a count makes the next commit happen.
+* Assignment commits synchronously before anything is handed out: o=1, f at the
+  position, and the counts taken over, with the death of a previous owner that
+  left o=1 counted on its suspects (`_inflight.inherit`). Never hand out a bag
+  of a partition before that commit was attempted.
+* Careful mode (a previous owner died, until the committed position passes its
+  suspects): `receive` commits f past the bags it returns, synchronously, before
+  returning them (`Consuming._secure`). Outside it, no commit per receive.
+* A fresh bag whose count reached `max_deliveries` never reaches the kernel: it is
+  copied to the dead-letter topic on the poller thread (`Settling.dead_on_arrival`)
+  and settled once the copy is confirmed.
+* Rebalances: revoked partitions commit what is settled with o=0 (always, even
+  with nothing new settled, or the next owner counts a death), drop their state
+  and tell the kernel (`hooks.revoke`) to drop their undelivered bags; `close`
+  writes the same o=0 commit first. A lost partition commits nothing (o=1 stays:
+  the next owner counts it as a death).
 """
 
 from __future__ import annotations
@@ -45,9 +62,16 @@ from ._consumer import Consuming
 from ._inflight import InFlight
 from ._producer import Produced, Producing
 from ._settle import Settling
-from ._wire import DLQ_HEADERS, KafkaSendError, TopicNotFound
+from ._wire import DLQ_HEADERS, DeadLettered, KafkaSendError, TopicNotFound
 
-__all__ = ["DLQ_HEADERS", "KafkaAdapter", "KafkaSendError", "TopicNotFound", "from_url"]
+__all__ = [
+    "DLQ_HEADERS",
+    "DeadLettered",
+    "KafkaAdapter",
+    "KafkaSendError",
+    "TopicNotFound",
+    "from_url",
+]
 
 
 class KafkaAdapter(Adapter):
@@ -82,7 +106,7 @@ class KafkaAdapter(Adapter):
         super().__init__(self.options.name)
         self.topic = topic
         cluster = self._cluster = Cluster(self.options, self._report)
-        inflight = InFlight()
+        inflight = self._inflight = InFlight(self.options.max_deliveries)
         self._producing = Producing(self.options, cluster)
         self._consuming = Consuming(self.options, cluster, inflight, self._report, self._revoke)
         self._settling = Settling(self._consuming)
@@ -111,8 +135,14 @@ class KafkaAdapter(Adapter):
     # -- the poller thread
 
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
-        """Redeliveries that are due, then fresh messages; waits at most `wait` s for the first."""
-        return self._consuming.receive(max_items, wait)
+        """Redeliveries that are due, then fresh messages; waits at most `wait` s for the first.
+
+        A message whose deliveries consumers that died on it used up goes to the
+        dead-letter topic here instead (`Settling.dead_on_arrival`)."""
+        bags = self._consuming.receive(max_items, wait)
+        if self._inflight.doomed or self._settling.retrying:
+            self._settling.dead_on_arrival(self._inflight.take_doomed())
+        return bags
 
     def hold(self, wait: float) -> bool:
         """Take nothing and keep the group's trust (see `Consuming.hold`)."""

@@ -6,7 +6,13 @@ Who commits: confluent-kafka >= 2.16 serialises calls on one Consumer (a
 in `poll()` blocks until that poll returns (measured: 2.7 s of a 3 s poll). So
 the dispatcher commits only when it can take the consumer lock without waiting
 (`try_commit`); otherwise the poller commits between its short polls (`SLICE`,
-50 ms). Commits are asynchronous except on revocation and close.
+50 ms). Commits are asynchronous except these, which are synchronous:
+
+* on assignment (`_on_assign`): the new owner's first commit, o=1 and the counts it
+  inherits (see `_inflight`), before it hands out anything;
+* in careful mode (`_secure`): before `receive` returns messages above the frontier
+  of a partition whose previous owner died, until its position passes the suspects;
+* on revocation and close: the final commit, o=0.
 """
 
 from __future__ import annotations
@@ -39,6 +45,15 @@ log = logging.getLogger("qchan.adapters.kafka")
 #: `wakeup` are served promptly (a poll cannot be interrupted).
 SLICE = 0.05
 _ATTRIBUTES_CACHE = 1024
+# librdkafka's names for auto.offset.reset ("error" and anything else: no reset offset).
+_RESET = {
+    "earliest": "earliest",
+    "smallest": "earliest",
+    "beginning": "earliest",
+    "latest": "latest",
+    "largest": "latest",
+    "end": "latest",
+}
 # Receipt(...) runs NamedTuple's Python-level __new__; this is the same tuple, 2x faster.
 _tuple_new = tuple.__new__
 
@@ -69,6 +84,8 @@ class Consuming:
         #: When the consumer last polled, and how long the group lets it go without.
         self._polled = 0.0
         self._poll_interval = 300.0
+        #: librdkafka's auto.offset.reset as configured (the option, or consumer_config's).
+        self._offset_reset: str = options.offset_reset
         self.closing = False
         self._fatal: KafkaError | None = None
         self._commit_failing = False
@@ -106,10 +123,12 @@ class Consuming:
             self._polled = now
             if msgs:
                 out += self._accept(msgs, can_raise=not out)
+                if self.inflight.unsecured:
+                    self._secure(consumer)
             if self._fatal is not None:
                 self._reset()
                 return []
-            if out:
+            if out or self.inflight.doomed:
                 return out
             if self.wake.is_set():
                 self.wake.clear()
@@ -286,6 +305,7 @@ class Consuming:
         cluster = self.cluster
         conf = consumer_config(self.options, log, cluster.client_error, self._committed)
         self._poll_interval = int(conf.get("max.poll.interval.ms", 300_000)) / 1000
+        self._offset_reset = str(conf.get("auto.offset.reset", "latest")).lower()
         consumer = cluster.client(Consumer, conf)
         try:
             with self.lock:
@@ -327,13 +347,36 @@ class Consuming:
         committed: dict[TP, tuple[int, str | None]] = {}
         try:
             for tp in consumer.committed(partitions, timeout=self.options.admin_timeout):
-                committed[(tp.topic, tp.partition)] = (tp.offset, tp.metadata)
+                offset = tp.offset if tp.offset >= 0 else self._reset_offset(consumer, tp)
+                committed[(tp.topic, tp.partition)] = (offset, tp.metadata)
         except KafkaException as e:
-            # Without it the new owner redelivers settled messages above the committed offset.
+            # Without it the new owner redelivers settled messages above the committed
+            # offset, and counts nothing (a death of the previous owner goes unnoticed).
             log.warning("kafka: reading committed offsets of %r failed: %s", self.topic, e)
-        self.inflight.assign([(p.topic, p.partition) for p in partitions], committed)
+        writes = self.inflight.assign([(p.topic, p.partition) for p in partitions], committed)
+        if writes:  # before anything is handed out: o=1, f=position, the inherited counts
+            failed = self._commit(consumer, writes, asynchronous=False)
+            self.inflight.secured({tp: w[0] for tp, w in writes.items() if tp not in failed})
         parts = sorted(p.partition for p in partitions)
         log.info("kafka group %r assigned %s of %r", self.options.group, parts, self.topic)
+
+    def _reset_offset(self, consumer: Consumer, tp: TopicPartition) -> int:
+        """Where a partition without a committed offset starts (`auto.offset.reset`): its
+        first offset (earliest) or its end (latest); -1 for `error` or when the broker
+        does not answer. The assignment commits it, so the first owner's death counts."""
+        reset = _RESET.get(self._offset_reset)
+        if reset is None:
+            return -1
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition),
+                timeout=self.options.admin_timeout,
+                cached=False,
+            )
+        except KafkaException as e:
+            log.warning("kafka: reading the offsets of %r failed: %s", self.topic, e)
+            return -1
+        return int(low if reset == "earliest" else high)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoke(consumer, [(p.topic, p.partition) for p in partitions])
@@ -368,9 +411,18 @@ class Consuming:
         if todo:
             self._commit(consumer, todo, asynchronous=True)
 
+    def _secure(self, consumer: Consumer) -> None:
+        """Careful mode: commit the frontier past what `receive` is about to hand out."""
+        todo = self.inflight.to_secure()
+        if todo:
+            with self.lock:
+                failed = self._commit(consumer, todo, asynchronous=False)
+            self.inflight.secured({tp: w[0] for tp, w in todo.items() if tp not in failed})
+
     def _commit(
         self, consumer: Consumer, todo: dict[TP, tuple[int, str]], asynchronous: bool
-    ) -> None:
+    ) -> set[TP]:
+        """Commit `todo`; the partitions a synchronous commit failed for."""
         offsets = [
             TopicPartition(t, p, pos, meta) if meta else TopicPartition(t, p, pos)
             for (t, p), (pos, meta) in todo.items()
@@ -378,23 +430,35 @@ class Consuming:
         try:
             if asynchronous:
                 consumer.commit(offsets=offsets, asynchronous=True)
-            else:
-                self._committed(None, consumer.commit(offsets=offsets, asynchronous=False))
+                return set()
+            return self._outcome(None, consumer.commit(offsets=offsets, asynchronous=False))
         except KafkaException as e:
             self.inflight.commit_failed(todo)
             self._commit_error(e.args[0], list(todo))
+            return set(todo)
 
     def _committed(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """A commit's outcome (librdkafka's on_commit, or a synchronous commit's result)."""
-        failed = [(p.topic, p.partition) for p in partitions if p.error is not None]
+        """librdkafka's on_commit: an asynchronous commit's outcome."""
+        self._outcome(err, partitions)
+
+    def _outcome(self, err: KafkaError | None, partitions: list[TopicPartition]) -> set[TP]:
+        """A commit's outcome (on_commit's, or a synchronous commit's result); returns the
+        partitions it failed for."""
+        failed = {(p.topic, p.partition) for p in partitions if p.error is not None}
         if err is not None and err.code() != KafkaError._NO_OFFSET:
-            failed = [(p.topic, p.partition) for p in partitions]
+            failed = {(p.topic, p.partition) for p in partitions}
+        self.inflight.confirmed(
+            ((p.topic, p.partition), p.offset)
+            for p in partitions
+            if (p.topic, p.partition) not in failed
+        )
         if failed:
             self.inflight.commit_failed(failed)
-            self._commit_error(err or partitions[0].error, failed)
+            self._commit_error(err or partitions[0].error, sorted(failed))
         elif self._commit_failing:
             self._commit_failing = False
             log.info("kafka commits for %r succeed again", self.topic)
+        return failed
 
     def _commit_error(self, err: KafkaError | None, tps: list[TP]) -> None:
         # Retried at the next poll; report once per failing streak, not every 50 ms.
@@ -420,14 +484,14 @@ class Consuming:
                 self.lock.release()
 
     def close(self) -> None:
-        """Commit what is settled and leave the group."""
+        """Commit what is settled, with o=0 (a clean end, not a death), and leave the group."""
         self.closing = True
         self.wake.set()
         consumer, self.consumer = self.consumer, None
         if consumer is None:
             return
         with self.lock:
-            todo = self.inflight.to_commit()
+            todo = self.inflight.finish()
             if todo:
                 self._commit(consumer, todo, asynchronous=False)
             try:

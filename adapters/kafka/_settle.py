@@ -6,11 +6,16 @@ producer, created on the first dead letter).
 A nack is redelivered from memory and its offset stays uncommitted (no seek).
 Only once the broker confirmed a dead-letter copy does its offset count as
 settled, so the partition moves on and nothing is ever skipped.
+
+One thing runs on the poller thread instead: a message that arrives with its
+deliveries used up (consumers died on it, see `_inflight`) is copied to the
+dead-letter topic before the kernel ever sees it (`dead_on_arrival`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -24,7 +29,7 @@ from ._cluster import GRACE
 from ._config import producer_config
 from ._consumer import Consuming
 from ._inflight import Receipt, redelivery
-from ._wire import KafkaSendError, dead_letter_headers
+from ._wire import DeadLettered, KafkaSendError, dead_letter_headers
 
 __all__ = ["Settling"]
 
@@ -40,6 +45,10 @@ class Settling:
         self.options = consuming.options
         self.inflight = consuming.inflight
         self._dlq_producer: Producer | None = None
+        # The dispatcher and (for dead_on_arrival) the poller share the producer.
+        self._dlq_lock = threading.Lock()
+        #: Messages dead on arrival whose copy failed: (when to try again, bag); poller only.
+        self._doomed: list[tuple[float, Bag]] = []
 
     def ack(self, bags: Sequence[Bag]) -> None:
         """Settle these deliveries; commit whatever prefix that completes."""
@@ -85,8 +94,39 @@ class Settling:
             at = time.monotonic() + self.options.redelivery_delay
             self.inflight.schedule(bag, at, redelivery)
 
-    def _dead_letter(self, bag: Bag, reason: str) -> None:
-        """Copy `bag` to the dead-letter topic; settle it once the broker confirmed the copy."""
+    @property
+    def retrying(self) -> bool:
+        """Copies of messages dead on arrival wait to be tried again."""
+        return bool(self._doomed)
+
+    def dead_on_arrival(self, bags: Sequence[Bag]) -> None:
+        """On the poller thread: messages whose deliveries were used up by consumers that
+        died on them (`InFlight.take_doomed`), and earlier ones whose copy failed and is
+        due again. Copied to the dead-letter topic without reaching the kernel, and
+        reported (`DeadLettered`); a failed copy is tried again after `redelivery_delay`."""
+        if self._doomed:
+            now = time.monotonic()
+            due = [b for at, b in self._doomed if at <= now]
+            self._doomed = [(at, b) for at, b in self._doomed if at > now]
+            bags = [*bags, *due]
+        for bag in bags:
+            used = bag.deliveries - 1
+            self._dead_letter(
+                bag,
+                f"delivered {used} times without an ack: consumers died on it "
+                f"(max_deliveries={self.options.max_deliveries})",
+                deliveries=used,
+                doomed=True,
+            )
+
+    def _dead_letter(
+        self, bag: Bag, why: str, deliveries: int | None = None, doomed: bool = False
+    ) -> None:
+        """Copy `bag` to the dead-letter topic; settle it once the broker confirmed the copy.
+
+        `deliveries` replaces `bag.deliveries` in the copy's headers; `doomed`: the bag
+        never reached the kernel (`dead_on_arrival`), so the dead letter is reported and
+        a failed copy is tried again without handing the bag out."""
         if not self.inflight.is_current(bag):
             return
         receipt: Receipt = bag.digest
@@ -94,30 +134,46 @@ class Settling:
         dlq = self.options.dlq
         if dlq is None:
             self.consuming.report(
-                QchanError(f"kafka message {where} dropped (no dead-letter topic): {reason}")
+                QchanError(f"kafka message {where} dropped (no dead-letter topic): {why}")
             )
             self.ack([bag])
             return
         try:
-            error = self._produce_dead_letter(dlq, bag, reason)
+            error = self._produce_dead_letter(dlq, bag, why, deliveries)
         except (KafkaException, QchanError) as e:
             error = e if isinstance(e, QchanError) else QchanError(str(e.args[0]))
         if error is None:
-            log.warning("kafka message %s moved to dead-letter topic %r: %s", where, dlq, reason)
+            if doomed:  # the application never saw it: tell it (the kernel logs it otherwise)
+                self.consuming.report(
+                    DeadLettered(
+                        f"kafka message {where} (category {bag.category!r}) moved to "
+                        f"dead-letter topic {dlq!r}: {why}",
+                        bag,
+                    )
+                )
+            else:
+                log.warning("kafka message %s moved to dead-letter topic %r: %s", where, dlq, why)
             self.ack([bag])
             return
         self.consuming.report(
             QchanError(f"kafka message {where} could not be dead-lettered to {dlq!r}: {error}")
         )
         # Keep the offset uncommitted and try again later: never skip a message.
-        self.inflight.schedule(bag, time.monotonic() + self.options.redelivery_delay, redelivery)
+        at = time.monotonic() + self.options.redelivery_delay
+        if doomed:
+            self._doomed.append((at, bag))
+        else:
+            self.inflight.schedule(bag, at, redelivery)
 
-    def _produce_dead_letter(self, dlq: str, bag: Bag, reason: str) -> BaseException | None:
-        producer = self._dlq_producer
-        if producer is None:
-            cluster = self.consuming.cluster
-            conf = producer_config(self.options, log, cluster.client_error)
-            producer = self._dlq_producer = cluster.client(Producer, conf)
+    def _produce_dead_letter(
+        self, dlq: str, bag: Bag, reason: str, deliveries: int | None
+    ) -> BaseException | None:
+        with self._dlq_lock:
+            producer = self._dlq_producer
+            if producer is None:
+                cluster = self.consuming.cluster
+                conf = producer_config(self.options, log, cluster.client_error)
+                producer = self._dlq_producer = cluster.client(Producer, conf)
         self.consuming.cluster.ensure_topic(producer, dlq)
         reports: list[KafkaError | None] = []
         key = None if bag.key is None else bag.key.encode("utf-8", "surrogateescape")
@@ -125,7 +181,7 @@ class Settling:
             dlq,
             bag.body,
             key,
-            headers=dead_letter_headers(bag, reason),
+            headers=dead_letter_headers(bag, reason, deliveries),
             on_delivery=lambda err, _m: reports.append(err),
         )
         producer.flush(self.options.send_timeout + GRACE)

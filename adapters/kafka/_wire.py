@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaError
 
-from qchan.errors import MessageTooLarge, QchanError, RejectedError
+from qchan.errors import MessageError, MessageTooLarge, QchanError, RejectedError
 from qchan.message import Bag
 
 from ._inflight import Receipt
@@ -21,6 +21,7 @@ __all__ = [
     "DLQ_HEADERS",
     "NO_TOPIC",
     "UNREACHABLE",
+    "DeadLettered",
     "KafkaSendError",
     "TopicNotFound",
     "attributes",
@@ -70,6 +71,11 @@ class TopicNotFound(QchanError):
     """The topic does not exist and the adapter was not asked to create it."""
 
 
+class DeadLettered(MessageError):
+    """A message went to the dead-letter topic without reaching the application: consumers
+    died on it (their process ended before it was settled) `max_deliveries` times."""
+
+
 class KafkaSendError(QchanError):
     """The broker did not confirm a message; the kernel retries it."""
 
@@ -115,9 +121,11 @@ def header_text(value: str | bytes | None) -> str:
     return "" if value is None else value
 
 
-def dead_letter_headers(bag: Bag, reason: str) -> list[tuple[str, str | bytes | None]]:
+def dead_letter_headers(
+    bag: Bag, reason: str, deliveries: int | None = None
+) -> list[tuple[str, str | bytes | None]]:
     """The headers of `bag`'s copy on the dead-letter topic: its own, and where it came
-    from and why."""
+    from and why; `Deliveries` is `deliveries`, or `bag.deliveries` if None."""
     receipt: Receipt = bag.digest
     headers: list[tuple[str, str | bytes | None]] = [
         (k, v.encode("utf-8", "surrogateescape"))
@@ -126,7 +134,7 @@ def dead_letter_headers(bag: Bag, reason: str) -> list[tuple[str, str | bytes | 
     ]
     headers += [
         ("Error", reason),
-        ("Deliveries", str(bag.deliveries)),
+        ("Deliveries", str(bag.deliveries if deliveries is None else deliveries)),
         ("OriginTopic", receipt.topic),
         ("OriginPartition", str(receipt.partition)),
         ("OriginOffset", str(receipt.offset)),

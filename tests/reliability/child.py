@@ -2,7 +2,7 @@
 
     python tests/reliability/child.py hold    URL RUN N_HOLD N_ACK [OPTIONS_JSON]
     python tests/reliability/child.py produce URL RUN N CLOSE [OPTIONS_JSON]
-    python tests/reliability/child.py poison  URL RUN BAD [OPTIONS_JSON]
+    python tests/reliability/child.py poison  URL RUN BAD [OPTIONS_JSON [IDLE]]
 
 `hold`: receive `Numbered` messages of run RUN; ack the first N_ACK, keep the
 next N_HOLD un-acked; print one line `holding <acked numbers> | <held
@@ -60,17 +60,17 @@ def hold(url: str, run: str, n_hold: int, n_ack: int, options: dict[str, object]
     threading.Event().wait()  # until SIGKILL
 
 
-def poison(url: str, run: str, bad: int, options: dict[str, object]) -> None:
+def poison(url: str, run: str, bad: int, options: dict[str, object], idle: float = 3.0) -> None:
     """Receive and ack `Numbered` messages of run RUN one at a time (each ack applied
     before the next message), printing `ok N DELIVERIES`; on number BAD print `poison
     DELIVERIES` and die at once (`os._exit`: no close, no release), as a process that a
-    poison message kills does. After 3 s with nothing, print `idle` and close."""
+    poison message kills does. After IDLE s (3) with nothing, print `idle` and close."""
     q = connect(url, **options)
     rcv, ack = dequeue(Numbered, q)
     acked = 0
     while True:
         try:
-            m = rcv.recv(timeout=3)
+            m = rcv.recv(timeout=idle)
         except TimeoutError:
             print("idle", flush=True)
             break
@@ -115,7 +115,8 @@ def main() -> None:
         produce(url, run, int(sys.argv[4]), sys.argv[5], options)
     elif mode == "poison":
         options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-        poison(url, run, int(sys.argv[4]), options)
+        idle = float(sys.argv[6]) if len(sys.argv) > 6 else 3.0
+        poison(url, run, int(sys.argv[4]), options, idle)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

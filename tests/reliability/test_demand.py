@@ -208,8 +208,6 @@ def test_receiving_without_acking_ten_times_dead_letters_nothing(transport: Tran
     """`qchan listen --no-ack` (receive, never ack, close) run ten times in a row with
     max_deliveries=3: a give-back at close is not a delivery attempt, so nothing is
     dead-lettered and every message is still there, on its first counted delivery."""
-    if transport.name == "kafka":
-        pytest.skip("Kafka counts in the consumer's memory: a closed consumer forgets")
     name = transport.new_name()
     options = transport.limit(name, 3)
     _send(transport, name, "p", 20)

@@ -68,6 +68,9 @@ class Transport(abc.ABC):
     session: float | None = None
     #: Seconds a fresh consumer may need to get a killed consumer's messages back.
     crash_patience: ClassVar[float] = 30.0
+    #: Seconds before a fresh consumer is given what a killed one held (Kafka: the dead
+    #: member's group session, and the classic protocol's join delay); 0: at once.
+    takeover: float = 0.0
     #: The largest message (body bytes) the transport accepts with `size_options`.
     max_message_size: ClassVar[int] = 256 * 1024
     size_options: ClassVar[dict[str, Any]] = {}
@@ -457,6 +460,9 @@ class KafkaTransport(Transport):
 
     def isolate(self) -> None:
         self.session = self.session_ms / 1000
+        classic = self.group_config.get("session.timeout.ms")
+        # The classic protocol's session is the client's; the mock also delays a join 3 s.
+        self.takeover = classic / 1000 + 3.0 if classic else self.session
         c = ControlledCluster(self.workdir / f"kafka-{len(self._private)}.log")
         c.command(f"session {self.session_ms} {self.heartbeat_ms}")
         self._private.append(c)
