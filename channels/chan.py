@@ -146,6 +146,7 @@ class Chan(Generic[T]):
         "_recvq",
         "_sendq",
         "_watch",
+        "_watch_at",
         "name",
     )
 
@@ -166,6 +167,9 @@ class Chan(Generic[T]):
         # one: the kernel sets it on a `rcv` while its poller waits for demand (see
         # kernel/routes.py). None for every other channel: one test per receive.
         self._watch: Callable[[Chan[Any]], None] | None = None
+        # ... once a receive leaves at most this many buffered (a receiver that parks
+        # always calls it).
+        self._watch_at = 0
         self.name = name
 
     # -- state ---------------------------------------------------------------
@@ -320,7 +324,7 @@ class Chan(Generic[T]):
             value: Any
             if buf and not self._sendq:
                 value = buf.popleft()  # the common case, inline
-                if self._watch is None:
+                if self._watch is None or len(buf) > self._watch_at:
                     return value  # type: ignore[no-any-return]
                 done, ok = True, True
             else:

@@ -153,7 +153,7 @@ def _fast(cases: Any, n: int) -> Selected | None:
             if buf and not c._sendq:
                 got = buf.popleft()
                 c._lock.release()
-                if c._watch is not None:
+                if c._watch is not None and len(buf) <= c._watch_at:
                     c._watch(c)
                 return _selected(i, got, True)
         try:

@@ -134,7 +134,7 @@ class RabbitMQAdapter(Adapter):
     def release(self, bags: Sequence[Bag]) -> None:
         """Back on the queue at once, not counted as a delivery, never dead-lettered (the
         application did not refuse them): a copy with the same count, then an ack."""
-        self._consumer.settle([Settle("release", _receipt(b), bag=b) for b in bags])
+        self._consumer.give_back([Settle("release", _receipt(b), bag=b) for b in bags])
 
     def reject(self, bag: Bag, error: MessageError) -> None:
         """Undecodable or unroutable: requeue after `reject_delay` s; counts as a delivery.

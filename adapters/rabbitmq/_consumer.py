@@ -126,8 +126,8 @@ class Consumer:
         self._releases: deque[Settle] = deque()
         self._held: list[tuple[float, int, Settle]] = []
         #: Delivery tags of the current channel not settled yet, in delivery (= tag) order,
-        #: with their line and properties (a copy needs them).
-        self._open: dict[int, tuple[_Line, pk.BasicProperties]] = {}
+        #: with their line.
+        self._open: dict[int, _Line] = {}
         #: Lines by consumer tag: the active ones, and cancelled ones with deliveries out.
         self._lines: dict[str, _Line] = {}
         #: Deliveries the broker counted past the limit, or classic redeliveries to count:
@@ -148,17 +148,14 @@ class Consumer:
     # ---- any thread -------------------------------------------------------
 
     def settle(self, ops: Iterable[Settle]) -> None:
-        releases = False
-        for op in ops:
-            if op.kind == "release":
-                self._releases.append(op)
-                releases = True
-            else:
-                self._ops.append(op)
-        if releases:
-            self.wakeup()  # the poller's next call applies them, after its line decisions
-        else:
-            self._kick()
+        """Acks, failures and dead letters: the poller thread sends them soon."""
+        self._ops.extend(ops)
+        self._kick()
+
+    def give_back(self, ops: Iterable[Settle]) -> None:
+        """Releases: the poller's next call applies them, after its line decisions."""
+        self._releases.extend(ops)
+        self.wakeup()
 
     def wakeup(self) -> None:
         self._woken.set()
@@ -218,9 +215,10 @@ class Consumer:
             return got
 
     def _pump(self, deadline: float, want: bool) -> None:
+        """Service the connection until `deadline`, a wakeup, or (`want`) deliveries; the
+        caller has just applied the settlements."""
         conn = self._conn
         assert conn is not None
-        self._apply()
         if want and self._ready:
             conn.process_data_events(0)  # also take whatever else has arrived
             self._admit()
@@ -357,10 +355,9 @@ class Consumer:
 
     def _settled(self, tag: int) -> bool:
         """Forget delivery `tag` (it is being settled); False if it was settled already."""
-        entry = self._open.pop(tag, None)
-        if entry is None:
+        line = self._open.pop(tag, None)
+        if line is None:
             return False
-        line = entry[0]
         line.out -= 1
         if line.cancelled and line.out <= 0:
             self._lines.pop(line.tag, None)
@@ -375,16 +372,19 @@ class Consumer:
         ack) are skipped: acking one twice would make the broker close the channel.
         """
         want = set(tags)
+        opened = self._open
         prefix: list[int] = []
-        for tag in self._open:
+        for tag in opened:
             if tag not in want:
                 break
             prefix.append(tag)
         if len(prefix) > 1:
             ch.basic_ack(prefix[-1], multiple=True)
-            for tag in prefix:
-                self._settled(tag)
-                want.discard(tag)
+            for tag in prefix:  # `_settled`, inline: once per message
+                opened.pop(tag).out -= 1
+            want.difference_update(prefix)
+            for line in [x for x in self._lines.values() if x.cancelled and x.out <= 0]:
+                del self._lines[line.tag]
         for tag in sorted(want):
             if self._settled(tag):
                 ch.basic_ack(tag)
@@ -397,7 +397,7 @@ class Consumer:
         if op.kind == "dead":
             if self._adopted:
                 body = bag.body if bag is not None else b""
-                if self._copy_dead(body, self._open[tag][1]):
+                if self._copy_dead(body, _props(op.receipt)):
                     self._settled(tag)
                     ch.basic_ack(tag)
                 else:
@@ -415,10 +415,9 @@ class Consumer:
         (this delivery included when `counted`), then ack it; if the copy fails, requeue it
         (the broker counts that; never dropped)."""
         ch = self._ch
-        entry = self._open.get(tag)
-        if ch is None or entry is None:
+        if ch is None or tag not in self._open:
             return
-        props = entry[1]
+        props = _props(bag.digest)
         headers = {k: v for k, v in (props.headers or {}).items() if k != DELIVERY_COUNT}
         headers[DELIVERIES] = bag.deliveries if counted else bag.deliveries - 1
         if self._publish_copy(self._s.queue, bag.body, pk.copied(props, headers), "back"):
@@ -475,13 +474,14 @@ class Consumer:
             return
         bag = bag_from_delivery(self._generation, method, props, body, self._s.queue)
         line.out += 1
-        self._open[method.delivery_tag] = (line, props)
-        limit = self._s.max_deliveries
-        if (limit is not None and bag.deliveries > limit) or (
-            method.redelivered and DELIVERY_COUNT not in (props.headers or {})
-        ):
-            self._later.append((bag, props))
-            return
+        self._open[method.delivery_tag] = line
+        if bag.deliveries > 1:  # a first delivery needs none of this
+            limit = self._s.max_deliveries
+            if (limit is not None and bag.deliveries > limit) or (
+                method.redelivered and DELIVERY_COUNT not in (props.headers or {})
+            ):
+                self._later.append((bag, props))
+                return
         self._ready.append(bag)
 
     def _admit(self) -> None:
@@ -623,6 +623,12 @@ class Consumer:
             _close_quietly(conn)
         finally:
             self._driving.release()
+
+
+def _props(receipt: Receipt) -> pk.BasicProperties:
+    props = receipt.props
+    assert props is not None, "a receipt made by bag_from_delivery carries its properties"
+    return props
 
 
 def _close_quietly(conn: pk.BlockingConnection) -> None:

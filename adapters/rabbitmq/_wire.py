@@ -52,6 +52,8 @@ class Receipt:
 
     generation: int
     tag: int
+    #: The delivery's properties, for a copy put back on the queue (not compared).
+    props: pk.BasicProperties | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def properties_for(bag: Bag, message_id: str) -> pk.BasicProperties:
@@ -121,6 +123,6 @@ def bag_from_delivery(
         attributes=attributes,
         id=props.message_id,
         content_type=props.content_type,
-        digest=Receipt(generation, method.delivery_tag),
+        digest=Receipt(generation, method.delivery_tag, props),
         deliveries=deliveries,
     )

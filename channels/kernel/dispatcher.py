@@ -72,12 +72,8 @@ class Dispatcher:
         self.ack_due: float | None = None
         # Acks go to the broker in batches of at most max_batch, and at half the
         # in-flight limit: the poller receives again while the application works on
-        # the other half (the measurements behind it: docs/measurements.md). And at half
-        # the consumers' buffers (see `_sized`): what a broker pushes ahead of acks
-        # (RabbitMQ's credit) follows what the application holds, acks not sent yet
-        # included, so a long batch would make it grow and shrink with every flush.
-        self.ack_limit = max(1, min(self.adapter.max_batch, ctx.in_flight // 2))
-        self.ack_batch = self.ack_limit
+        # the other half (the measurements behind it: docs/measurements.md).
+        self.ack_batch = max(1, min(self.adapter.max_batch, ctx.in_flight // 2))
         self.next_beat = time.monotonic() + (ctx.heartbeat or 0.0)
         self.beaten: set[Bag] = set()  # what was held at the last heartbeat
         self.failed = False  # the queue failed: its rcv and ack channels raise now
@@ -167,12 +163,6 @@ class Dispatcher:
             self.receivers.append(r)
             if not self.failed:
                 self.acks_open.append(r)
-            self._sized()
-
-    def _sized(self) -> None:
-        """The ack batch for the receivers open now (see __init__)."""
-        buffers = sum(r.rcv.capacity for r in self.receivers)
-        self.ack_batch = max(1, min(self.ack_limit, max(8, buffers // 2)))
 
     def _take(self, handoff: Handoff) -> None:
         for item in handoff:
@@ -279,7 +269,7 @@ class Dispatcher:
             errors.append(msg.error)
         if self.ack_due is None:
             self.ack_due = now + self.ctx.ack_linger
-        if len(self.to_ack) >= self.ack_batch and len(self.to_ack) * 2 >= self.gate.allowance:
+        if len(self.to_ack) >= self.ack_batch:
             self._flush_acks()
 
     def _flush_acks(self) -> None:
@@ -415,7 +405,6 @@ class Dispatcher:
             r.finished.set()
             return
         self.receivers.remove(r)
-        self._sized()
         if r in self.acks_open:
             self.acks_open.remove(r)
         r.rcv.close()

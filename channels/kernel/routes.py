@@ -112,8 +112,6 @@ class Gate:
         self._rate_at = time.monotonic()
         self._rate_from = 0
         self.watching = False  # the rcv channels' watches are set (see want)
-        #: What the buffers may hold now, all categories (see want); the poller writes it.
-        self.allowance = 0
 
     def open(self, r: Receiver, queue: str) -> bool:
         """Route `r`'s category to it; whether the poller sits in adapter.idle or hold
@@ -162,7 +160,11 @@ class Gate:
         # Watch every rcv before looking at them: a receive from now on pokes (it waits
         # for `cond`, which the caller holds), so none slips in unseen.
         for r in routes.values():
-            r.rcv._watch = r.watch
+            rcv = r.rcv
+            # A take pokes once the buffer is down to half of what it may hold (less
+            # what waits in pending), not at every message.
+            rcv._watch_at = max(0, r.allowed // 2 - len(r.pending))
+            rcv._watch = r.watch
         self.watching = True
         # Each category's own deficit: messages piling up for one nobody reads never
         # hold back the others (no head-of-line blocking; the in-flight limit caps them).
@@ -179,11 +181,11 @@ class Gate:
             rcv = r.rcv
             waiting += len(rcv._recvq)
             r.allowed = allowed = min(max(rcv._capacity, ahead), earned)
+            rcv._watch_at = max(0, allowed // 2 - len(r.pending))
             buffers += allowed
             d = len(rcv._recvq) + allowed - len(r.pending) - len(rcv._buf)
             if d > 0:
                 deficit += d
-        self.allowance = buffers
         # Refill buffers in batches: at once for a waiting receiver, else once half of
         # them is free (one receive, one wakeup per batch instead of per message).
         if deficit > 0 and (waiting or deficit >= max(1, buffers // 2)):
