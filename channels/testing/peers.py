@@ -102,12 +102,39 @@ def _run_all(targets: Iterable[Callable[[], object]], timeout: float, what: str)
             raise t.error
 
 
-def _publish(q: Queue, parcels: Sequence[Parcel]) -> None:
+def _send(q: Queue, parcels: Sequence[Parcel]) -> None:
     """Send `parcels` through `q` and return once the broker has every one (leaving
     `enqueue` raises EnqueueError for any it could not deliver)."""
     with enqueue(Parcel, q) as (out, _):
         for p in parcels:
             out.send(p)
+
+
+def _publish(open_queue: OpenQueue, parcels: Sequence[Parcel]) -> None:
+    """`_send` through a queue of its own, closed after."""
+    publisher = open_queue()
+    _send(publisher, parcels)
+    publisher.close()
+
+
+def _turn(
+    open_queue: OpenQueue,
+    *,
+    new: int,
+    seen: set[str],
+    log: list[Msg[Parcel]],
+    timeout: float,
+    everything: int | None = None,
+) -> int:
+    """One consumer's turn: a queue of its own and one `dequeue` that runs `_consume`,
+    the queue closed after; returns how many were new."""
+    consumer = open_queue()
+    with dequeue(Parcel, consumer) as (rcv, ack):
+        got = _consume(
+            rcv, ack, new=new, seen=seen, log=log, timeout=timeout, everything=everything
+        )
+    consumer.close()
+    return got
 
 
 def _consume(
@@ -211,9 +238,7 @@ class Peers:
         (watermill: TestPublishSubscribe)
         """
         sent = _parcels(self.peer_messages)
-        publisher = open_queue()
-        _publish(publisher, sent)
-        publisher.close()
+        _publish(open_queue, sent)
         consumer = open_queue()
         seen: set[str] = set()
         log: list[Msg[Parcel]] = []
@@ -235,9 +260,7 @@ class Peers:
         """
         sent = _parcels(self.peer_messages)
         want = {p.id for p in sent}
-        publisher = open_queue()
-        _publish(publisher, sent)
-        publisher.close()
+        _publish(open_queue, sent)
         consumers = [open_queue() for _ in range(self.peer_consumers)]
         lock = threading.Lock()
         seen: set[str] = set()
@@ -271,9 +294,7 @@ class Peers:
         (watermill: TestResendOnError)
         """
         sent = _parcels(self.peer_messages)
-        publisher = open_queue()
-        _publish(publisher, sent)
-        publisher.close()
+        _publish(open_queue, sent)
         consumer = open_queue()
         seen: set[str] = set()
         log: list[Msg[Parcel]] = []
@@ -299,25 +320,14 @@ class Peers:
         total, batches = self.peer_close_messages, self.peer_batches
         batch = total // batches
         sent = _parcels(total)
-        publisher = open_queue()
-        _publish(publisher, sent)
-        publisher.close()
+        _publish(open_queue, sent)
         seen: set[str] = set()
         log: list[Msg[Parcel]] = []
         per_consumer: list[int] = []
         for _ in range(batches * 4):
-            consumer = open_queue()
-            with dequeue(Parcel, consumer) as (rcv, ack):
-                got = _consume(
-                    rcv,
-                    ack,
-                    new=batch,
-                    seen=seen,
-                    log=log,
-                    timeout=self.patience,
-                    everything=total,
-                )
-            consumer.close()
+            got = _turn(
+                open_queue, new=batch, seen=seen, log=log, timeout=self.patience, everything=total
+            )
             per_consumer.append(got)
             if len(seen) >= total or got < batch:
                 break  # done, or nothing more came in `patience`: another would wait in vain
@@ -337,36 +347,22 @@ class Peers:
             self.peer_restarts,
         )
         sent = _parcels(total)
-        publisher = open_queue()
-        _publish(publisher, sent)
-        publisher.close()
+        _publish(open_queue, sent)
         seen: set[str] = set()
         log: list[Msg[Parcel]] = []
         per_consumer: list[int] = []
         for _ in range(restarts):
-            consumer = open_queue()
-            with dequeue(Parcel, consumer) as (rcv, ack):
-                per_consumer.append(
-                    _consume(rcv, ack, new=take, seen=seen, log=log, timeout=self.patience)
-                )
-            consumer.close()
+            per_consumer.append(
+                _turn(open_queue, new=take, seen=seen, log=log, timeout=self.patience)
+            )
             if per_consumer[-1] < take:
                 break  # nothing more came in `patience`: the rest is gone (no need to wait more)
         taken = len(seen)
         final: int | None = None  # the final consumer runs only if every one before had more
         if per_consumer[-1] == take:
-            last = open_queue()
-            with dequeue(Parcel, last) as (rcv, ack):
-                final = _consume(
-                    rcv,
-                    ack,
-                    new=total,
-                    seen=seen,
-                    log=log,
-                    timeout=self.patience,
-                    everything=total,
-                )
-            last.close()
+            final = _turn(
+                open_queue, new=total, seen=seen, log=log, timeout=self.patience, everything=total
+            )
         dead = self.dead_lettered(queue_name)
         ended = (
             f"the final consumer received {final} of the {total - taken} left"
@@ -394,9 +390,7 @@ class Peers:
 
         _run_all([open_and_close] * 10, self.patience + 30.0, "open-and-close")
         sent = _parcels(self.peer_messages // 2)
-        publisher = open_queue()
-        _publish(publisher, sent)
-        publisher.close()
+        _publish(open_queue, sent)
         consumer = open_queue()
         seen: set[str] = set()
         log: list[Msg[Parcel]] = []
@@ -415,9 +409,7 @@ class Peers:
         nacks = max(1, (self.peer_max_deliveries - 1) // consumers)
         assert consumers * nacks < self.peer_max_deliveries, "scale the class attributes"
         sent = _parcels(self.peer_messages // 2)
-        publisher = open_queue()
-        _publish(publisher, sent)
-        publisher.close()
+        _publish(open_queue, sent)
         for i in range(consumers):
             nacker = open_queue()
             with dequeue(Parcel, nacker) as (rcv, ack):
@@ -508,9 +500,7 @@ class Peers:
         """
         for round_ in range(3):
             sent = _parcels(5, tag=f"round-{round_}-")
-            publisher = open_queue()
-            _publish(publisher, sent)
-            publisher.close()
+            _publish(open_queue, sent)
             consumer = open_queue()
             seen: set[str] = set()
             log: list[Msg[Parcel]] = []
