@@ -23,9 +23,10 @@ An owner that finds `o=1` knows the previous one died (or lost the partition
 without a revoke) and counts that death on every unsettled offset it may have
 handed out (`inherit`): a message that kills its consumer every time is
 dead-lettered on arrival once it used up `max_deliveries`, without reaching the
-kernel. Until the committed position passes those suspects the new owner is
-careful (`to_secure`): it commits its frontier before handing out anything above
-it, so each of its own deaths counts exactly what it handed out.
+kernel. Every owner is careful (`to_secure`) until the committed position passes
+its first hand-out of a partition, and those suspects: it commits its frontier
+before handing out anything above it, so each of its own deaths counts exactly
+what it handed out, and nothing of a partition it handed nothing out of.
 
 A nack does not seek: the bag is redelivered from memory (`schedule`/`due`)
 and its offset stays uncommitted, so a crash before the redelivery still
@@ -229,15 +230,17 @@ def inherit(position: int, found: Metadata) -> tuple[dict[int, int], int]:
     """(the counts, the end of the suspects) a new owner takes over from `found`.
 
     When the previous owner was live (it died, or lost the partition without a
-    revoke), every unsettled offset in [position, max(f, position + 1)) may have
-    been handed to its application and never settled: a delivery that counts
-    (the position itself always: whatever killed it was there or above). The
-    end of that range is where careful mode ends (-1: no suspects).
+    revoke), every unsettled offset in [position, f) may have been handed to its
+    application and never settled: a delivery that counts. An owner commits f past
+    its first hand-out of a partition before it makes it (`InFlight.assign` makes it
+    careful), so a partition it never handed anything out of has f at the position:
+    nothing counts there. The end of that range is where careful mode ends (-1: no
+    suspects).
     """
     counts = {o: n for o, n in found.counts.items() if o >= position}
-    if not found.live:
+    if not found.live or found.frontier <= position:
         return counts, -1
-    end = min(max(found.frontier, position + 1), position + _MAX_SUSPECTS)
+    end = min(found.frontier, position + _MAX_SUSPECTS)
     if found.high < 0:
         suspects: Iterable[int] = range(position, end)
     else:
@@ -371,7 +374,11 @@ class InFlight:
                 if found.high >= 0:
                     part.left = sorted(o for o in found.unsettled if o < found.high)
                 part.counts, part.careful_until = inherit(offset, found)
-                part.watch = bool(part.counts) or part.careful_until >= 0
+                # Careful for the first hand-out too: f goes past it, synchronously,
+                # before it goes out, so a death of this owner counts exactly what it
+                # handed out, and nothing of a partition it never handed out of.
+                part.careful_until = max(part.careful_until, offset + 1)
+                part.watch = True
                 part.live = True
                 writes[tp] = (offset, part.metadata(offset, live=True))
         return writes

@@ -533,7 +533,8 @@ def test_metadata_too_large_for_the_broker_is_left_out() -> None:
 def test_a_live_previous_owner_counts_its_unsettled_offsets_below_its_frontier() -> None:
     """The owner that wrote o=1 died: every unsettled offset it may have handed out (from
     the position to its frontier) used one delivery; settled ones and those above the
-    frontier did not. The position counts even at f=position (it got that far)."""
+    frontier did not. At f=position it handed nothing out: nothing counts (an owner
+    commits f past its first hand-out before it makes it)."""
     found = decode_metadata(
         10, encode_metadata(10, 14, [12, 13], counts={12: 1, 30: 2}, live=True, frontier=16)
     )
@@ -541,7 +542,7 @@ def test_a_live_previous_owner_counts_its_unsettled_offsets_below_its_frontier()
     assert counts == {10: 1, 12: 2, 13: 1, 14: 1, 15: 1, 30: 2}
     assert end == 16
     at_position = decode_metadata(10, encode_metadata(10, -1, [], live=True, frontier=10))
-    assert inherit(10, at_position) == ({10: 1}, 11)
+    assert inherit(10, at_position) == ({}, -1)
     # A clean revoke or close (o=0) counts nothing, and keeps the counts it carried.
     closed = decode_metadata(
         10, encode_metadata(10, -1, [], counts={11: 2}, live=False, frontier=16)
@@ -568,9 +569,10 @@ def _fresh(offsets: range) -> list[Bag]:
 
 def test_an_owner_dying_on_a_message_makes_the_next_one_count_it() -> None:
     """The crash loop, owner by owner: each writes o=1 and f=position before it hands out
-    anything, so a death on the message at the position counts exactly once; with
-    max_deliveries=3 the fourth owner keeps it from the kernel (doomed) and hands out the
-    next message on its first delivery."""
+    anything, then f past its first hand-out before it makes it (careful), so a death on
+    the message at the position counts exactly once; with max_deliveries=3 the fourth
+    owner keeps it from the kernel (doomed) and hands out the next message on its first
+    delivery."""
     found: tuple[int, str | None] = (0, None)
     for deliveries in (1, 2, 3):
         flight, position, metadata = _owner(found, max_deliveries=3)
@@ -578,15 +580,11 @@ def test_an_owner_dying_on_a_message_makes_the_next_one_count_it() -> None:
         assert decode_metadata(0, metadata).frontier == 0
         (poison,) = flight.deliver_all(_fresh(range(1)))
         assert poison.deliveries == deliveries
-        if deliveries > 1:  # careful: the frontier is committed past it before it goes out
-            assert flight.unsecured
-            (secure,) = flight.to_secure().values()
-            assert decode_metadata(*secure).frontier == 1
-            flight.secured({("t", 0): secure[0]})
-            found = secure
-        else:  # nothing was settled, so nothing else was committed
-            assert not flight.unsecured
-            found = (position, metadata)
+        assert flight.unsecured  # careful: the frontier is committed past it first
+        (secure,) = flight.to_secure().values()
+        assert decode_metadata(*secure).frontier == 1
+        flight.secured({("t", 0): secure[0]})
+        found = secure
         # ... and the process dies: no revoke, no close, no further commit.
     flight, _, metadata = _owner(found, max_deliveries=3)
     assert decode_metadata(0, metadata).counts == {0: 3}
@@ -597,6 +595,27 @@ def test_an_owner_dying_on_a_message_makes_the_next_one_count_it() -> None:
     assert flight.to_commit() == {}  # not settled until its dead-letter copy is confirmed
     assert flight.settle([doomed]) == 1
     assert flight.to_commit()[("t", 0)][0] == 1
+
+
+def test_a_death_counts_nothing_of_a_partition_its_owner_handed_nothing_out_of() -> None:
+    """Issue 25: a message never handed to an application is never counted. An owner
+    that died before it handed anything out of a partition left f at the position there
+    (its assignment's commit): the next owner counts nothing and is careful only for its
+    own first hand-out, which ends once the broker has a position past it."""
+    flight, position, metadata = _owner((4, None))
+    assert (position, decode_metadata(4, metadata).frontier) == (4, 4)
+    flight, _, metadata = _owner((position, metadata))  # the first owner died
+    assert decode_metadata(4, metadata).counts == {}
+    (first,) = flight.deliver_all(_fresh(range(4, 5)))
+    assert first.deliveries == 1 and flight.unsecured
+    ((_, meta),) = flight.to_secure().values()
+    assert decode_metadata(4, meta).frontier == 5
+    flight.secured({("t", 0): 4})
+    flight.settle([first])
+    ((committed, _),) = flight.to_commit().values()
+    flight.confirmed([(("t", 0), committed)])
+    flight.deliver_all(_fresh(range(5, 8)))
+    assert not flight.unsecured and flight.to_secure() == {}  # careful mode is over
 
 
 def test_careful_mode_commits_the_frontier_until_the_position_passes_the_suspects() -> None:
@@ -637,7 +656,9 @@ def test_a_clean_end_counts_nothing_and_keeps_the_counts() -> None:
         heir, _, _ = _owner((position, meta))
         out = heir.deliver_all(_fresh(range(3)))
         assert [b.deliveries for b in out] == [1, 2, 1], end
-        assert not heir.unsecured
+        # No suspects: careful only for its own first hand-outs (f past them, first).
+        ((_, meta),) = heir.to_secure().values()
+        assert decode_metadata(0, meta).frontier == 3 and decode_metadata(0, meta).counts == {1: 1}
 
 
 def test_an_owner_without_a_known_position_writes_nothing() -> None:

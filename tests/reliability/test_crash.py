@@ -151,6 +151,10 @@ def test_a_message_that_kills_its_consumer_every_time_is_stopped(
     is handed out, ahead of 4 good ones, with max_deliveries=3: it is delivered exactly 3
     times, then dead-lettered without reaching the application again; the good ones are
     each handled once, on their first delivery, and none is dead-lettered (issue 25).
+    They share the poison's ordering key, so they queue behind it on every transport: a
+    message of another Kafka partition may wait in the buffer of a consumer that dies,
+    and any broker counts such a return (docs/reliability.md). One acked just before a
+    death may come once more (its ack lost with the process).
 
     How it is stopped: RabbitMQ counts each return of a consumer that died
     (x-delivery-count on a quorum queue; a classic queue says only `redelivered`, and
@@ -173,12 +177,18 @@ def test_a_message_that_kills_its_consumer_every_time_is_stopped(
         options["queue_type"] = queue_type
     options.update(transport.limit(name, 3))
     run = uuid.uuid4().hex[:8]
-    with transport.open(name, **options) as q, enqueue(Numbered, q) as (out, _):
+    # One ordering key: the good ones queue behind the poison on every transport (on
+    # Kafka, one partition; elsewhere the key changes nothing here).
+    with (
+        transport.open(name, **options) as q,
+        enqueue(Numbered, q, key=lambda _: run) as (out, _),
+    ):
         for i in range(5):
             out.send(Numbered(run, i))
     poisoned: list[int] = []
-    good: list[tuple[int, int]] = []
-    for _ in range(8):
+    good: list[tuple[int, int, int]] = []  # (number, deliveries, child)
+    died: set[int] = set()  # the children the poison killed
+    for i in range(8):
         idle = 3.0 + transport.takeover
         child = Child("poison", transport.url(name), run, "0", json.dumps(options), str(idle))
         try:
@@ -186,10 +196,11 @@ def test_a_message_that_kills_its_consumer_every_time_is_stopped(
                 line = child.line(timeout=transport.crash_patience)
                 if line.startswith("poison"):
                     poisoned.append(int(line.split()[1]))
+                    died.add(i)
                     assert child.proc.wait(30) == 3
                     break
                 if line.startswith("ok"):
-                    good.append((int(line.split()[1]), int(line.split()[2])))
+                    good.append((int(line.split()[1]), int(line.split()[2]), i))
                     continue
                 assert line == "idle", line
                 break
@@ -198,7 +209,15 @@ def test_a_message_that_kills_its_consumer_every_time_is_stopped(
         if line == "idle":
             break
     assert poisoned == [1, 2, 3]
-    assert sorted(good) == [(n, 1) for n in range(1, 5)]
+    firsts = {n: (d, c) for n, d, c in reversed(good)}  # each one's first handling
+    assert sorted((n, d) for n, (d, _) in firsts.items()) == [(n, 1) for n in range(1, 5)]
+    # Once more only where a crash lost an ack: acked just before the poison killed the
+    # child (RabbitMQ and Kafka settle after the fact; a classic queue's counted copy of
+    # the poison goes behind the good ones), so it comes back, counted, as at-least-once
+    # allows. Twice, or after a child that lived, never.
+    again = [(n, d, c) for n, d, c in good if (d, c) != firsts[n]]
+    assert all(d == 2 and firsts[n][1] in died for n, d, _ in again), (good, died)
+    assert len({n for n, _, _ in again}) == len(again), good
     wait_for(lambda: transport.dead_letters(name) == 1, 30, "the poison message dead-lettered")
 
 
