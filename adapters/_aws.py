@@ -34,7 +34,7 @@ from botocore.exceptions import (
 )
 
 from qchan.adapter import Adapter
-from qchan.errors import ConnectionLost, MessageTooLarge, QchanError, RejectedError, SendOnlyError
+from qchan.errors import ConnectionLost, MessageTooLarge, QchanError, RejectedError
 from qchan.message import Bag
 from qchan.options import QUEUE_URL_OPTIONS, URLOptionError, check_keywords, unknown
 from qchan.urls import URLError, redact
@@ -428,13 +428,10 @@ class AWSAdapter(Adapter, Generic[E]):
 
 
 class Publisher(AWSAdapter[E]):
-    """A send-only AWS adapter (EventBridge, SNS): the receiving side of the contract
-    raises SendOnlyError saying where the messages are received (`delivers_to`)."""
+    """A send-only AWS adapter (EventBridge, SNS): the send side of the contract alone, so
+    `dequeue` on its queue raises SendOnlyError."""
 
-    send_only = True
     max_batch = 10
-    #: Where the service delivers the messages, for the error of the receiving methods.
-    delivers_to: ClassVar[str] = ""
     #: The boto3 client (thread-safe), for what qchan does not wrap.
     client: Any
     region: str
@@ -463,22 +460,6 @@ class Publisher(AWSAdapter[E]):
     def _target(self) -> str:
         """What the requests name (a name or an ARN)."""
         return self.name
-
-    def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
-        raise self._send_only()
-
-    def ack(self, bags: Sequence[Bag]) -> None:
-        raise self._send_only()
-
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        raise self._send_only()
-
-    def _send_only(self) -> SendOnlyError:
-        return SendOnlyError(
-            f"{self.scheme}://{self.name} only sends: {self.delivers_to}. Receive the messages "
-            f"with dequeue on an SQS queue it feeds (connect('sqs://...')), or in an AWS "
-            f"Lambda function (qchan.aws.lambda_handler)"
-        )
 
 
 P = TypeVar("P", bound=Publisher[Any])

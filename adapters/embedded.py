@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from qchan.adapter import Adapter, Depth
+from qchan.adapter import Bags, Depth, Errors, Operations, ReceivingAdapter
 from qchan.errors import ConnectionLost, MessageTooLarge, QchanError
 from qchan.message import Bag
 from qchan.options import (
@@ -333,7 +333,7 @@ def broker(name: str) -> Broker:
         return b
 
 
-class EmbeddedAdapter(Adapter):
+class EmbeddedAdapter(ReceivingAdapter, Operations):
     """The adapter for `mem://name` queues (nothing to install, nothing leaves the process).
 
     Options: visibility_timeout (s, default 30), max_deliveries (redrive to
@@ -395,15 +395,18 @@ class EmbeddedAdapter(Adapter):
     def ack(self, bags: Sequence[Bag]) -> None:
         self.broker.delete([b.digest for b in bags])
 
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        self.broker.change_visibility([b.digest for b in bags], delay)
-
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         self.broker.dead_letter([b.digest for b in bags])
 
-    def release(self, bags: Sequence[Bag]) -> None:
-        """Back on the queue at once, uncounted: a release is not a delivery attempt."""
-        self.broker.release([b.digest for b in bags])
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
+    ) -> None:
+        """A failure: visible again after `delay`, this delivery counted; a release: back
+        at once, uncounted."""
+        if counted:
+            self.broker.change_visibility([b.digest for b in bags], delay)
+        else:
+            self.broker.release([b.digest for b in bags])
 
     @property
     def visibility(self) -> float:

@@ -11,7 +11,7 @@ with connect("mem://orders") as q:
             ack.send(msg)            # or ack.send(msg.fail(err)) to redeliver
 """
 
-from .adapter import Adapter, Depth, Hooks
+from .adapter import Adapter, Depth, Hooks, Operations, ReceivingAdapter
 from .chan import Chan, RecvChan, SendChan
 from .codec import BytesCodec, Codec, EncodeError, JSONCodec, PydanticCodec, StrCodec
 from .endpoints import (
@@ -81,12 +81,14 @@ __all__ = [
     "Msg",
     "MsgspecCodec",
     "NotSupported",
+    "Operations",
     "OptionError",
     "Policy",
     "PydanticCodec",
     "QchanError",
     "Queue",
     "QueueFailed",
+    "ReceivingAdapter",
     "RecvChan",
     "RejectedError",
     "Retries",

@@ -1,46 +1,58 @@
-"""The adapter contract: the few methods a transport implements (bring your own broker).
+"""The adapter contract: what a transport implements (bring your own broker).
 
 An adapter talks to one broker about one queue and nothing else. It starts no
 threads and owns no channels, batching policy, retries, routing or
 acknowledgement bookkeeping: the kernel (`qchan.Queue`) does all of that and
-calls the adapter from its worker threads:
+calls the adapter from its worker threads. The contract has three sides; a
+transport declares which it has by the classes it subclasses:
+
+| side | class | required | optional |
+|---|---|---|---|
+| send (all) | `Adapter` | `send_batch` | `submit`, `pipeline`, `bind`, `close` |
+| receive | `ReceivingAdapter` | `receive`, `ack`, `give_back` | see below |
+| operate | `Operations` (mixin) | `depth`, `purge` | |
+
+`ReceivingAdapter` is an `Adapter` (every transport sends); its optional methods
+are `dead_letter`, `reject`, `extend` and `visibility` (settling), and `hold`,
+`idle` and `wakeup` (flow control).
+
+A send-only transport (SNS, EventBridge: the broker delivers elsewhere)
+subclasses `Adapter` alone: `dequeue` on its queue raises `SendOnlyError` at the
+call, and no poller starts. The operator's side is for `qchan stats` and
+`qchan purge`, not for the kernel: called on an adapter no queue's threads use,
+from one thread; the commands refuse a transport without it (`NotSupported`).
+
+Threads:
 
 | method | called from | may run at the same time as |
 |---|---|---|
-| `send_batch`, `submit` | the emitter thread | `receive`, `ack`, `nack`, `reject`, `release` |
-| `receive`, `hold`, `idle` | the poller thread | `send_batch`, `ack`, `nack`, `reject`, `release` |
-| `ack`, `nack`, `reject`, `release`, `extend` | the dispatcher thread | `send_batch`, `receive` |
+| `send_batch`, `submit` | the emitter thread | the receive side |
+| `receive`, `hold`, `idle` | the poller thread | `send_batch`, `ack`, `give_back`, ... |
+| `ack`, `give_back`, `dead_letter`, `reject`, `extend` | the dispatcher thread | the others |
 | `wakeup` | any thread | anything |
 | `close` | the thread closing the queue, after the workers stopped | nothing |
-
-The methods come in groups:
-
-| group | methods | an adapter |
-|---|---|---|
-| required | `send_batch`, `receive`, `ack`, `nack` | implements all four |
-| flow control | `hold`, `idle`, `wakeup` | overrides them when its client prefetches or blocks |
-| settling | `nack_failed`, `dead_letter`, `release`, `reject`, `extend` | overrides native ones |
-| pipelining | `pipeline`, `submit` | sets both when its client sends asynchronously |
-| lifecycle | `bind`, `close` | closes its connections in `close` |
-| send-only | `send_only = True` | sets it if the broker delivers elsewhere (EventBridge, SNS) |
-| operations | `depth`, `purge` | overrides them where the broker has them (`qchan stats`) |
-
-The operations are for an operator (the `qchan stats` and `purge` commands), not
-for the kernel: they are called on an adapter no queue's threads use, from one
-thread. Their defaults raise `NotSupported`, naming the scheme.
-
-A send-only queue refuses `dequeue` at the call (`SendOnlyError`), so no poller
-starts and `receive`, `ack`, `nack` are never called.
 
 So an adapter whose client is not thread-safe (pika) keeps one connection per
 calling thread, or hands work to the thread that owns the connection (for
 pika, `add_callback_threadsafe`).
 
-Errors: `send_batch` reports one outcome per bag (None for accepted). Raise
+Sending: `send_batch` reports one outcome per bag (None for accepted). Raise
 `qchan.RejectedError` (or `MessageTooLarge`) for a bag the broker will never
 accept: the kernel dead-letters it without retrying. Any other exception is
 retried with the queue's backoff policy. An exception raised by the method
-itself (connection refused) counts as a failure of every bag in the call.
+itself (connection refused) counts as a failure of every bag in the call. The
+kernel fills every field of a sent `Bag` but `digest` and `deliveries`; `id` is
+stable across retries (use it for the broker's de-duplication where it has one).
+
+Receiving: `receive` returns `Bag`s with every field the broker knows, and two
+that are the adapter's own: `digest`, whatever the adapter needs later to
+settle this delivery (a receipt handle, a delivery tag; the kernel never looks
+inside it), and `deliveries`, how many times this message has been delivered to
+the application, this time included (1 the first time; see Counting). The
+kernel settles each received bag exactly once: `ack`, `give_back` or
+`dead_letter` (`reject` for one it could not decode or route); an adapter must
+still survive a settlement the broker no longer accepts (a receipt that expired,
+a partition that moved) by reporting it (`hooks.report`), never by raising.
 `receive` may raise: the kernel reports the error, backs off and polls again.
 
 Flow control: the poller thread tells the adapter which of three states the
@@ -68,12 +80,13 @@ room, a receiver took a message, the queue is closing); it says nothing about
 which state comes next.
 
 Counting: `Bag.deliveries` counts deliveries to the application. A failure
-(`nack`, `nack_failed`) is one; a `release` (given back unhandled) is not, nor
-is what `idle` gives back: an adapter whose broker counts every return (SQS's
-receive count, a quorum queue's `x-delivery-count` before RabbitMQ 4.3) gives
-such messages back as copies that carry the count. Where the broker has a
-visibility timeout, the adapter says so (`visibility`) and the kernel keeps
-what it holds invisible with `extend`.
+(`give_back(..., counted=True)`) is one; a release (`counted=False`: a consumer
+closing with messages it never handed out, a `qchan peek`) is not, nor is what
+`idle` gives back: an adapter whose broker counts every return (SQS's receive
+count, a quorum queue's `x-delivery-count` before RabbitMQ 4.3) gives such
+messages back as copies that carry the count. Where the broker has a visibility
+timeout, the adapter says so (`visibility`) and the kernel keeps what it holds
+invisible with `extend`.
 
 Pipelining (optional): an adapter whose client sends asynchronously (Kafka)
 sets `pipeline` above 1 and overrides `submit`, which starts sending a batch
@@ -81,6 +94,42 @@ and returns a `Sending` at once; the emitter then gathers and submits the
 next batches while earlier ones are on the wire, up to `pipeline` of them,
 and collects their outcomes in order. Outcomes mean what they mean for
 `send_batch`; the kernel retries failures with `send_batch`.
+
+URLs: `qchan.register_scheme("mybroker", factory)` lets `connect("mybroker://...")`
+call `factory(url, **options)`, which returns the adapter. `qchan.testing.Conformance`
+is the suite that says whether an adapter keeps the contract (docs/conformance.md).
+
+The smallest two-way adapter, an in-process list (`qchan.adapters.embedded` is the
+complete one, with visibility timeouts):
+
+    class ListAdapter(qchan.ReceivingAdapter):
+        scheme = "list"
+
+        def __init__(self, name):
+            super().__init__(name)
+            self.items, self.lock = collections.deque(), threading.Lock()
+
+        def send_batch(self, bags):
+            with self.lock:
+                self.items.extend(bags)
+            return [None] * len(bags)
+
+        def receive(self, max_items, wait):
+            with self.lock:
+                n = min(max_items, len(self.items))
+                got = [self.items.popleft() for _ in range(n)]
+            if not got:
+                time.sleep(min(wait, 0.01))  # a real broker long-polls
+            return [attrs.evolve(b, digest=b) for b in got]
+
+        def ack(self, bags):
+            pass  # received means removed here
+
+        def give_back(self, bags, *, counted, delay=0.0, errors=()):
+            with self.lock:  # (a real one honours `delay`)
+                self.items.extend(
+                    attrs.evolve(b, deliveries=b.deliveries + counted) for b in bags
+                )
 """
 
 from __future__ import annotations
@@ -88,15 +137,29 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 import attrs
 
-from .errors import MessageError, NotSupported
+from .errors import MessageError
 from .message import Bag
 
-__all__ = ["Adapter", "Depth", "Hooks", "Sending"]
+__all__ = [
+    "Adapter",
+    "Bags",
+    "Depth",
+    "Errors",
+    "Hooks",
+    "Operations",
+    "ReceivingAdapter",
+    "Sending",
+]
 
 log = logging.getLogger("qchan.adapter")
+
+#: The bags of one call, and one error per bag (`give_back`, `dead_letter`).
+Bags: TypeAlias = Sequence[Bag]
+Errors: TypeAlias = Sequence[BaseException]
 
 
 class Hooks:
@@ -154,27 +217,52 @@ class Depth:
 
 
 class Adapter(abc.ABC):
-    """One transport. Subclasses set the class attributes and implement the abstract methods."""
+    """A transport's send side, and what every transport has: subclass it (a send-only
+    transport), or `ReceivingAdapter` (one qchan also receives from)."""
 
     #: URL scheme and default `System` attribute ("mem", "sqs", "kafka", "amqp").
     scheme: str = ""
     #: Most bags the kernel passes to one `send_batch` (the adapter may split further).
     max_batch: int = 10
-    #: Most bags one `receive` is asked for.
-    max_receive: int = 10
-    #: Default seconds a `receive` may wait for messages (long polling).
-    poll_wait: float = 1.0
     #: Most submitted batches the emitter keeps in flight (1: one `send_batch` at a time).
     pipeline: int = 1
-    #: True for a transport whose broker delivers elsewhere (EventBridge, SNS): `dequeue` on
-    #: its queue raises `SendOnlyError` and no poller starts; `receive`, `ack` and `nack`
-    #: are never called.
-    send_only: bool = False
 
     def __init__(self, name: str) -> None:
         #: The logical queue name (the `Queue` attribute on the wire).
         self.name = name
         self.hooks = Hooks()
+
+    @abc.abstractmethod
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        """Send the bags; return one outcome per bag, in order (None: the broker accepted it)."""
+
+    def submit(self, bags: Sequence[Bag]) -> Sending:
+        """Start sending the bags and return without waiting for the broker (see `pipeline`).
+
+        The default sends synchronously. An exception raised here counts as the
+        failure of every bag, as for `send_batch`.
+        """
+        return Sending(self.send_batch(bags))
+
+    def bind(self, hooks: Hooks) -> None:
+        """Called once by the kernel before any other call."""
+        self.hooks = hooks
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Called once, after the kernel's workers stopped."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.scheme}://{self.name}>"
+
+
+class ReceivingAdapter(Adapter):
+    """A transport qchan also receives from: the send side plus `receive`, `ack` and
+    `give_back` (the rest is optional; see the module docstring)."""
+
+    #: Most bags one `receive` is asked for.
+    max_receive: int = 10
+    #: Default seconds a `receive` may wait for messages (long polling).
+    poll_wait: float = 1.0
 
     @property
     def visibility(self) -> float | None:
@@ -188,11 +276,7 @@ class Adapter(abc.ABC):
         """
         return None
 
-    # -- required: every adapter implements these four -------------------------
-
-    @abc.abstractmethod
-    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
-        """Send the bags; return one outcome per bag, in order (None: the broker accepted it)."""
+    # -- required ----------------------------------------------------------------
 
     @abc.abstractmethod
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
@@ -203,14 +287,57 @@ class Adapter(abc.ABC):
         """Remove these deliveries from the broker for good."""
 
     @abc.abstractmethod
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        """Make these deliveries available again after `delay` seconds (0: at once)."""
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
+    ) -> None:
+        """Make these deliveries available again, after `delay` seconds (0: at once).
 
-    # -- flow control: the poller's three states (see the module docstring) ----
+        `counted=True`: the application failed them (`ack.send(msg.fail(err))`, a
+        handler that raised, `time_to_flight` ran out); this delivery counts, and
+        `errors[i]` says why `bags[i]` failed (for an adapter that dead-letters after
+        `max_deliveries` and says why, as Kafka's `Error` header). `counted=False`: a
+        release, given back unhandled (a `dequeue` closing with messages it never
+        handed out, a `qchan peek`); never a delivery attempt, so it must not move
+        toward the broker's dead-letter threshold (delay is 0, errors empty). Where
+        the broker counts every return, give such a message back as a copy that
+        carries its count (module docstring, Counting).
+        """
+
+    # -- settling beyond the required ones -----------------------------------------
+
+    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
+        """Deliveries the application gave up on (`ack.send(msg.dead_letter(err))`: a
+        `give_up_on` error in `serve`, or `max_deliveries` reached): move them to the
+        broker's dead-letter queue or topic now; `errors[i]` says why for `bags[i]`.
+
+        The default, for a broker without one, is a counted `give_back`: the broker's
+        own threshold (a redrive policy) dead-letters them later.
+        """
+        self.give_back(bags, counted=True, errors=errors)
+
+    def reject(self, bag: Bag, error: MessageError) -> None:
+        """The poison policy for a bag that cannot be decoded or routed (`error` says which).
+
+        The kernel has reported it already. The default does nothing: the
+        broker redelivers it by its own rules (visibility timeout, redrive
+        policy to a dead-letter queue).
+        """
+
+    def extend(self, bags: Sequence[Bag]) -> None:
+        """Keep these deliveries invisible to other consumers a while longer (a heartbeat).
+
+        Called for every message the queue holds (waiting in a buffer or held by the
+        application) every third of `visibility`, or every `heartbeat` seconds when
+        that queue option is given; the adapter decides by how much (its visibility
+        timeout). Brokers without visibility timeouts ignore it.
+        """
+
+    # -- flow control: the poller's three states (see the module docstring) ----------
 
     def hold(self, wait: float) -> bool:
-        """Called on the poller thread instead of `receive` while the in-flight limit is
-        reached: the application has not settled enough of what it was given.
+        """Called on the poller thread instead of `receive` while there is no demand or the
+        in-flight limit is reached: the application has not settled enough of what it
+        was given.
 
         Keep every message taken or prefetched so far (a later `receive` hands it
         out); take nothing new; do not requeue, release or dead-letter anything, and
@@ -233,7 +360,7 @@ class Adapter(abc.ABC):
         """
         return False
 
-    def wakeup(self) -> None:  # noqa: B027 - optional hook
+    def wakeup(self) -> None:
         """Make a `receive`, `hold` or `idle` blocked in another thread return soon.
 
         Only an interrupt: the kernel then calls whichever of the three fits the
@@ -241,85 +368,16 @@ class Adapter(abc.ABC):
         starts still cuts it short) and must never be read as "give back".
         """
 
-    # -- settling beyond ack and nack: overridden where the broker has its own ---
 
-    def nack_failed(
-        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
-    ) -> None:
-        """Deliveries the application refused (`ack.send(msg.fail(err))`) or did not ack
-        within `time_to_flight`: available again after `delay` seconds, as `nack`.
+class Operations(abc.ABC):
+    """The operator's side (`qchan stats`, `qchan purge`), for a transport whose broker
+    tells a queue's depth and can empty it: mix it into the adapter class."""
 
-        `errors[i]` says why `bags[i]` failed, for an adapter that dead-letters
-        after some attempts to say so (Kafka's `Error` header). The default is
-        `nack(bags, delay)`.
-        """
-        self.nack(bags, delay)
-
-    def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
-        """Deliveries the application gave up on (`ack.send(msg.dead_letter(err))`: a
-        `give_up_on` error in `serve`, or `max_deliveries` reached): move them to the
-        broker's dead-letter queue or topic now; `errors[i]` says why for `bags[i]`.
-
-        The default, for a broker without one, is `nack_failed(bags, errors)`: the
-        broker's own threshold (a redrive policy) dead-letters them later.
-        """
-        self.nack_failed(bags, errors, 0.0)
-
-    def release(self, bags: Sequence[Bag]) -> None:
-        """Give back deliveries the application did not settle (a `dequeue` closing, a
-        `qchan peek`, a message received after the last channel closed): available again
-        at once, and not a delivery attempt, so they must not move toward the broker's
-        dead-letter threshold. The default is `nack(bags, 0)`, right for a broker whose
-        nack counts nothing; override it where a return counts (see the module
-        docstring)."""
-        self.nack(bags, 0.0)
-
-    def reject(self, bag: Bag, error: MessageError) -> None:  # noqa: B027 - optional hook
-        """The poison policy for a bag that cannot be decoded or routed (`error` says which).
-
-        The kernel has reported it already. The default does nothing: the
-        broker redelivers it by its own rules (visibility timeout, redrive
-        policy to a dead-letter queue).
-        """
-
-    def extend(self, bags: Sequence[Bag]) -> None:  # noqa: B027 - optional hook
-        """Keep these deliveries invisible to other consumers a while longer (a heartbeat).
-
-        Called for every message the queue holds (waiting in a buffer or held by the
-        application) every third of `visibility`, or every `heartbeat` seconds when
-        that queue option is given; the adapter decides by how much (its visibility
-        timeout). Brokers without visibility timeouts ignore it.
-        """
-
-    # -- pipelining: set `pipeline` above 1 and override `submit` --------------
-
-    def submit(self, bags: Sequence[Bag]) -> Sending:
-        """Start sending the bags and return without waiting for the broker (see `pipeline`).
-
-        The default sends synchronously. An exception raised here counts as the
-        failure of every bag, as for `send_batch`.
-        """
-        return Sending(self.send_batch(bags))
-
-    # -- operations: for an operator, not the kernel (see the module docstring) ---
-
+    @abc.abstractmethod
     def depth(self) -> Depth:
         """How many messages the queue holds now, as far as the broker tells."""
-        raise NotSupported(f"queue depth is not supported by {self.scheme}://")
 
+    @abc.abstractmethod
     def purge(self) -> int | None:
         """Delete every message of the queue; how many were deleted (None: the broker does
         not say)."""
-        raise NotSupported(f"purge is not supported by {self.scheme}://")
-
-    # -- lifecycle -------------------------------------------------------------
-
-    def bind(self, hooks: Hooks) -> None:
-        """Called once by the kernel before any other call."""
-        self.hooks = hooks
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections. Called once, after the kernel's workers stopped."""
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.scheme}://{self.name}>"

@@ -15,7 +15,7 @@ import cattrs
 from . import tracing
 from .chan import Chan, RecvChan, SendChan
 from .codec import Codec, category_for, codec_for
-from .errors import EnqueueError, QueueFailed, SendOnlyError
+from .errors import EnqueueError, QueueFailed
 from .event import Event
 from .kernel.emitter import Sender
 from .kernel.queue import Queue
@@ -294,13 +294,7 @@ def dequeue(
     _check(
         "dequeue", type_, q, capacity=(capacity, 0, False), ack_capacity=(ack_capacity, 1, False)
     )
-    if q.adapter.send_only:
-        raise SendOnlyError(
-            f"dequeue: {q!r} only sends ({q.adapter.scheme}:// delivers to its subscribers); "
-            f"receive its messages where they are delivered: an SQS queue subscribed to the "
-            f"topic or targeted by a rule (dequeue on connect('sqs://...')), or an AWS Lambda "
-            f"function (qchan.aws.lambda_handler)"
-        )
+    q._receiving()  # a send-only transport: SendOnlyError, at the call
     cat, cod = _resolve(type_, category, codec, converter)
     rcv: Chan[Msg[T]] = Chan(capacity, name=f"{q.name}/{cat}.rcv")
     ack: Chan[Msg[T]] = Chan(ack_capacity, name=f"{q.name}/{cat}.ack")

@@ -62,7 +62,6 @@ class EventBridgeAdapter(aws.Publisher["PutEventsRequestEntryTypeDef"]):
 
     scheme = "eventbridge"
     service = aws.Service("EventBridge", "bus", EventBridgeError, _PERMANENT, _NOT_FOUND)
-    delivers_to = "EventBridge delivers events to the targets of the bus's rules"
 
     def __init__(
         self,

@@ -51,7 +51,7 @@ from typing import Any
 
 import attrs
 
-from qchan.adapter import Adapter, Depth
+from qchan.adapter import Bags, Depth, Errors, Operations, ReceivingAdapter
 from qchan.errors import MessageError, QchanError
 from qchan.message import Bag
 from qchan.options import renamed
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 
-class KafkaAdapter(Adapter):
+class KafkaAdapter(ReceivingAdapter, Operations):
     """One Kafka topic: produce to it, consume it in a consumer group.
 
     `KafkaAdapter("orders", bootstrap="h1:9092,h2:9092", group="billing")`;
@@ -154,28 +154,23 @@ class KafkaAdapter(Adapter):
         """Settle these deliveries; commit whatever prefix that completes."""
         self._settling.ack(bags)
 
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        """Redeliver from memory after `delay` s; dead-letter after `max_deliveries` deliveries."""
-        self._settling.redeliver(bags, delay, None)
-
-    def nack_failed(
-        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
     ) -> None:
-        """As `nack`; a dead letter's `Error` header also gives the application's last error."""
-        self._settling.redeliver(bags, delay, errors)
+        """A failure: redelivered from memory after `delay` s, dead-lettered after
+        `max_deliveries` deliveries (its `Error` header gives the application's last
+        error). A release (deliveries the application never processed): offered again
+        at once, not an attempt (`deliveries` stays), so it never leads to the
+        dead-letter topic; at close the redelivery never happens: the offsets stay
+        uncommitted and the partition's next owner receives them."""
+        if counted:
+            self._settling.redeliver(bags, delay, errors or None)
+        else:
+            self._settling.release(bags)
 
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         """The application gave up: copy each to the dead-letter topic now (as poison)."""
         self._settling.give_up(bags, errors)
-
-    def release(self, bags: Sequence[Bag]) -> None:
-        """Deliveries the application never processed: offered again at once.
-
-        They do not count as attempts (`deliveries` stays), so a release never
-        leads to the dead-letter topic. At close the redelivery never happens:
-        the offsets stay uncommitted and the partition's next owner receives them.
-        """
-        self._settling.release(bags)
 
     def reject(self, bag: Bag, error: MessageError) -> None:
         """Poison policy: undecodable -> dead letter; unroutable -> per the `unroutable` option."""

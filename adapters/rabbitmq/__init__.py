@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from qchan.adapter import Adapter, Depth, Hooks
+from qchan.adapter import Bags, Depth, Errors, Hooks, Operations, ReceivingAdapter
 from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
 
@@ -49,7 +49,7 @@ __all__ = [
 log = logging.getLogger("qchan.adapters.rabbitmq")
 
 
-class RabbitMQAdapter(Adapter):
+class RabbitMQAdapter(ReceivingAdapter, Operations):
     """One RabbitMQ queue. Build it with `from_url` (or `qchan.connect`)."""
 
     scheme = "amqp"
@@ -102,16 +102,18 @@ class RabbitMQAdapter(Adapter):
     def ack(self, bags: Sequence[Bag]) -> None:
         self._consumer.settle([Settle("ack", _receipt(b)) for b in bags])
 
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        """Back on the queue now, or after `delay` s (held un-acked meanwhile), one delivery
-        more counted; dead-letter when exhausted."""
-        self._requeue_or_dead_letter(bags, delay, "failed")
-
-    def nack_failed(
-        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
     ) -> None:
-        """As `nack`; the `DeadLettered` report also gives the application's last error."""
-        self._requeue_or_dead_letter(bags, delay, "failed", errors)
+        """A failure: back on the queue now, or after `delay` s (held un-acked meanwhile),
+        one delivery more counted, dead-lettered once `max_deliveries` is reached (the
+        `DeadLettered` report gives the application's last error). A release: back at
+        once, not counted, never dead-lettered (the application did not refuse them): a
+        copy with the same count, then an ack."""
+        if not counted:
+            self._consumer.give_back([Settle("release", _receipt(b), bag=b) for b in bags])
+            return
+        self._requeue_or_dead_letter(bags, delay, "failed", errors or None)
 
     def dead_letter(self, bags: Sequence[Bag], errors: Sequence[BaseException]) -> None:
         """The application gave up: to the dead-letter exchange now (`basic_nack`, no
@@ -130,11 +132,6 @@ class RabbitMQAdapter(Adapter):
                 bag, f"given up on delivery {bag.deliveries}: {describe(error)}"
             )
         self._consumer.settle([Settle("dead", _receipt(b), bag=b) for b in bags])
-
-    def release(self, bags: Sequence[Bag]) -> None:
-        """Back on the queue at once, not counted as a delivery, never dead-lettered (the
-        application did not refuse them): a copy with the same count, then an ack."""
-        self._consumer.give_back([Settle("release", _receipt(b), bag=b) for b in bags])
 
     def reject(self, bag: Bag, error: MessageError) -> None:
         """Undecodable or unroutable: requeue after `reject_delay` s; counts as a delivery.

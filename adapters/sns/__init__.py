@@ -49,7 +49,6 @@ class SNSAdapter(aws.Publisher["PublishBatchRequestEntryTypeDef"]):
     """Publishes to one SNS topic, standard or FIFO (name ends in `.fifo`). Use `from_url`."""
 
     scheme = "sns"
-    delivers_to = "SNS delivers to the topic's subscriptions"
     # Error codes of a request refused for what it holds: resent entry by entry, so
     # only the entry at fault fails (a RejectedError). Access errors are retried.
     _permanent = frozenset(

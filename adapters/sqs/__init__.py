@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from qchan.adapter import Depth
+from qchan.adapter import Bags, Depth, Errors, Operations, ReceivingAdapter
 from qchan.errors import MessageError, QchanError, describe
 from qchan.message import Bag
 from qchan.options import OptionError, check_keywords
@@ -88,7 +88,9 @@ class QueueNotFound(SQSError):
     """The queue does not exist at this endpoint (and `create` is off)."""
 
 
-class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
+class SQSAdapter(
+    aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"], ReceivingAdapter, Operations
+):
     """One SQS queue, standard or FIFO (name ends in `.fifo`). Use `from_url` to build one."""
 
     scheme = "sqs"
@@ -288,26 +290,37 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
                 continue
             self._report_failed("ack (DeleteMessageBatch)", reply.get("Failed", []))
 
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+    def _nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
         if delay < 0:
             raise ValueError(f"nack delay must be >= 0 s, not {delay}")
         self._change_visibility(bags, min(math.ceil(delay), wire.MAX_VISIBILITY_SECONDS), "nack")
 
-    def nack_failed(
-        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
     ) -> None:
+        """A failure (`counted`): see `_failed`; a release: see `_release`."""
+        if counted:
+            self._failed(bags, errors, delay)
+        else:
+            self._release(bags)
+
+    def _failed(self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float) -> None:
         """Visible again after `delay`; a delivery that used up the redrive policy's
         maxReceiveCount goes to the dead-letter queue now (a copy qchan gave back counts
         its deliveries on: SQS would count its receives from 0)."""
         limit = self._max_receives
         spent = [] if limit is None else [i for i, b in enumerate(bags) if b.deliveries >= limit]
         if spent:
-            self.dead_letter([bags[i] for i in spent], [errors[i] for i in spent])
+            why = [
+                errors[i] if errors else QchanError(f"failed {bags[i].deliveries} deliveries")
+                for i in spent
+            ]
+            self.dead_letter([bags[i] for i in spent], why)
             bags = [b for i, b in enumerate(bags) if i not in spent]
         if bags:
-            self.nack(bags, delay)
+            self._nack(bags, delay)
 
-    def release(self, bags: Sequence[Bag]) -> None:
+    def _release(self, bags: Sequence[Bag]) -> None:
         """Give back unhandled bags without counting a delivery: SQS counted the receive, so
         on a standard queue each goes back as a copy carrying its count and id, and the
         original is deleted; a copy that fails, and a FIFO queue's message (a copy would
@@ -354,7 +367,7 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
                     f"cannot be dead-lettered; they are redelivered"
                 )
             )
-            self.nack(bags)
+            self._nack(bags)
             return
         fifo = target.endswith(".fifo")
         copied: list[Bag] = []
@@ -385,7 +398,7 @@ class SQSAdapter(aws.AWSAdapter["SendMessageBatchRequestEntryTypeDef"]):
             self.ack(copied)
         rest = [b for b in bags if b not in copied]
         if rest:
-            self.nack(rest)
+            self._nack(rest)
 
     def _dead_letter_queue(self) -> str | None:
         if self._dead_letter_url is None and self._dead_letter_arn:

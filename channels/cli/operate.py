@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-from ..adapter import Adapter, Depth, Hooks
+from ..adapter import Adapter, Depth, Hooks, Operations, ReceivingAdapter
 from ..errors import ConnectionLost, NotSupported, QchanError, RejectedError, describe
 from ..message import Bag
 from ..options import split_query
@@ -37,6 +37,8 @@ __all__ = [
     "Reports",
     "guarded",
     "open_raw",
+    "open_receiving",
+    "operations",
     "peek",
     "peek_command",
     "purge",
@@ -59,7 +61,7 @@ class Reports(Hooks):
         self.errors.append(error)
 
 
-def open_raw(url: str, seconds: float, *, receive: bool = False, moving: bool = False) -> Adapter:
+def open_raw(url: str, seconds: float, *, moving: bool = False) -> Adapter:
     """The adapter for `url`, for an operator: it never creates or declares anything.
 
     RabbitMQ queues are checked, not declared (`declare=passive`), and no delivery is
@@ -96,13 +98,26 @@ def open_raw(url: str, seconds: float, *, receive: bool = False, moving: bool = 
         raise
     except (TypeError, ValueError) as e:  # an option the transport does not know, say
         raise URLError(f"cannot open {redact(url)}: {e}") from None
-    if receive and adapter.send_only:
+    adapter.bind(Reports())
+    return adapter
+
+
+def open_receiving(url: str, seconds: float, *, moving: bool = False) -> ReceivingAdapter:
+    """`open_raw` for a command that receives: NotSupported for a send-only transport."""
+    adapter = open_raw(url, seconds, moving=moving)
+    if not isinstance(adapter, ReceivingAdapter):
         adapter.close()
         raise NotSupported(
-            f"{scheme}:// only sends; its messages are received where it delivers them "
-            f"(an SQS queue, say): use that queue's URL"
+            f"{adapter.scheme}:// only sends; its messages are received where it delivers "
+            f"them (an SQS queue, say): use that queue's URL"
         )
-    adapter.bind(Reports())
+    return adapter
+
+
+def operations(adapter: Adapter, what: str) -> Operations:
+    """The adapter's operator side; NotSupported (saying `what`) where it has none."""
+    if not isinstance(adapter, Operations):
+        raise NotSupported(f"{what} is not supported by {adapter.scheme}://")
     return adapter
 
 
@@ -169,7 +184,7 @@ def _line(bag: Bag) -> str:
     return json.dumps(line, ensure_ascii=False)
 
 
-def _receive(adapter: Adapter, n: int, wait: float, pause: _Pause) -> Sequence[Bag] | None:
+def _receive(adapter: ReceivingAdapter, n: int, wait: float, pause: _Pause) -> Sequence[Bag] | None:
     """Up to `n` bags, or None when the connection was lost (raised, or reported by an
     adapter that reconnects by itself) and `pause` waited before the next try. Raises
     the ConnectionLost once the broker stayed unreachable longer than `pause` allows."""
@@ -194,7 +209,7 @@ def _receive(adapter: Adapter, n: int, wait: float, pause: _Pause) -> Sequence[B
 
 
 def _arrivals(
-    adapter: Adapter, want: Callable[[], int], timeout: float, pause: _Pause
+    adapter: ReceivingAdapter, want: Callable[[], int], timeout: float, pause: _Pause
 ) -> Iterator[Sequence[Bag]]:
     """Batches of at most `want()` bags from `adapter`, until `want()` is 0 or `timeout`
     seconds pass without one. The clock starts again once the caller has handled a batch,
@@ -213,13 +228,14 @@ def _arrivals(
 
 
 def peek(
-    adapter: Adapter, *, count: int, timeout: float, retry_seconds: float, out: IO[str]
+    adapter: ReceivingAdapter, *, count: int, timeout: float, retry_seconds: float, out: IO[str]
 ) -> int:
-    """Print up to `count` messages as JSON lines and give them back untouched (`release`).
+    """Print up to `count` messages as JSON lines and give them back untouched (an uncounted
+    `give_back`).
 
     Stops once `timeout` seconds pass without a message (an empty queue is no error).
-    The broker may still count the peek as a delivery (SQS's ApproximateReceiveCount,
-    RabbitMQ's redelivered flag)."""
+    Nothing counts as a delivery (`msg.deliveries`, `max_deliveries`); SQS's own
+    ApproximateReceiveCount does count a FIFO queue's peek (docs/reliability.md)."""
     got: list[Bag] = []
     pause = _Pause(retry_seconds)
     try:
@@ -234,7 +250,7 @@ def peek(
             out.flush()
     finally:
         if got:
-            adapter.release(got)
+            adapter.give_back(got, counted=False)
     err(f"peeked at {len(got)} message(s); all given back")
     return EXIT_OK
 
@@ -267,7 +283,7 @@ class Redriven:
 
 
 def redrive(
-    source: Adapter,
+    source: ReceivingAdapter,
     target: Adapter,
     *,
     count: int | None,
@@ -321,7 +337,7 @@ def redrive(
         kept = {id(b) for b in held}
         back = held + [b for b in in_hand if id(b) not in kept]
         if back:
-            source.release(back)
+            source.give_back(back, counted=False)
     return r
 
 
@@ -365,7 +381,7 @@ def _send(
         pending = retry
 
 
-def _remove(source: Adapter, bags: Sequence[Bag], retry_seconds: float) -> int:
+def _remove(source: ReceivingAdapter, bags: Sequence[Bag], retry_seconds: float) -> int:
     """Ack `bags` on the source, again while it reports a failure; how many are confirmed
     (for an adapter that acks without waiting, RabbitMQ's, all of them: a lost ack there
     brings the message back to this run, which removes it then)."""
@@ -400,7 +416,7 @@ def redrive_command(
     """`qchan redrive FROM TO`: move, then print the summary; exit 1 if anything failed."""
     if redact(source_url) == redact(target_url):
         raise URLError("FROM and TO are the same queue: a redrive would move messages in circles")
-    source = open_raw(source_url, retry_seconds, receive=True, moving=True)
+    source = open_receiving(source_url, retry_seconds, moving=True)
     try:
         target = open_raw(target_url, retry_seconds, moving=True)
     except BaseException:
@@ -449,7 +465,7 @@ def redrive_command(
 
 def _left(adapter: Adapter) -> Depth | None:
     try:
-        return adapter.depth()
+        return operations(adapter, "queue depth").depth()
     except Exception as e:  # noqa: BLE001 - only for the summary
         log.info("depth after redrive: %s", e)
         return None
@@ -458,7 +474,7 @@ def _left(adapter: Adapter) -> Depth | None:
 def peek_command(
     url: str, *, count: int, timeout: float, retry_seconds: float, out: IO[str]
 ) -> int:
-    adapter = open_raw(url, retry_seconds, receive=True)
+    adapter = open_receiving(url, retry_seconds)
     try:
         return peek(adapter, count=count, timeout=timeout, retry_seconds=retry_seconds, out=out)
     finally:
@@ -469,7 +485,7 @@ def stats(url: str, *, as_json: bool, out: IO[str]) -> int:
     """`qchan stats URL`: depth, in flight (and delayed) as the broker tells."""
     adapter = open_raw(url, 10.0)
     try:
-        d = adapter.depth()
+        d = operations(adapter, "queue depth").depth()
     finally:
         adapter.close()
     if as_json:
@@ -483,9 +499,10 @@ def purge(url: str, *, yes: bool, stdin: IO[str]) -> int:
     """`qchan purge URL`: delete every message, after a confirmation on a terminal (or --yes)."""
     adapter = open_raw(url, 10.0)
     try:
+        ops = operations(adapter, "purge")
         if not yes:
             try:
-                d: Depth | None = adapter.depth()
+                d: Depth | None = ops.depth()
             except NotSupported:
                 d = None
             known = [v for v in (d.ready, d.in_flight, d.delayed) if v is not None] if d else []
@@ -498,7 +515,7 @@ def purge(url: str, *, yes: bool, stdin: IO[str]) -> int:
             if answer not in ("y", "yes"):
                 err("not purged")
                 return EXIT_FAILED
-        n = adapter.purge()
+        n = ops.purge()
     finally:
         adapter.close()
     if n is None:

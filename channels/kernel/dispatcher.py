@@ -43,12 +43,12 @@ class Dispatcher:
         self.ctl = ctl
         self.inbox = inbox
         self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
-        self.adapter = ctx.adapter
+        self.adapter = gate.adapter
         self.time_to_flight = ctx.time_to_flight
         self._reported: OrderedDict[str, None] = OrderedDict()  # unroutable ids said once
         self.thread = threading.Thread(
             target=self._run,
-            name=f"qchan-dispatcher-{ctx.adapter.scheme}-{ctx.name}",
+            name=f"qchan-dispatcher-{gate.adapter.scheme}-{ctx.name}",
             daemon=True,
         )
         self.receivers: list[Receiver] = []
@@ -287,7 +287,7 @@ class Dispatcher:
             self.gate.resolved(len(acks))
         for delay, (bags, errors) in nacks.items():
             try:
-                self.adapter.nack_failed(bags, errors, delay)
+                self.adapter.give_back(bags, counted=True, delay=delay, errors=errors)
                 stats.nacked += len(bags)
             except Exception as e:
                 self.ctx.report(e)
@@ -340,7 +340,7 @@ class Dispatcher:
         self.ctx.counters.expired += len(bags)
         error = TimeoutError(f"not acked within time_to_flight={self.time_to_flight} s")
         try:
-            self.adapter.nack_failed(bags, [error] * len(bags), 0.0)
+            self.adapter.give_back(bags, counted=True, errors=[error] * len(bags))
         except Exception as e:
             self.ctx.report(e)
         self.gate.resolved(len(bags))
@@ -394,7 +394,7 @@ class Dispatcher:
         if not bags:
             return
         try:
-            self.adapter.release(bags)
+            self.adapter.give_back(bags, counted=False)
         except Exception as e:
             self.ctx.report(e)
         self.gate.resolved(len(bags))

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from ..adapter import ReceivingAdapter
 from ..chan import Chan
 from ..errors import ChannelClosed
 from .context import Context
@@ -27,10 +28,11 @@ log = logging.getLogger("qchan.listener")
 class Listener:
     """The poller and dispatcher threads of one queue."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, adapter: ReceivingAdapter) -> None:
         self.ctx = ctx
+        self.adapter = adapter
         self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
-        self.gate = Gate(ctx.adapter, ctx.in_flight)
+        self.gate = Gate(adapter, ctx.in_flight)
         self.ctl: Chan[tuple[str, Any]] = Chan(16, name=f"{ctx.name}.listener.ctl")
         self.inbox: Chan[Handoff] = Chan(2, name=f"{ctx.name}.inbox")
         self.dispatcher = Dispatcher(ctx, self.gate, self.ctl, self.inbox)
@@ -47,7 +49,7 @@ class Listener:
         idling = self.gate.open(r, self.ctx.name)
         self.ctl.send(("add", r))
         if idling:  # the poller sits in adapter.idle or hold: look at the state again
-            self.ctx.adapter.wakeup()
+            self.adapter.wakeup()
 
     def remove(self, r: Receiver, timeout: float | None = None) -> None:
         """Stop routing to `r`, apply its pending acks, release what it still holds."""

@@ -38,7 +38,7 @@ class Poller:
         self.inbox = inbox
         self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
         self.thread = threading.Thread(
-            target=self._run, name=f"qchan-poller-{ctx.adapter.scheme}-{ctx.name}", daemon=True
+            target=self._run, name=f"qchan-poller-{gate.adapter.scheme}-{ctx.name}", daemon=True
         )
 
     def _run(self) -> None:
@@ -48,7 +48,8 @@ class Poller:
             self.ctx.fail(e, "poller")
 
     def _loop(self) -> None:
-        ctx, gate, adapter = self.ctx, self.gate, self.ctx.adapter
+        ctx, gate = self.ctx, self.gate
+        adapter = gate.adapter
         failures = 0
         state = ""
         serviceable = True  # does the adapter want hold/idle calls? (it says so by returning True)

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ..adapter import Adapter, Hooks
+from ..adapter import Adapter, Hooks, ReceivingAdapter
 from ..chan import Chan, SendChan
 from ..errors import (
     ChannelClosed,
@@ -22,6 +22,7 @@ from ..errors import (
     EnqueueError,
     QchanError,
     QueueFailed,
+    SendOnlyError,
     describe,
 )
 from ..logs import Repeats
@@ -133,7 +134,8 @@ class Queue:
             errors=errors,
             close_timeout=close_timeout,
         )
-        visibility = adapter.visibility
+        receiving = adapter if isinstance(adapter, ReceivingAdapter) else None
+        visibility = receiving.visibility if receiving else None
         if heartbeat is not None and visibility is not None and 2 * heartbeat >= visibility:
             raise OptionError(
                 f"heartbeat={heartbeat!r} s is not shorter than half the visibility timeout of "
@@ -150,7 +152,9 @@ class Queue:
         self.batch_size = batch_size or adapter.max_batch
         self.linger = linger
         self.retry = retry or Exponential()
-        self.poll_wait = adapter.poll_wait if poll_wait is None else poll_wait
+        self.poll_wait = (
+            (receiving or ReceivingAdapter).poll_wait if poll_wait is None else poll_wait
+        )
         self.in_flight = in_flight
         self.time_to_flight = time_to_flight
         self.ack_linger = ack_linger
@@ -199,7 +203,8 @@ class Queue:
         third of the broker's visibility timeout (None: the broker has none)."""
         if self.heartbeat is not None:
             return self.heartbeat
-        visibility = self.adapter.visibility
+        adapter = self.adapter
+        visibility = adapter.visibility if isinstance(adapter, ReceivingAdapter) else None
         return max(0.01, visibility / 3) if visibility else None
 
     def __repr__(self) -> str:
@@ -276,8 +281,20 @@ class Queue:
 
     def _listener_started(self) -> Listener:
         if self._listener is None:
-            self._listener = Listener(self._context())
+            self._listener = Listener(self._context(), self._receiving())
         return self._listener
+
+    def _receiving(self) -> ReceivingAdapter:
+        """The adapter's receive side; SendOnlyError (dequeue's) for a send-only transport."""
+        adapter = self.adapter
+        if not isinstance(adapter, ReceivingAdapter):
+            raise SendOnlyError(
+                f"dequeue: {self!r} only sends ({adapter.scheme}:// delivers to its "
+                f"subscribers); receive its messages where they are delivered: an SQS queue "
+                f"subscribed to the topic or targeted by a rule (dequeue on "
+                f"connect('sqs://...')), or an AWS Lambda function (qchan.aws.lambda_handler)"
+            )
+        return adapter
 
     def _register(
         self,

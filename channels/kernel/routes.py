@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..adapter import Adapter
+from ..adapter import ReceivingAdapter
 from ..chan import Chan
 from ..codec import Codec
 from ..errors import ChannelClosed, MessageError
@@ -92,7 +92,7 @@ class Gate:
     messages its application had received, never on ones waiting unseen.
     """
 
-    def __init__(self, adapter: Adapter, limit: int) -> None:
+    def __init__(self, adapter: ReceivingAdapter, limit: int) -> None:
         self.adapter = adapter
         self.limit = limit
         self.routes: dict[str, Receiver] = {}

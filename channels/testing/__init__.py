@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from ..adapter import Adapter, Hooks
+from ..adapter import Adapter, Hooks, Operations, ReceivingAdapter
 from ..chan import Chan
 from ..endpoints import AT_MOST_ONCE, dequeue, enqueue, enqueue_sync
 from ..errors import (
@@ -63,23 +63,36 @@ from ..errors import (
 from ..kernel.queue import Queue
 from ..message import Bag, Msg
 from ..retry import Constant
-from .doubles import Faulty, Spy, Wrapped
+from .doubles import Faulty, SendFaulty, SendSpy, Spy, Wrapped, faulty, spy_on
 from .peers import Peers
 
-__all__ = ["FEATURES", "Conformance", "Faulty", "Order", "Peers", "Refund", "Spy", "Wrapped"]
+__all__ = [
+    "FEATURES",
+    "Conformance",
+    "Faulty",
+    "Order",
+    "Peers",
+    "Refund",
+    "SendFaulty",
+    "SendSpy",
+    "Spy",
+    "Wrapped",
+    "faulty",
+    "spy_on",
+]
 
 AdapterFactory = Callable[[str], Adapter]
 
 #: What an adapter may declare in `Conformance.features`, and what each promises.
 FEATURES: dict[str, str] = {
-    "receive": "it receives: dequeue works (a send-only transport leaves it out)",
+    "receive": "it receives: a ReceivingAdapter, dequeue works (a send-only one leaves it out)",
     "wakeup": "wakeup() cuts short a receive already waiting in another thread",
     "sticky_wakeup": "a wakeup() just before a receive still cuts that receive short",
-    "nack_delay": "nack(bags, delay) holds the redelivery back for about `delay` seconds",
+    "nack_delay": "give_back(bags, counted=True, delay=s) holds the redelivery back about s",
     "delivery_count": "a redelivered bag says so: `deliveries` counts each hand-out",
     "missing_queue": "an adapter on a queue that does not exist raises an error naming it",
     "double_ack": "acking one delivery twice neither raises, reports nor disturbs others",
-    "depth": "depth() counts the messages waiting (`ready`, for Kafka the group's lag)",
+    "depth": "an Operations: depth() counts the messages waiting (Kafka: the group's lag)",
     "purge": "purge() deletes every waiting message (Kafka: skips the group past them)",
 }
 
@@ -114,6 +127,20 @@ def _bag(n: int) -> Bag:
     return Bag("Order", body, {"Category": "Order"}, id=uuid.uuid4().hex)
 
 
+def _rx(adapter: Adapter) -> ReceivingAdapter:
+    """The adapter as one qchan receives from (a test that needs "receive")."""
+    assert isinstance(adapter, ReceivingAdapter), (
+        f"{adapter!r} declares `receive`: subclass ReceivingAdapter"
+    )
+    return adapter
+
+
+def _ops(adapter: Adapter) -> Operations:
+    """The adapter's operator side (a test that needs "depth" or "purge")."""
+    assert isinstance(adapter, Operations), f"{adapter!r} declares `depth`: mix in Operations"
+    return adapter
+
+
 def _take(adapter: Adapter, n: int, patience: float) -> list[Bag]:
     """Exactly `n` bags straight from the adapter, within `patience` seconds."""
     got: list[Bag] = []
@@ -122,7 +149,7 @@ def _take(adapter: Adapter, n: int, patience: float) -> list[Bag]:
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"received {len(got)} of {n} bags in {patience} s")
-        got += adapter.receive(n - len(got), min(1.0, left))
+        got += _rx(adapter).receive(n - len(got), min(1.0, left))
     assert len(got) == n, f"asked for {n}, received {len(got)}"
     return got
 
@@ -193,10 +220,11 @@ class Conformance:
         self, open_queue: Callable[..., Queue]
     ) -> None:
         q = open_queue()
-        assert q.adapter.send_only == ("receive" not in self.features), (
-            "declare `receive` in features exactly when the adapter is not send_only"
+        receives = isinstance(q.adapter, ReceivingAdapter)
+        assert receives == ("receive" in self.features), (
+            "declare `receive` in features exactly when the adapter is a ReceivingAdapter"
         )
-        if not q.adapter.send_only:
+        if receives:
             return
         with pytest.raises(SendOnlyError, match=q.adapter.scheme):
             dequeue(Order, q)
@@ -422,10 +450,10 @@ class Conformance:
 
     @needs()
     def test_sends_are_batched(self, open_queue: Callable[..., Queue]) -> None:
-        spy: list[Spy] = []
+        spy: list[SendSpy] = []
 
         def wrap(a: Adapter) -> Adapter:
-            spy.append(Spy(a))
+            spy.append(spy_on(a))
             return spy[0]
 
         q = open_queue(wrap=wrap, linger=0.05)
@@ -452,11 +480,11 @@ class Conformance:
 
     @needs()
     def test_transient_send_failures_are_retried(self, open_queue: Callable[..., Queue]) -> None:
-        faulty: list[Faulty] = []
+        faults: list[SendFaulty] = []
 
         def wrap(a: Adapter) -> Adapter:
-            faulty.append(Faulty(a, fail=2))
-            return faulty[0]
+            faults.append(faulty(a, fail=2))
+            return faults[0]
 
         q = open_queue(wrap=wrap, retry=Constant(0.01, max_attempts=5))
         with enqueue(Order, q) as (out, dlq):
@@ -474,11 +502,11 @@ class Conformance:
     def test_message_that_keeps_failing_ends_on_dlq_after_the_configured_attempts(
         self, open_queue: Callable[..., Queue]
     ) -> None:
-        faulty: list[Faulty] = []
+        faults: list[SendFaulty] = []
 
         def wrap(a: Adapter) -> Adapter:
-            faulty.append(Faulty(a, fail=-1))
-            return faulty[0]
+            faults.append(faulty(a, fail=-1))
+            return faults[0]
 
         q = open_queue(wrap=wrap, retry=Constant(0.01, max_attempts=3))
         out, dlq = enqueue(Order, q)
@@ -487,36 +515,38 @@ class Conformance:
         dead = dlq.recv(timeout=self.patience)
         assert dead.object is sent  # the original object, handed back
         assert isinstance(dead.error, ConnectionLost)
-        assert list(faulty[0].attempts.values()) == [3]
+        assert list(faults[0].attempts.values()) == [3]
         assert q.stats().dead_lettered == 1
 
     # -- features: the adapter on its own (see FEATURES) ----------------------------
 
     @pytest.fixture
-    def adapter(self, adapter_factory: AdapterFactory, queue_name: str) -> Iterator[Adapter]:
+    def adapter(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> Iterator[ReceivingAdapter]:
         """An adapter on the test's queue, connected (a group joined) and closed after."""
-        a = adapter_factory(queue_name)
+        a = _rx(adapter_factory(queue_name))
         try:
             a.receive(1, 0.2)
             yield a
         finally:
             a.close()
 
-    def _one(self, adapter: Adapter) -> Bag:
+    def _one(self, adapter: ReceivingAdapter) -> Bag:
         """Send one bag through `adapter` and receive it back."""
         assert adapter.send_batch([_bag(1)]) == [None]
         (got,) = _take(adapter, 1, self.patience)
         return got
 
     @needs("receive", "sticky_wakeup")
-    def test_a_wakeup_just_before_a_receive_cuts_it_short(self, adapter: Adapter) -> None:
+    def test_a_wakeup_just_before_a_receive_cuts_it_short(self, adapter: ReceivingAdapter) -> None:
         adapter.wakeup()
         began = time.monotonic()
         assert list(adapter.receive(10, 20.0)) == []
         assert time.monotonic() - began < 2.0, "the wakeup was lost"
 
     @needs("receive", "wakeup")
-    def test_a_wakeup_cuts_a_waiting_receive_short(self, adapter: Adapter) -> None:
+    def test_a_wakeup_cuts_a_waiting_receive_short(self, adapter: ReceivingAdapter) -> None:
         got: list[Any] = []
         waiter = threading.Thread(target=lambda: got.append(adapter.receive(10, 30.0)))
         began = time.monotonic()
@@ -529,10 +559,10 @@ class Conformance:
         assert time.monotonic() - began < 5.0
 
     @needs("receive", "nack_delay")
-    def test_a_nack_delay_holds_the_redelivery_back(self, adapter: Adapter) -> None:
+    def test_a_nack_delay_holds_the_redelivery_back(self, adapter: ReceivingAdapter) -> None:
         first = self._one(adapter)
         nacked = time.monotonic()
-        adapter.nack([first], 2.0)
+        adapter.give_back([first], counted=True, delay=2.0)
         (again,) = _take(adapter, 1, self.patience)
         waited = time.monotonic() - nacked
         adapter.ack([again])
@@ -540,9 +570,9 @@ class Conformance:
         assert waited >= 1.5, f"redelivered {waited:.2f} s after a nack with a 2 s delay"
 
     @needs("receive", "delivery_count")
-    def test_a_redelivery_counts_as_another_delivery(self, adapter: Adapter) -> None:
+    def test_a_redelivery_counts_as_another_delivery(self, adapter: ReceivingAdapter) -> None:
         first = self._one(adapter)
-        adapter.nack([first])
+        adapter.give_back([first], counted=True)
         (again,) = _take(adapter, 1, self.patience)
         adapter.ack([again])
         assert (first.deliveries, again.deliveries) == (1, 2)
@@ -561,7 +591,7 @@ class Conformance:
             try:
                 calls: list[Callable[[], Any]] = [lambda: a.send_batch([_bag(1)])]
                 if "receive" in self.features:
-                    calls.append(lambda: a.receive(1, 0.5))
+                    calls.append(lambda: _rx(a).receive(1, 0.5))
                 for call in calls:
                     try:
                         outcome = call()
@@ -580,7 +610,7 @@ class Conformance:
 
     def _depth_is(self, adapter: Adapter, ready: int) -> None:
         deadline = time.monotonic() + self.patience
-        while (d := adapter.depth()).ready != ready:
+        while (d := _ops(adapter).depth()).ready != ready:
             assert time.monotonic() < deadline, (
                 f"depth {d}, not {ready} ready, in {self.patience} s"
             )
@@ -605,14 +635,14 @@ class Conformance:
         try:
             assert a.send_batch([_bag(1), _bag(2)]) == [None, None]
             self._depth_is(a, 2)
-            assert a.purge() in (2, None)  # None: the broker does not say (SQS)
+            assert _ops(a).purge() in (2, None)  # None: the broker does not say (SQS)
             self._depth_is(a, 0)
         finally:
             a.close()
         if "receive" in self.features:
             b = adapter_factory(queue_name)
             try:
-                assert list(b.receive(10, self.quiet)) == []
+                assert list(_rx(b).receive(10, self.quiet)) == []
             finally:
                 b.close()
 
@@ -626,15 +656,16 @@ class Conformance:
         try:
             assert a.send_batch([_bag(1), _bag(2)]) == [None, None]
             one, two = _take(a, 2, self.patience)
-            a.ack([one])
-            a.ack([one])
-            a.ack([two, one])
+            rx = _rx(a)
+            rx.ack([one])
+            rx.ack([one])
+            rx.ack([two, one])
         finally:
             a.close()
         assert hooks.reported == []
         b = adapter_factory(queue_name)
         try:
             # Long enough for an un-acked delivery to have come back by now.
-            assert list(b.receive(10, self.redelivery_after + self.quiet)) == []
+            assert list(_rx(b).receive(10, self.redelivery_after + self.quiet)) == []
         finally:
             b.close()

@@ -74,7 +74,7 @@ def test_nack_with_delay_and_extend() -> None:
     a = EmbeddedAdapter("delay-x", visibility_timeout=0.2)
     a.send_batch([_bag()])
     got = a.receive(1, 0)
-    a.nack(got, 0.3)
+    a.give_back(got, counted=True, delay=0.3)
     assert a.receive(1, 0) == []
     t0 = time.monotonic()
     again = a.receive(1, 2.0)
@@ -89,7 +89,7 @@ def test_redrive_to_dead_letters_after_max_deliveries() -> None:
     for _ in range(2):
         got = a.receive(1, 0)
         assert got
-        a.nack(got)
+        a.give_back(got, counted=True)
     assert a.receive(1, 0) == []
     assert [b.id for b in broker("redrive-x").dead_letters] == ["m1"]
 

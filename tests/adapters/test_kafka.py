@@ -788,7 +788,7 @@ def test_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on
         for b in a.receive(10, 1.0):
             if b.body == b"poison":
                 deliveries.append(b.deliveries)
-                a.nack([b])
+                a.give_back([b], counted=True)
             else:
                 a.ack([b])
     assert deliveries == [1, 2, 3]
@@ -818,7 +818,7 @@ def test_nack_delay_holds_the_redelivery_back(
     a.send_batch([bag(b"later")])
     (first,) = receive_n(a, 1)
     nacked = time.monotonic()
-    a.nack([first], 0.5)
+    a.give_back([first], counted=True, delay=0.5)
     (again,) = receive_n(a, 1)
     assert time.monotonic() - nacked >= 0.5
     assert (again.body, again.deliveries, again.id) == (b"later", 2, first.id)
@@ -874,11 +874,11 @@ def test_release_redelivers_now_and_after_close(
     adapters.append(a)
     a.send_batch([bag(b"held")])
     (b,) = receive_n(a, 1)
-    a.release([b])  # not an attempt: never dead-letters, even at max_deliveries
+    a.give_back([b], counted=False)  # not an attempt: never dead-letters, even at max_deliveries
     (again,) = receive_n(a, 1)
     assert (again.body, again.deliveries) == (b"held", 1)
     assert again is not b  # a new delivery: acks of the released one are ignored
-    a.release([again])
+    a.give_back([again], counted=False)
     a.close()
     adapters.remove(a)
     heir = adapter(kafka_bootstrap, topic, group=group)
@@ -1049,8 +1049,8 @@ def test_a_clean_restart_counts_nothing_and_keeps_the_failures(
     first = adapter(kafka_bootstrap, topic, group=group)
     adapters.append(first)
     got = receive_n(first, 3)
-    first.nack([got[1]], 60.0)  # failed once; its redelivery waits
-    first.release([got[0], got[2]])
+    first.give_back([got[1]], counted=True, delay=60.0)  # failed once; its redelivery waits
+    first.give_back([got[0], got[2]], counted=False)
     first.close()
     adapters.remove(first)
     found = commit_found(kafka_bootstrap, topic, group)
@@ -1079,7 +1079,9 @@ def test_a_rebalance_to_a_second_member_counts_nothing(
     one = adapter(kafka_bootstrap, topic, group=group)
     adapters.append(one)
     held = receive_n(one, 3 * PARTITIONS)
-    one.nack([b for b in held if b.digest.offset == 1], 60.0)  # one failure per partition
+    one.give_back(
+        [b for b in held if b.digest.offset == 1], counted=True, delay=60.0
+    )  # one failure per partition
     two = adapter(kafka_bootstrap, topic, group=group)
     adapters.append(two)
     got_two: list[Bag] = []

@@ -287,7 +287,7 @@ def test_coalesced_acks_never_cover_a_held_or_repeated_delivery(
     adapter = make_adapter(queue_name)
     adapter.send_batch([bag(i) for i in range(10)])
     got = receive_n(adapter, 10)
-    adapter.nack([got[3]], delay=0.3)
+    adapter.give_back([got[3]], counted=True, delay=0.3)
     adapter.ack(got[:3] + got[4:])
     adapter.ack(got[:2])  # again
     (again,) = receive_n(adapter, 1, timeout=5.0)
@@ -309,7 +309,7 @@ def test_nack_with_delay_holds_the_message_then_requeues_it(
     adapter.send_batch([bag(1)])
     (got,) = receive_n(adapter, 1)
     t0 = time.monotonic()
-    adapter.nack([got], delay=0.6)
+    adapter.give_back([got], counted=True, delay=0.6)
     assert adapter.receive(1, 0.3) == []  # held
     again = adapter.receive(1, 10.0)  # the poller itself wakes when the delay is due
     elapsed = time.monotonic() - t0
@@ -325,10 +325,10 @@ def test_release_requeues_and_never_dead_letters(
     adapter = make_adapter(queue_name, max_deliveries=2)
     adapter.send_batch([bag(1)])
     (got,) = receive_n(adapter, 1)
-    adapter.nack([got])
+    adapter.give_back([got], counted=True)
     (again,) = receive_n(adapter, 1)
     assert again.deliveries == 2  # a nack now would dead-letter it; a release must not
-    adapter.release([again])
+    adapter.give_back([again], counted=False)
     adapter.close()
     wait_for(lambda: queue_depth(admin, queue_name) == 1, 10.0, "the message back")
     assert queue_depth(admin, f"{queue_name}.dlq") == 0
@@ -457,7 +457,7 @@ def test_poison_is_dead_lettered_after_max_deliveries(
     for attempt in (1, 2, 3):
         (got,) = receive_n(adapter, 1)
         assert got.deliveries == attempt
-        adapter.nack([got])
+        adapter.give_back([got], counted=True)
     assert adapter.receive(1, 0.5) == []
     _, props, body = get_one(admin, f"{queue_name}.dlq")
     assert body == b'{"i": 1}' and props.message_id == "m-1"
@@ -531,7 +531,7 @@ def test_existing_classic_queue_declare_none_and_mismatch(
     assert list(trusting.send_batch([bag(1)])) == [None]
     (got,) = receive_n(trusting, 1)
     assert got.deliveries == 1
-    trusting.nack([got])
+    trusting.give_back([got], counted=True)
     (again,) = receive_n(trusting, 1)
     assert again.deliveries == 2  # classic queues only say "redelivered"
     trusting.ack([again])

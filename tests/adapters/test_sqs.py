@@ -641,15 +641,15 @@ def test_nack_redelivers_now_or_after_its_delay(make_queue: Any, adapters: Any) 
     a = adapters(name)
     a.send_batch([bag("n")])
     first = receive_all(a, 1)[0]
-    a.nack([first], 0)
+    a.give_back([first], counted=True, delay=0)
     again = receive_all(a, 1, timeout=5)[0]
     assert again.id == first.id
     t0 = time.monotonic()
-    a.nack([again], 2)
+    a.give_back([again], counted=True, delay=2)
     third = receive_all(a, 1, timeout=10)[0]
     assert time.monotonic() - t0 >= 1.5  # not before its delay
     assert third.id == first.id and third.deliveries == 3
-    a.release([third])
+    a.give_back([third], counted=False)
     last = receive_all(a, 1, timeout=5)[0]
     a.ack([last])
     assert_empty(a)
@@ -666,7 +666,7 @@ def test_extend_keeps_a_message_invisible(make_queue: Any, adapters: Any) -> Non
     keeper.extend(held)
     # Without the extension the message is back after 2 s.
     assert_empty(other, wait=4)
-    holder.release(held)
+    holder.give_back(held, counted=False)
     assert [b.id for b in receive_all(other, 1, timeout=5)] == [held[0].id]
 
 
@@ -1214,7 +1214,7 @@ def test_a_release_counts_no_delivery_except_on_a_fifo_queue(
     for _ in range(3):
         (got,) = receive_all(a, 1)
         seen.append((got.id, got.deliveries, dict(got.attributes)))
-        a.release([got])
+        a.give_back([got], counted=False)
     (last,) = receive_all(a, 1)
     a.ack([last])
     ids = {i for i, _, _ in seen} | {last.id}

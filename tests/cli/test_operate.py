@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from support.helpers import long_variant, wait_for
 
-from qchan import Adapter, Bag, register_scheme
+from qchan import Adapter, Bag, Operations, ReceivingAdapter, register_scheme
+from qchan.adapter import Bags, Errors
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.cli import main
 from qchan.cli.operate import Redriven, open_raw, redrive
@@ -232,8 +233,8 @@ def test_purge_asks_on_a_terminal(
 # -- errors: exit 2 for usage, 1 for the broker, no traceback unless -v ---------------
 
 
-class _Bare(Adapter):
-    """An adapter without the optional operations."""
+class _Bare(ReceivingAdapter):
+    """An adapter without the operator's side."""
 
     scheme = "bare"
 
@@ -246,17 +247,24 @@ class _Bare(Adapter):
     def ack(self, bags: Sequence[Bag]) -> None:
         pass
 
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
+    ) -> None:
         pass
 
 
-class _SendOnly(_Bare):
+class _SendOnly(Adapter):
     scheme = "sendonly"
-    send_only = True
+
+    def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        return [None] * len(bags)
 
 
-class _Broken(_Bare):
+class _Broken(_Bare, Operations):
     scheme = "broken"
+
+    def purge(self) -> int | None:
+        raise RuntimeError("a client library's own failure")
 
     def depth(self) -> Any:
         raise RuntimeError("a client library's own failure")

@@ -18,16 +18,17 @@ from support.queues import open_q, put_raw
 
 from qchan import (
     AT_MOST_ONCE,
-    Adapter,
     Bag,
     Chan,
     ChannelClosed,
     QchanError,
     Queue,
+    ReceivingAdapter,
     UnroutableError,
     dequeue,
     enqueue,
 )
+from qchan.adapter import Bags, Errors
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.kernel.dispatcher import Dispatcher
 from qchan.message import Msg
@@ -119,13 +120,11 @@ class _FlowRecorder(Wrapped):
         threading.Event().wait(min(wait, 0.02))
         return True
 
-    def release(self, bags: Sequence[Bag]) -> None:
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
+    ) -> None:
         self.given_back += len(bags)
-        self.inner.release(bags)
-
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        self.given_back += len(bags)
-        self.inner.nack(bags, delay)
+        self.inner.give_back(bags, counted=counted, delay=delay, errors=errors)
 
 
 def test_a_slow_consumer_makes_the_poller_hold_never_idle(queues: list[Queue], name: str) -> None:
@@ -367,17 +366,18 @@ def test_nack_with_delay_redelivers_after_the_delay(queues: list[Queue], name: s
 
 
 class _Failures(Wrapped):
-    """Records what the kernel passes to `nack_failed`."""
+    """Records what the kernel passes to a counted `give_back`."""
 
-    def __init__(self, inner: Adapter) -> None:
+    def __init__(self, inner: ReceivingAdapter) -> None:
         super().__init__(inner)
         self.failed: list[tuple[bytes, str, float]] = []
 
-    def nack_failed(
-        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
     ) -> None:
-        self.failed += [(b.body, repr(e), delay) for b, e in zip(bags, errors, strict=True)]
-        super().nack_failed(bags, errors, delay)
+        if counted:
+            self.failed += [(b.body, repr(e), delay) for b, e in zip(bags, errors, strict=True)]
+        super().give_back(bags, counted=counted, delay=delay, errors=errors)
 
 
 def test_the_adapter_is_told_why_each_message_failed(queues: list[Queue], name: str) -> None:

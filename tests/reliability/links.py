@@ -25,7 +25,8 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from qchan import Adapter, Bag, ConnectionLost
+from qchan import Adapter, Bag, ConnectionLost, ReceivingAdapter
+from qchan.adapter import Bags, Errors
 from qchan.errors import MessageError
 from qchan.testing import Wrapped
 
@@ -61,6 +62,7 @@ class InjectedLink:
         self.refused = 0
 
     def wrap(self, adapter: Adapter) -> Adapter:
+        assert isinstance(adapter, ReceivingAdapter), "a link carries a two-way transport"
         linked = _Linked(adapter, self)
         with self._lock:
             self._adapters.append(linked)
@@ -103,7 +105,7 @@ class InjectedLink:
 class _Linked(Wrapped):
     """The adapter behind an `InjectedLink`: gates every call, tracks held deliveries."""
 
-    def __init__(self, inner: Adapter, link: InjectedLink) -> None:
+    def __init__(self, inner: ReceivingAdapter, link: InjectedLink) -> None:
         super().__init__(inner)
         self.link = link
         self._lock = threading.Lock()
@@ -116,7 +118,7 @@ class _Linked(Wrapped):
             held, self._held = list(self._held.values()), {}
             self._stale.update(b.digest for b in held)
         if held:
-            self.inner.nack(held, 0.0)
+            self.inner.give_back(held, counted=True)
         return len(held)
 
     def _settle(self, bags: Sequence[Bag]) -> list[Bag]:
@@ -144,26 +146,20 @@ class _Linked(Wrapped):
         if live:
             super().ack(live)
 
-    def nack(self, bags: Sequence[Bag], delay: float = 0.0) -> None:
-        self.link._gate("nack")
-        live = self._settle(bags)
-        if live:
-            super().nack(live, delay)
-
-    def nack_failed(
-        self, bags: Sequence[Bag], errors: Sequence[BaseException], delay: float = 0.0
+    def give_back(
+        self, bags: Bags, *, counted: bool, delay: float = 0, errors: Errors = ()
     ) -> None:
-        self.link._gate("nack")
+        self.link._gate("nack" if counted else "release")
         live = set(map(id, self._settle(bags)))
-        if live:
-            kept = [(b, e) for b, e in zip(bags, errors, strict=True) if id(b) in live]
-            super().nack_failed([b for b, _ in kept], [e for _, e in kept], delay)
-
-    def release(self, bags: Sequence[Bag]) -> None:
-        self.link._gate("release")
-        live = self._settle(bags)
-        if live:
-            super().release(live)
+        if not live:
+            return
+        keep = [i for i, b in enumerate(bags) if id(b) in live]
+        super().give_back(
+            [bags[i] for i in keep],
+            counted=counted,
+            delay=delay,
+            errors=[errors[i] for i in keep] if errors else (),
+        )
 
     def reject(self, bag: Bag, error: MessageError) -> None:
         self.link._gate("reject")
