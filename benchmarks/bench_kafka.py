@@ -76,6 +76,7 @@ from support.kafka import MockCluster
 
 from qchan import AT_MOST_ONCE, Chan, ChannelClosed, Queue, connect, dequeue, enqueue
 from qchan.adapters.kafka import KafkaAdapter
+from qchan.chan import Pipe
 from qchan.codec import codec_for
 from qchan.message import Bag, Msg
 
@@ -177,7 +178,7 @@ class Bench:
             if err is not None:
                 failed.append(msg)
 
-        out: Chan[Item] = Chan(500)
+        out: Pipe[Item] = Pipe(500)
 
         def emitter() -> None:
             produce = p.produce
@@ -186,7 +187,7 @@ class Bench:
                     first = out.recv()
                 except ChannelClosed:
                     return
-                for item in [first, *out._recv_many(499)]:
+                for item in [first, *out.recv_many(499)]:
                     while True:
                         try:
                             produce(topic, encode(item), headers=headers, on_delivery=report)
@@ -303,7 +304,7 @@ class Bench:
         c = self.consumer(topic, "hand-off")
         decode = CODEC.decode
         rcv: Chan[tuple[Item, Any]] = Chan(32)
-        acks: Chan[Any] = Chan(self.n)  # never full: the listener reads it between batches
+        acks: Pipe[Any] = Pipe(self.n)  # never full: the listener reads it between batches
         stall = Stall()
 
         def listener() -> None:
@@ -314,14 +315,14 @@ class Bench:
                 for m in msgs:
                     rcv.send((decode(m.value() or b""), m))
                 got += len(msgs)
-                done = len(acks._recv_many(self.n))
+                done = len(acks.recv_many(self.n))
                 if done:
                     c.commit(asynchronous=True)
                     acked += done
             rcv.close()
             while acked < self.n:  # the last acks
                 acks.recv(timeout=30)
-                acked += 1 + len(acks._recv_many(self.n))
+                acked += 1 + len(acks.recv_many(self.n))
             c.commit(asynchronous=True)
 
         thread = threading.Thread(target=listener)

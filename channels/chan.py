@@ -1,4 +1,5 @@
-"""Go-style channels for threads: `Chan`, and its one-sided views `RecvChan` and `SendChan`.
+"""Go-style channels for threads: `Chan`, its one-sided views `RecvChan` and `SendChan`,
+`select`, and `Pipe`, the kernel's channel (a `Chan` with batch operations).
 
 A channel is one lock, a deque of buffered items and two queues of parked
 threads (receivers waiting for an item, senders waiting with one). A thread
@@ -6,7 +7,10 @@ that must wait parks on a lock of its own; the thread that can complete its
 operation hands the value over directly and releases that lock, so a blocked
 thread burns no CPU and nobody polls. The same waiter can be queued on several
 channels at once (that is how `select` waits): the first channel to fire
-claims it, and the others drop it as stale.
+claims it, and the others drop it as stale. Completing a waiter is one step
+(`_Waiter.fire`) and waiting for completion, or withdrawing on a timeout or an
+interrupt, another (`_await`): channels and `select` share both, which is why
+`select` lives in this module.
 
 Locking discipline. Critical sections are short straight-line code. A thread
 that finds a channel lock taken yields the GIL and retries rather than
@@ -17,15 +21,17 @@ trade lock and GIL once per item (a lock convoy, measured 3-5x slower).
 
 from __future__ import annotations
 
+import itertools
+import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from .errors import ChannelClosed, QchanError, QueueFailed
 
-__all__ = ["Chan", "RecvChan", "SendChan"]
+__all__ = ["Chan", "Pipe", "RecvChan", "Selected", "SendChan", "chan_of", "select"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -70,6 +76,18 @@ class _Waiter:
         self.value: Any = None
         self.ok = False
         self.busy = False
+
+    def fire(self, index: int, value: Any, ok: bool) -> bool:
+        """Complete this waiter's operation (case `index`, with `value`; `ok` False for a
+        closed channel) and wake its thread, unless another party claimed it first:
+        the one completion step of every channel operation and of `select`."""
+        if not self.claim.acquire(False):
+            return False
+        self.index = index
+        self.value = value
+        self.ok = ok
+        self.park.release()
+        return True
 
 
 _local = threading.local()
@@ -121,6 +139,45 @@ def _remove(q: deque[_Entry], w: _Waiter) -> None:
             del q[i]
         else:
             i += 1
+
+
+def _withdraw(w: _Waiter, ops: Sequence[tuple[Chan[Any], bool, Any]]) -> None:
+    """Take `w`'s entries out of the queues of the channels in `ops`."""
+    for c, _, _ in ops:
+        with _Locked(c._lock):
+            _remove(c._recvq, w)
+            _remove(c._sendq, w)
+
+
+def _await(w: _Waiter, timeout: float | None, ops: Sequence[tuple[Chan[Any], bool, Any]]) -> bool:
+    """Park until a peer completes `w`'s operation, one of `ops` (`(channel, sending,
+    value)` each, `w.index` says which); False once `timeout` passed and `w` withdrew.
+    The one withdraw step of a channel operation and of `select`.
+
+    Interrupted (KeyboardInterrupt from a signal handler), `w` withdraws; if a peer
+    completed a receive already, the item goes back to the front of its channel, so
+    that nothing is lost.
+    """
+    try:
+        if w.park.acquire(True, -1 if timeout is None else timeout):
+            return True
+    except BaseException:
+        if w.claim.acquire(False):
+            _withdraw(w, ops)
+        else:
+            w.park.acquire()  # a peer claimed it: it is completing now
+            _withdraw(w, ops)
+            c, sending, _ = ops[w.index]
+            if not sending and w.ok:
+                c._requeue(w.value)
+        _local.waiter = None  # never reuse a waiter abandoned mid-flight
+        raise
+    if w.claim.acquire(False):  # withdraw before anyone hands us a value
+        _withdraw(w, ops)
+        _release(w)
+        return False
+    w.park.acquire()  # a peer claimed us as we timed out: it is completing now
+    return True
 
 
 class Chan(Generic[T]):
@@ -222,11 +279,7 @@ class Chan(Generic[T]):
         rq = self._recvq
         while rq:
             w, i, _ = rq.popleft()
-            if w.claim.acquire(False):
-                w.index = i
-                w.value = value
-                w.ok = True
-                w.park.release()
+            if w.fire(i, value, True):
                 return True
         if len(self._buf) < self._cap:
             self._buf.append(value)
@@ -241,19 +294,13 @@ class Chan(Generic[T]):
             value = buf.popleft()
             while sq:  # a sender waits for room: move its item into the buffer
                 w, i, x = sq.popleft()
-                if w.claim.acquire(False):
+                if w.fire(i, None, True):
                     buf.append(x)
-                    w.index = i
-                    w.ok = True
-                    w.park.release()
                     break
             return True, value, True
         while sq:
             w, i, x = sq.popleft()
-            if w.claim.acquire(False):
-                w.index = i
-                w.ok = True
-                w.park.release()
+            if w.fire(i, None, True):
                 return True, x, True
         if self._closed:
             return True, None, False
@@ -271,11 +318,7 @@ class Chan(Generic[T]):
             rq = self._recvq
             while rq:
                 w, i, _ = rq.popleft()
-                if w.claim.acquire(False):
-                    w.index = i
-                    w.value = value
-                    w.ok = True
-                    w.park.release()
+                if w.fire(i, value, True):
                     return
             self._buf.appendleft(value)
 
@@ -302,7 +345,7 @@ class Chan(Generic[T]):
             self._sendq.append((w, 0, value))
         finally:
             lock.release()
-        if not self._park(w, self._sendq, timeout):
+        if not _await(w, timeout, ((self, True, value),)):
             raise TimeoutError(f"send on {self!r} timed out after {timeout} s")
         ok = w.ok
         _release(w)
@@ -343,7 +386,7 @@ class Chan(Generic[T]):
             if not ok:
                 raise self._drained_error()
             return value  # type: ignore[no-any-return]
-        if not self._park(w, self._recvq, timeout, receiving=True):
+        if not _await(w, timeout, ((self, False, None),)):
             raise TimeoutError(f"recv on {self!r} timed out after {timeout} s")
         ok, value = w.ok, w.value
         _release(w)
@@ -351,43 +394,9 @@ class Chan(Generic[T]):
             raise self._drained_error()
         return value  # type: ignore[no-any-return]
 
-    def _park(
-        self, w: _Waiter, q: deque[_Entry], timeout: float | None, receiving: bool = False
-    ) -> bool:
-        """Wait until a peer completes our operation; False if we withdrew on timeout."""
-        try:
-            if w.park.acquire(True, -1 if timeout is None else timeout):
-                return True
-        except BaseException:
-            # Interrupted (KeyboardInterrupt from a signal handler): withdraw,
-            # or, if a peer already completed the operation, finish it and give
-            # a received item back so that nothing is lost.
-            if w.claim.acquire(False):
-                with _Locked(self._lock):
-                    _remove(q, w)
-            else:
-                w.park.acquire()
-                if receiving and w.ok:
-                    self._requeue(w.value)
-            _local.waiter = None  # never reuse a waiter abandoned mid-flight
-            raise
-        if w.claim.acquire(False):  # withdraw before anyone hands us a value
-            with _Locked(self._lock):
-                _remove(q, w)
-            _release(w)
-            return False
-        w.park.acquire()  # a peer claimed us as we timed out: it is completing now
-        return True
-
     def close(self) -> None:
         """Close the channel (idempotent) and wake every blocked sender, receiver and select."""
         self._close(None)
-
-    def _fail(self, failure: QueueFailed) -> None:
-        """Close the channel because its queue failed: as `close()`, except that a send, and
-        a receive once the buffer is drained, raise `QueueFailed` instead of `ChannelClosed`
-        (so `for x in ch` raises too). A channel closed before keeps its plain close."""
-        self._close(failure)
 
     def _close(self, failure: QueueFailed | None) -> None:
         with _Locked(self._lock):
@@ -397,21 +406,56 @@ class Chan(Generic[T]):
             self._closed = True
             rq, self._recvq = self._recvq, deque()
             sq, self._sendq = self._sendq, deque()
-            for w, i, _ in rq:
-                if w.claim.acquire(False):
-                    w.index = i
-                    w.value = None
-                    w.ok = False
-                    w.park.release()
-            for w, i, _ in sq:
-                if w.claim.acquire(False):
-                    w.index = i
-                    w.ok = False
-                    w.park.release()
+            for w, i, _ in (*rq, *sq):
+                w.fire(i, None, False)
 
-    # -- batch operations for the kernel's workers -----------------------------
+    def __iter__(self) -> Iterator[T]:
+        """Receive until the channel is closed and drained (`QueueFailed` if its queue failed)."""
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return
 
-    def _lend(self, room: int) -> None:
+    # -- views -----------------------------------------------------------------
+
+    def recv_only(self) -> RecvChan[T]:
+        """A view that can only receive (Go's `<-chan T`)."""
+        return RecvChan(self)
+
+    def send_only(self) -> SendChan[T]:
+        """A view that can only send and close (Go's `chan<- T`)."""
+        return SendChan(self)
+
+
+class Pipe(Chan[T]):
+    """A `Chan` the kernel makes (`rcv`, `ack`, `out`, `dlq`, its own queues), with the
+    operations its threads need on top of Go's: batches under one lock, taking back
+    what waits in the buffer, lending room, watching demand and failing with the
+    queue. The application sees a pipe as a `Chan` or through a view; the kernel
+    never reaches into a channel's state from another module, only through these.
+    """
+
+    __slots__ = ()
+
+    @property
+    def waiting(self) -> int:
+        """How many receivers (threads and `select`s) are parked on it now."""
+        return len(self._recvq)
+
+    def watch(self, fn: Callable[[Chan[Any]], None] | None, at: int = 0) -> None:
+        """Call `fn(self)`, with no lock held, after a receive that leaves at most `at`
+        items buffered, and whenever a receiver parks to wait (None: stop)."""
+        self._watch_at = at
+        self._watch = fn
+
+    def fail(self, failure: QueueFailed) -> None:
+        """Close the channel because its queue failed: as `close()`, except that a send, and
+        a receive once the buffer is drained, raise `QueueFailed` instead of `ChannelClosed`
+        (so `for x in ch` raises too). A channel closed before keeps its plain close."""
+        self._close(failure)
+
+    def lend(self, room: int) -> None:
         """Let an unbuffered channel buffer up to `room` items for its one receiver, or
         (`room=0`) stop doing so; items already buffered stay and are received first.
 
@@ -424,7 +468,7 @@ class Chan(Generic[T]):
         with _Locked(self._lock):
             self._cap = max(room, self._capacity)
 
-    def _recv_many(self, n: int) -> list[T]:
+    def recv_many(self, n: int) -> list[T]:
         """Up to `n` items available now, without blocking (one lock for the batch)."""
         lock = self._lock
         if not lock.acquire(False):
@@ -447,7 +491,7 @@ class Chan(Generic[T]):
         finally:
             lock.release()
 
-    def _withdraw(self, predicate: Callable[[T], bool]) -> list[T]:
+    def withdraw(self, predicate: Callable[[T], bool]) -> list[T]:
         """Take the buffered items that `predicate` picks out of the buffer (no receiver
         will get them); the others keep their order. For the kernel's dispatcher, the one
         sender of the channels it uses this on."""
@@ -459,12 +503,12 @@ class Chan(Generic[T]):
                 self._buf.extend(kept)
             return picked
 
-    def _buffered(self) -> list[T]:
+    def buffered(self) -> list[T]:
         """A copy of the items buffered now (not yet received), oldest first."""
         with _Locked(self._lock):
             return list(self._buf)
 
-    def _send_many(self, items: deque[T]) -> list[T]:
+    def send_many(self, items: deque[T]) -> list[T]:
         """Send items from the left of `items` while that needs no waiting; return those sent."""
         lock = self._lock
         if not lock.acquire(False):
@@ -486,24 +530,6 @@ class Chan(Generic[T]):
             return sent
         finally:
             lock.release()
-
-    def __iter__(self) -> Iterator[T]:
-        """Receive until the channel is closed and drained (`QueueFailed` if its queue failed)."""
-        while True:
-            try:
-                yield self.recv()
-            except ChannelClosed:
-                return
-
-    # -- views -----------------------------------------------------------------
-
-    def recv_only(self) -> RecvChan[T]:
-        """A view that can only receive (Go's `<-chan T`)."""
-        return RecvChan(self)
-
-    def send_only(self) -> SendChan[T]:
-        """A view that can only send and close (Go's `chan<- T`)."""
-        return SendChan(self)
 
 
 class _RecvFn(Protocol[T_co]):
@@ -568,3 +594,222 @@ class SendChan(_View[T]):
         super().__init__(chan)
         self.send = chan.send
         self.close = chan.close
+
+
+def chan_of(view: Chan[T] | RecvChan[T] | SendChan[T]) -> Chan[T]:
+    """The channel behind a view (a channel is its own): for the kernel, which keys what
+    it made by the channel and hands the application views of it."""
+    return view if isinstance(view, Chan) else view._chan
+
+
+# -- select: in this module because it is the channels' own mechanism (it parks one
+# waiter on several channels' queues, and completes and withdraws as they do).
+
+
+class Selected(NamedTuple):
+    """The case `select` performed.
+
+    `index` is the case's position. For a receive, `value` is the item and `ok`
+    is True, or `(None, False)` when that channel is closed and drained. For a
+    send, `value` is None and `ok` is True.
+    """
+
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as DESIGN names it
+    value: Any
+    ok: bool
+
+
+Case = Chan[Any] | RecvChan[Any] | tuple[Chan[Any] | SendChan[Any], Any]
+# (channel, sending, value to send)
+_Op = tuple[Chan[Any], bool, Any]
+
+_random = random.random
+_sample = random.sample
+_new_tuple = tuple.__new__
+# Every ordering of n cases, for the small n that almost every select has.
+_PERMS_UPTO = 6
+_PERMS = [list(itertools.permutations(range(n))) for n in range(_PERMS_UPTO)]
+
+
+def _selected(index: int, value: Any, ok: bool) -> Selected:
+    # tuple.__new__ skips NamedTuple's Python-level constructor (a third of a
+    # fast select's cost).
+    sel: Selected = _new_tuple(Selected, (index, value, ok))
+    return sel
+
+
+def _parse(case: Any) -> _Op:
+    """(channel, sending, value) for one case, or TypeError saying what a case is."""
+    if isinstance(case, Chan):
+        return case, False, None
+    if isinstance(case, RecvChan):
+        return case._chan, False, None
+    if isinstance(case, tuple) and len(case) == 2:
+        ch, value = case
+        if isinstance(ch, Chan):
+            return ch, True, value
+        if isinstance(ch, SendChan):
+            return ch._chan, True, value
+        raise TypeError(f"select send case needs a Chan or SendChan, not {ch!r}")
+    raise TypeError(
+        f"select case must be a channel (receive) or a (channel, value) pair (send), not {case!r}"
+    )
+
+
+def _perform(op: _Op, index: int) -> Selected | None:
+    """Perform one case (the caller holds its channel's lock); None if it cannot proceed."""
+    c, sending, value = op
+    if sending:
+        return _selected(index, None, True) if c._offer(value) else None
+    done, got, ok = c._take()
+    if done and not ok and c._failure is not None:
+        raise c._failed_error()
+    return _selected(index, got, ok) if done else None
+
+
+def select(*cases: Case, timeout: float | None = None) -> Selected | None:
+    """Block until one case can proceed, perform exactly that one, and say which.
+
+    A case is a channel to receive from, or a `(channel, value)` pair to send.
+    When several are ready one is chosen uniformly at random. A send case on a
+    closed channel raises `ChannelClosed`; a case on a channel of a failed
+    queue raises `QueueFailed` (a receive case once its buffer is drained).
+    Returns None once `timeout` seconds pass with no case ready (`timeout=0`
+    polls once).
+    """
+    n = len(cases)
+    if n == 0:
+        raise ValueError("select needs at least one case (select() would block forever)")
+    args: Any = cases  # the fast path below is deliberately dynamic
+    for case in args:  # every case must be well formed, whichever one fires
+        if type(case) is not Chan and type(case) is not Pipe:
+            _parse(case)
+    sel = _fast(args, n)
+    if sel is not None:
+        return sel
+    return _slow([_parse(case) for case in args], timeout)
+
+
+def _fast(cases: Any, n: int) -> Selected | None:
+    """Go's poll order: visit the cases in a uniformly random order, perform the first ready.
+
+    That makes the choice uniform among the ready cases. Readiness is read
+    without locks (a snapshot) and checked again under the one lock taken;
+    the common operations run inline, with no Python call under the lock.
+    """
+    order: Any = (
+        _PERMS[n][int(_random() * len(_PERMS[n]))] if n < _PERMS_UPTO else (_sample(range(n), n))
+    )
+    busy: _Op | None = None  # the first ready case whose lock another thread held
+    busy_index = -1
+    for i in order:
+        case = cases[i]
+        kind = type(case)
+        if kind is Chan or kind is Pipe:
+            c = case
+            sending = False
+        elif kind is RecvChan:
+            c = case._chan
+            sending = False
+        elif kind is tuple:
+            c = case[0]
+            if type(c) is SendChan:
+                c = c._chan
+            sending = True
+        else:
+            c, sending, _ = _parse(case)  # subclasses of Chan, RecvChan or tuple
+        if sending:
+            if not (c._closed or c._recvq or len(c._buf) < c._cap):
+                continue
+        elif not (c._buf or c._sendq or c._closed):
+            continue
+        # Never wait for a lock while another case may be free (see chan.py).
+        if not c._lock.acquire(False):
+            if busy is None:
+                busy, busy_index = (c, sending, case[1] if sending else None), i
+            continue
+        if sending:
+            if not c._recvq and len(c._buf) < c._cap and not c._closed:
+                c._buf.append(case[1])
+                c._lock.release()
+                return _selected(i, None, True)
+        else:
+            buf = c._buf
+            if buf and not c._sendq:
+                got = buf.popleft()
+                c._lock.release()
+                if c._watch is not None and len(buf) <= c._watch_at:
+                    c._watch(c)
+                return _selected(i, got, True)
+        try:
+            sel = _perform((c, sending, case[1] if sending else None), i)
+        finally:
+            c._lock.release()
+        if sel is not None:
+            if not sending and c._watch is not None:
+                c._watch(c)
+            return sel
+    if busy is not None:
+        with _Locked(busy[0]._lock):
+            sel = _perform(busy, busy_index)
+        watch = busy[0]._watch
+        if sel is not None and not busy[1] and watch is not None:
+            watch(busy[0])
+        return sel
+    return None
+
+
+def _slow(ops: list[_Op], timeout: float | None) -> Selected | None:
+    """Lock every channel (in a fixed order: no deadlock between selects), check, park."""
+    chans = list({id(c): c for c, _, _ in ops}.values())
+    if len(chans) > 1:
+        chans.sort(key=id)
+    for c in chans:
+        if not c._lock.acquire(False):
+            _acquire_contended(c._lock)
+    try:
+        ready = [
+            i
+            for i, (c, sending, _) in enumerate(ops)
+            if (c._send_ready() if sending else c._recv_ready())
+        ]
+        sel = None
+        while ready:
+            k = ready[int(_random() * len(ready))]
+            sel = _perform(ops[k], k)
+            if sel is not None:
+                break
+            ready.remove(k)  # its parked peers had all been claimed elsewhere
+        else:
+            if timeout is not None and timeout <= 0:
+                return None
+            w = _waiter()
+            for i, (c, sending, value) in enumerate(ops):
+                (c._sendq if sending else c._recvq).append((w, i, value))
+    finally:
+        for c in chans:
+            c._lock.release()
+    # A receive performed, or receivers now parked: tell the channels that watch for it.
+    for i, (c, sending, _) in enumerate(ops):
+        if not sending and c._watch is not None and (sel is None or sel.index == i):
+            c._watch(c)
+    if sel is not None:
+        return sel
+    return _wait(w, ops, timeout)
+
+
+def _wait(w: Any, ops: list[_Op], timeout: float | None) -> Selected | None:
+    """Park until one channel fires (or the timeout), then withdraw from all the others."""
+    if not _await(w, timeout, ops):
+        return None
+    _withdraw(w, ops)
+    index, value, ok = w.index, w.value, w.ok
+    _release(w)
+    c, sending, _ = ops[index]
+    if sending:
+        if not ok:
+            raise c._closed_error()
+        return _selected(index, None, True)
+    if not ok and c._failure is not None:
+        raise c._failed_error()
+    return _selected(index, value, ok)

@@ -13,7 +13,7 @@ from typing import Any, Generic, NamedTuple, TypeVar, get_origin
 import cattrs
 
 from . import tracing
-from .chan import Chan, RecvChan, SendChan
+from .chan import Chan, Pipe, RecvChan, SendChan, chan_of
 from .codec import Codec, category_for, codec_for
 from .errors import EnqueueError, QueueFailed
 from .event import Event
@@ -107,11 +107,12 @@ class Enqueued(NamedTuple, Generic[T]):
     def close(self) -> list[Msg[T]]:
         """Close `out`, wait for its flush, and return what ended on `dlq` unreceived, and
         what is not known to be delivered (a failed queue, a close that timed out)."""
-        entry = _SENDERS.pop(self.out._chan, None)
+        entry = _SENDERS.pop(chan_of(self.out), None)
         self.out.close()
-        dlq = self.dlq._chan
+        dlq = chan_of(self.dlq)
+        assert isinstance(dlq, Pipe)  # enqueue made it
         if entry is None:  # closed before
-            return dlq._recv_many(1 << 30)
+            return dlq.recv_many(1 << 30)
         queue, sender = entry
         failed: list[Msg[T]] = []
         # Drain the dlq while waiting: the emitter may be waiting for room on it.
@@ -132,7 +133,7 @@ class Enqueued(NamedTuple, Generic[T]):
                 failed.append(sel.value)
             else:
                 dlq_open = False
-        failed.extend(dlq._recv_many(1 << 30))
+        failed.extend(dlq.recv_many(1 << 30))
         failed.extend(queue._undelivered(sender.category))
         queue._drop_sender(sender)
         return failed
@@ -152,7 +153,7 @@ class Dequeued(NamedTuple, Generic[T]):
         self.close()
 
     def close(self) -> None:
-        entry = _RECEIVERS.pop(self.rcv._chan, None)
+        entry = _RECEIVERS.pop(chan_of(self.rcv), None)
         if entry is not None:
             queue, receiver = entry
             queue._drop_receiver(receiver)
@@ -194,8 +195,8 @@ def _add_sender(
     cod: Codec[Any],
     *,
     key: Callable[[Any], str | None] | None,
-    out: Chan[Any] | None,
-    dlq: Chan[Msg[Any]] | None,
+    out: Pipe[Any] | None,
+    dlq: Pipe[Msg[Any]] | None,
 ) -> Sender:
     """Register a sender of `type_` objects on `q` (no channels: `enqueue_sync`'s)."""
     sender = Sender(
@@ -246,8 +247,8 @@ def enqueue(
     else:
         out_cap = 1024 if capacity is None else capacity
     dlq_cap = 2 * q.batch_size if dlq_capacity is None else dlq_capacity
-    out: Chan[T] = Chan(out_cap, name=f"{q.name}/{cat}.out")
-    dlq: Chan[Msg[T]] = Chan(dlq_cap, name=f"{q.name}/{cat}.dlq")
+    out: Pipe[T] = Pipe(out_cap, name=f"{q.name}/{cat}.out")
+    dlq: Pipe[Msg[T]] = Pipe(dlq_cap, name=f"{q.name}/{cat}.dlq")
     sender = _add_sender(q, type_, cat, cod, key=key, out=out, dlq=dlq)
     _SENDERS[out] = (q, sender)
     view = out.send_only()
@@ -296,8 +297,8 @@ def dequeue(
     )
     q._receiving()  # a send-only transport: SendOnlyError, at the call
     cat, cod = _resolve(type_, category, codec, converter)
-    rcv: Chan[Msg[T]] = Chan(capacity, name=f"{q.name}/{cat}.rcv")
-    ack: Chan[Msg[T]] = Chan(ack_capacity, name=f"{q.name}/{cat}.ack")
+    rcv: Pipe[Msg[T]] = Pipe(capacity, name=f"{q.name}/{cat}.rcv")
+    ack: Pipe[Msg[T]] = Pipe(ack_capacity, name=f"{q.name}/{cat}.ack")
     receiver = Receiver(cat, cod, rcv, ack)
     q._add_receiver(receiver)
     _RECEIVERS[rcv] = (q, receiver)

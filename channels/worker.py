@@ -107,7 +107,6 @@ class _Pool(Generic[T]):
     def _work(self, counts: list[int]) -> None:
         stop, rcv, listen = self.stop, self.rcv, self.listen
         recv = rcv.recv
-        buffered = rcv._chan._buf  # read without the lock: recv(0) decides
         handler, with_msg, span = self.handler, self.with_msg, tracing.consumer_span
         nothing = tracing.NOTHING
         while True:
@@ -116,7 +115,7 @@ class _Pool(Generic[T]):
             # next one without select: the same choice select makes then (only
             # rcv is ready), at a third of its cost. Another worker may empty the
             # buffer between the look and the take: then select waits as before.
-            if buffered and not stop._closed:
+            if len(rcv) and not stop.closed:
                 try:
                     msg = recv(0)
                 except (TimeoutError, ChannelClosed):  # select sees why, and acts

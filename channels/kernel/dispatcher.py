@@ -84,7 +84,7 @@ class Dispatcher:
         self.failed = True
         now = time.monotonic()
         for r in self.acks_open:
-            for m in r.ack._recv_many(1 << 30):
+            for m in r.ack.recv_many(1 << 30):
                 self._on_ack(m, now)
         self.acks_open = []
         self._flush_acks()
@@ -206,14 +206,14 @@ class Dispatcher:
 
     def _acked(self, r: Receiver, first: Msg[Any], now: float) -> None:
         self._on_ack(first, now)
-        for m in r.ack._recv_many(1024):  # the rest, without more selects
+        for m in r.ack.recv_many(1024):  # the rest, without more selects
             self._on_ack(m, now)
 
     def _hand(self, r: Receiver, now: float) -> None:
         """The first pending message of `r` was received: hand over what more fits."""
         handed = [r.pending.popleft()]
         if r.pending:  # room in a buffered rcv: fill it without more selects
-            handed += r.rcv._send_many(r.pending)
+            handed += r.rcv.send_many(r.pending)
         # The last len(rcv) messages handed to r wait in its buffer; the others were
         # taken by the application already.
         waiting = min(len(r.rcv), len(handed))
@@ -356,7 +356,7 @@ class Dispatcher:
         for bag, r in list(self.parked.items()):
             inside = buffered.get(id(r))
             if inside is None:
-                inside = buffered[id(r)] = {m.bag for m in r.rcv._buffered() if m.bag}
+                inside = buffered[id(r)] = {m.bag for m in r.rcv.buffered() if m.bag}
             if bag not in inside:
                 del self.parked[bag]
                 self.flight[bag] = (r, deadline)
@@ -376,7 +376,7 @@ class Dispatcher:
             keep = deque(m for m in r.pending if not lost(m))
             dropped += len(r.pending) - len(keep)
             r.pending = keep
-            for m in r.rcv._withdraw(lost):
+            for m in r.rcv.withdraw(lost):
                 if m.bag is not None and self.parked.pop(m.bag, None) is None:
                     self.flight.pop(m.bag, None)
                 dropped += 1
@@ -410,14 +410,14 @@ class Dispatcher:
         r.rcv.close()
         held: list[Bag] = [m.bag for m in r.pending if m.bag is not None]
         r.pending.clear()
-        for m in r.rcv._recv_many(1 << 30):  # buffered, never received by the application
+        for m in r.rcv.recv_many(1 << 30):  # buffered, never received by the application
             assert m.bag is not None
             if self.flight.pop(m.bag, None) is None:
                 self.parked.pop(m.bag, None)
             held.append(m.bag)
         r.ack.close()
         now = time.monotonic()
-        for m in r.ack._recv_many(1 << 30):  # acks the application sent before closing
+        for m in r.ack.recv_many(1 << 30):  # acks the application sent before closing
             self._on_ack(m, now)
         self._flush_acks()
         for bag, (owner, _) in list(self.flight.items()):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..adapter import Sending
-from ..chan import Chan
+from ..chan import Chan, Pipe
 from ..codec import Codec, EncodeError
 from ..errors import ChannelClosed, QchanError, QueueFailed, RejectedError
 from ..event import Event, stamp
@@ -52,8 +52,8 @@ class Sender:
         category: str,
         codec: Codec[Any],
         attributes: Mapping[str, str],
-        out: Chan[Any] | None,
-        dlq: Chan[Msg[Any]] | None,
+        out: Pipe[Any] | None,
+        dlq: Pipe[Msg[Any]] | None,
         key: Callable[[Any], str | None] | None,
         is_event: bool,
     ) -> None:
@@ -163,7 +163,7 @@ class Emitter:
         self.linger = ctx.linger
         self.retry = ctx.retry
         self.ctl: Chan[None] = Chan(1, name=f"{ctx.name}.emitter.ctl")  # a doorbell
-        self.puts: Chan[Put] = Chan(4 * self.batch_size, name=f"{ctx.name}.puts")
+        self.puts: Pipe[Put] = Pipe(4 * self.batch_size, name=f"{ctx.name}.puts")
         self._lock = threading.Lock()
         self._added: list[Sender] = []
         self._senders: list[Sender] = []  # the emitter thread's own
@@ -297,13 +297,13 @@ class Emitter:
         """What is still buffered in the out channels, and the puts not taken: never sent.
         Then every sender is finished: its dlq closes, and leaving `with enqueue` returns."""
         unsent: list[Msg[Any]] = []
-        for put in self.puts._recv_many(1 << 30):
+        for put in self.puts.recv_many(1 << 30):
             put.resolve(error)
         for s in senders:
             if s.out is not None:
                 unsent.extend(
                     Msg(object=obj, category=s.category, attributes=s.attributes, error=error)
-                    for obj in s.out._recv_many(1 << 30)
+                    for obj in s.out.recv_many(1 << 30)
                 )
             if s.dlq is not None:
                 s.dlq.close()
@@ -389,23 +389,23 @@ class Emitter:
 
         With batches in flight it does not wait for a first item: the caller
         collects their outcomes instead. At-least-once `out` channels are lent
-        the batch's room meanwhile (see `Chan._lend`).
+        the batch's room meanwhile (see `Pipe.lend`).
         """
-        lent: list[Chan[Any]] = []
+        lent: list[Pipe[Any]] = []
         self._lend(self._senders, lent)
         try:
             return self._gather_lent(closed, lent)
         finally:
             for out in lent:
-                out._lend(0)
+                out.lend(0)
 
-    def _lend(self, senders: list[Sender], lent: list[Chan[Any]]) -> None:
+    def _lend(self, senders: list[Sender], lent: list[Pipe[Any]]) -> None:
         for s in senders:
             if s.out is not None and s.out.capacity == 0:
-                s.out._lend(self.batch_size)
+                s.out.lend(self.batch_size)
                 lent.append(s.out)
 
-    def _gather_lent(self, closed: list[Sender], lent: list[Chan[Any]]) -> Outgoing:
+    def _gather_lent(self, closed: list[Sender], lent: list[Pipe[Any]]) -> Outgoing:
         batch = self._gathering = Outgoing()
         deadline: float | None = None
         cases, senders, first_out = self._layout()
@@ -452,7 +452,7 @@ class Emitter:
                 out = sender.out
                 assert out is not None
                 self._take(
-                    sender, [sel.value, *out._recv_many(self.batch_size - len(batch) - 1)], batch
+                    sender, [sel.value, *out.recv_many(self.batch_size - len(batch) - 1)], batch
                 )
             if batch and deadline is None:
                 deadline = time.monotonic() + self.linger

@@ -398,12 +398,12 @@ class Queue:
         for sender in senders:
             for ch in (sender.out, sender.dlq):
                 if ch is not None:
-                    ch._fail(failure)
+                    ch.fail(failure)
         for receiver in receivers:
-            receiver.rcv._fail(failure)
-            receiver.ack._fail(failure)
+            receiver.rcv.fail(failure)
+            receiver.ack.fail(failure)
         if emitter is not None:
-            emitter.puts._fail(failure)
+            emitter.puts.fail(failure)
             emitter._ring()
         if not closing:  # nobody is closing it yet: wind down now, off this thread
             threading.Thread(

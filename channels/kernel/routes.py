@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..adapter import ReceivingAdapter
-from ..chan import Chan
+from ..chan import Chan, Pipe
 from ..codec import Codec
 from ..errors import ChannelClosed, MessageError
 from ..message import Bag, Msg
@@ -32,7 +32,7 @@ class Receiver:
 
     __slots__ = ("ack", "allowed", "category", "codec", "finished", "pending", "rcv", "watch")
 
-    def __init__(self, category: str, codec: Codec[Any], rcv: Chan[Msg[Any]], ack: Chan[Msg[Any]]):
+    def __init__(self, category: str, codec: Codec[Any], rcv: Pipe[Msg[Any]], ack: Pipe[Msg[Any]]):
         self.category = category
         self.codec = codec
         self.rcv = rcv
@@ -125,7 +125,7 @@ class Gate:
             return self.idling
 
     def close(self, r: Receiver) -> None:
-        r.rcv._watch = None
+        r.rcv.watch(None)
         with self.cond:
             if self.routes.get(r.category) is r:
                 self.routes = {k: v for k, v in self.routes.items() if v is not r}
@@ -163,8 +163,7 @@ class Gate:
             rcv = r.rcv
             # A take pokes once the buffer is down to half of what it may hold (less
             # what waits in pending), not at every message.
-            rcv._watch_at = max(0, r.allowed // 2 - len(r.pending))
-            rcv._watch = r.watch
+            rcv.watch(r.watch, max(0, r.allowed // 2 - len(r.pending)))
         self.watching = True
         # Each category's own deficit: messages piling up for one nobody reads never
         # hold back the others (no head-of-line blocking; the in-flight limit caps them).
@@ -179,11 +178,12 @@ class Gate:
         waiting = buffers = 0
         for r in routes.values():
             rcv = r.rcv
-            waiting += len(rcv._recvq)
-            r.allowed = allowed = min(max(rcv._capacity, ahead), earned)
-            rcv._watch_at = max(0, allowed // 2 - len(r.pending))
+            parked = rcv.waiting
+            waiting += parked
+            r.allowed = allowed = min(max(rcv.capacity, ahead), earned)
+            rcv.watch(r.watch, max(0, allowed // 2 - len(r.pending)))
             buffers += allowed
-            d = len(rcv._recvq) + allowed - len(r.pending) - len(rcv._buf)
+            d = parked + allowed - len(r.pending) - len(rcv)
             if d > 0:
                 deficit += d
         # Refill buffers in batches: at once for a waiting receiver, else once half of
@@ -206,15 +206,16 @@ class Gate:
     def _unwatch(self) -> None:
         self.watching = False
         for r in self.routes.values():
-            r.rcv._watch = None
+            r.rcv.watch(None)
 
-    def poke(self, r: Receiver, rcv: Chan[Any]) -> None:
+    def poke(self, r: Receiver, _: Chan[Any]) -> None:
         """A receiver took a message from `r`'s rcv or started waiting (its watch fired):
         the poller looks at the demand again, cutting an adapter.hold short; not while
         `r` holds more than half of what it may and nobody waits (see `want`)."""
         if not self.watching:
             return
-        if not rcv._recvq and len(r.pending) + len(rcv._buf) > r.allowed // 2:
+        rcv = r.rcv
+        if not rcv.waiting and len(r.pending) + len(rcv) > r.allowed // 2:
             return
         self.wake()
 
