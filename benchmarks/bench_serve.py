@@ -69,7 +69,7 @@ def fresh(broker: str) -> Opener:
 
 def delete(q: Queue) -> None:
     """Delete a RabbitMQ queue the run made (and its dead-letter queue)."""
-    if q.system != "amqp":
+    if q.options.system != "amqp":
         return
     import pika  # qchan[rabbitmq]
 

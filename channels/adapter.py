@@ -271,7 +271,7 @@ class ReceivingAdapter(Adapter):
         where the broker has no such clock (the default).
 
         The kernel then calls `extend` on what it holds every third of it (the queue's
-        `heartbeat` overrides the interval), so a message waiting in a buffer or held by
+        `extend_every` overrides the interval), so a message waiting in a buffer or held by
         the application is never delivered twice for being slow.
         """
         return None
@@ -327,7 +327,7 @@ class ReceivingAdapter(Adapter):
         """Keep these deliveries invisible to other consumers a while longer (a heartbeat).
 
         Called for every message the queue holds (waiting in a buffer or held by the
-        application) every third of `visibility`, or every `heartbeat` seconds when
+        application) every third of `visibility`, or every `extend_every` seconds when
         that queue option is given; the adapter decides by how much (its visibility
         timeout). Brokers without visibility timeouts ignore it.
         """

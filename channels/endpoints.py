@@ -246,7 +246,7 @@ def enqueue(
         out_cap = 0
     else:
         out_cap = 1024 if capacity is None else capacity
-    dlq_cap = 2 * q.batch_size if dlq_capacity is None else dlq_capacity
+    dlq_cap = 2 * (q.options.batch_size or 1) if dlq_capacity is None else dlq_capacity
     out: Pipe[T] = Pipe(out_cap, name=f"{q.name}/{cat}.out")
     dlq: Pipe[Msg[T]] = Pipe(dlq_cap, name=f"{q.name}/{cat}.dlq")
     sender = _add_sender(q, type_, cat, cod, key=key, out=out, dlq=dlq)
@@ -326,7 +326,7 @@ class SyncEnqueuer(Generic[T]):
         which case the outcome is unknown: the message may still be delivered.
         """
         started = time.monotonic()
-        bag = self._sender.encode(obj, self._q.agent, tracing.carrier())
+        bag = self._sender.encode(obj, self._q.options.agent or "", tracing.carrier())
         put = self._q._put(self._sender, bag, timeout)
         remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         if not put.done.wait(remaining):

@@ -14,7 +14,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import unquote_plus
 
 import attrs
@@ -28,6 +28,7 @@ __all__ = [
     "QUEUE_OPTIONS",
     "QUEUE_URL_OPTIONS",
     "OptionError",
+    "QueueKeywords",
     "QueueOptions",
     "URLOptionError",
     "check_count",
@@ -160,48 +161,173 @@ def _errors_chan(_: Any, a: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
+def _option(
+    default: Any, validator: _Validator, doc: str, *, url: Callable[[str], Any] | None = None
+) -> Any:
+    """One option of `QueueOptions`: its default, its check, what it means (`doc`, from
+    which `Queue`'s docstring and docs/options.md's table are made) and, for those a URL
+    query may carry, the parser of its text (`url`)."""
+    return attrs.field(default=default, validator=validator, metadata={"doc": doc, "url": url})
+
+
 @attrs.frozen(kw_only=True)
 class QueueOptions:
-    """The kernel's options: what `Queue(...)` and `connect(url, ...)` take (see `Queue`).
+    """The kernel's options: what `Queue(...)` and `connect(url, ...)` take.
 
-    Adding one is one line here (and its use in the kernel); `connect` then takes
-    it as a keyword, and from the URL query when it is a number or a name.
+    Each option is written here once: its name, type, default, check and meaning.
+    `Queue` and `connect` take them as keywords (and from a URL query, those with a
+    parser), the kernel's threads read them from the queue's resolved options, and
+    `Queue`'s docstring and docs/options.md's table are made from this class.
     """
 
-    agent: str | None = attrs.field(default=None, validator=_text)
-    system: str | None = attrs.field(default=None, validator=_text)
-    batch_size: int | None = attrs.field(default=None, validator=_count(1, optional=True))
-    linger: float = attrs.field(default=0.005, validator=_seconds())
-    retry: Backoff | None = attrs.field(default=None, validator=_backoff)
-    poll_wait: float | None = attrs.field(default=None, validator=_seconds(optional=True))
-    in_flight: int = attrs.field(default=500, validator=_count(1))
-    time_to_flight: float = attrs.field(default=30.0, validator=_seconds(positive=True))
-    ack_linger: float = attrs.field(default=0.01, validator=_seconds())
-    heartbeat: float | None = attrs.field(
-        default=None, validator=_seconds(positive=True, optional=True)
+    agent: str | None = _option(
+        None,
+        _text,
+        "the `Source` attribute of what this queue sends (default: the program's name)",
+        url=str,
     )
-    errors: Chan[Exception] | SendChan[Exception] | None = attrs.field(
-        default=None, validator=_errors_chan
+    system: str | None = _option(
+        None,
+        _text,
+        "the `System` attribute of what this queue sends (default: the transport's scheme)",
+        url=str,
     )
-    close_timeout: float = attrs.field(default=10.0, validator=_seconds())
+    batch_size: int | None = _option(
+        None,
+        _count(1, optional=True),
+        "the emitter sends up to this many messages at once (default: the adapter's limit)",
+        url=int,
+    )
+    linger: float = _option(
+        0.005, _seconds(), "seconds the emitter waits at most to fill a batch", url=float
+    )
+    retry: Backoff | None = _option(  # noqa: RUF009 - an attrs.field
+        None,
+        _backoff,
+        "the emitter's `Backoff` policy (default: exponential with full jitter, 8 attempts, "
+        "at most 60 s); when it gives up, the object goes to its channel's dlq",
+    )
+    poll_wait: float | None = _option(
+        None,
+        _seconds(optional=True),
+        "seconds one receive may wait for messages (default: the adapter's)",
+        url=float,
+    )
+    in_flight: int = _option(
+        500,
+        _count(1),
+        "most messages the queue holds, received and not yet settled; what it takes from "
+        "the broker follows demand below that (docs/reliability.md)",
+        url=int,
+    )
+    time_to_flight: float = _option(
+        30.0,
+        _seconds(positive=True),
+        "seconds the application may hold a message it received before it counts as "
+        "nacked; the clock starts when it leaves rcv's buffer (checked at least once a "
+        "second)",
+        url=float,
+    )
+    ack_linger: float = _option(
+        0.01,
+        _seconds(),
+        "seconds acks are batched at most; a batch goes sooner once it holds half of "
+        "in_flight (or the adapter's max_batch)",
+        url=float,
+    )
+    extend_every: float | None = _option(
+        None,
+        _seconds(positive=True, optional=True),
+        "seconds between visibility extensions of the messages the queue holds (waiting "
+        "in a buffer or held by the application); by default a third of the broker's "
+        "visibility timeout where it has one (SQS, mem://), so none is delivered again "
+        "for waiting. Give it to override the interval: it must be shorter than half the "
+        "timeout (a message is first extended at the second beat after it arrives). "
+        "Formerly `heartbeat=`, a name that means the AMQP connection heartbeat on amqp://",
+        url=float,
+    )
+    errors: Chan[Exception] | SendChan[Exception] | None = _option(  # noqa: RUF009 - an attrs.field
+        None,
+        _errors_chan,
+        "a channel for everything the workers cannot hand to a specific channel (poison "
+        "messages, connection loss); when absent they are logged. Give it a buffer: a "
+        "full errors channel falls back to logging",
+    )
+    close_timeout: float = _option(
+        10.0, _seconds(), "seconds `close()` waits for the emitter to flush", url=float
+    )
+
+    @classmethod
+    def of(cls, where: str, given: Mapping[str, Any]) -> QueueOptions:
+        """The options `given` as keywords to `where`, checked: an unknown name (with the
+        nearest valid one), a wrong type or a value out of range raises `OptionError`;
+        `heartbeat=` is taken, with a DeprecationWarning, as `extend_every=`."""
+        options = dict(given)
+        renamed(
+            where,
+            options,
+            "heartbeat",
+            "extend_every",
+            "on amqp:// `heartbeat` is the AMQP connection heartbeat, a different thing",
+        )
+        check_keywords(where, options, QUEUE_OPTIONS)
+        try:
+            return cls(**options)
+        except OptionError as e:
+            raise OptionError(f"{where}: {e}") from None
+
+    @classmethod
+    def table(cls) -> str:
+        """Every option as a row of a Markdown table (docs/options.md holds it; a test
+        keeps it in step)."""
+        rows = [
+            "| option | default | in a URL query | meaning |",
+            "|---|---|---|---|",
+        ]
+        for a in attrs.fields(cls):
+            default = "" if a.default is None else f"`{a.default!r}`"
+            parser = a.metadata["url"]
+            url = "" if parser is None else "a name" if parser is str else "a number"
+            rows.append(f"| `{a.name}` | {default} | {url} | {a.metadata['doc']} |")
+        return "\n".join(rows)
+
+    @classmethod
+    def describe(cls) -> str:
+        """Every option with its default and meaning, a paragraph each (for docstrings)."""
+        lines = []
+        for a in attrs.fields(cls):
+            default = "" if a.default is None else f" (default {a.default!r})"
+            lines.append(f"- {a.name}{default}: {a.metadata['doc']}.")
+        return "\n".join(lines)
 
 
 QUEUE_OPTIONS: frozenset[str] = frozenset(a.name for a in attrs.fields(QueueOptions))
 
 # The options a URL query may carry (numbers and names), with their parsers.
 _URL_PARSERS: dict[str, Callable[[str], Any]] = {
-    "agent": str,
-    "system": str,
-    "batch_size": int,
-    "linger": float,
-    "poll_wait": float,
-    "in_flight": int,
-    "time_to_flight": float,
-    "ack_linger": float,
-    "heartbeat": float,
-    "close_timeout": float,
+    a.name: a.metadata["url"] for a in attrs.fields(QueueOptions) if a.metadata["url"]
 }
 QUEUE_URL_OPTIONS: frozenset[str] = frozenset(_URL_PARSERS)
+_URL_PARSERS["heartbeat"] = float  # extend_every's deprecated name (not on amqp://)
+
+
+class QueueKeywords(TypedDict, total=False):
+    """`QueueOptions` as keywords, for type checkers (`Queue(adapter, **options)`); a test
+    keeps the two in step."""
+
+    agent: str | None
+    system: str | None
+    batch_size: int | None
+    linger: float
+    retry: Backoff | None
+    poll_wait: float | None
+    in_flight: int
+    time_to_flight: float
+    ack_linger: float
+    extend_every: float | None
+    errors: Chan[Exception] | SendChan[Exception] | None
+    close_timeout: float
+    heartbeat: float | None  # deprecated: extend_every
 
 
 def split_query(url: str, reserved: Collection[str] = ()) -> tuple[str, dict[str, Any]]:

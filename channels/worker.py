@@ -395,7 +395,7 @@ def _serve(
     finally:
         log.info("queue %s: stopping %d worker(s)", q.name, workers)
         halt.close()  # workers finish the message they hold, then return
-        deadline = time.monotonic() + (q.close_timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (q.options.close_timeout if timeout is None else timeout)
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in threads if t.is_alive()]

@@ -206,11 +206,10 @@ class BenchMessage:
 
 def bench(q_factory: Any, *, count: int, size: int, category: str, quiet: bool) -> int:
     """Enqueue and dequeue `count` messages of about `size` bytes; print rates and latency."""
-    q: Queue = q_factory()
+    errors: Chan[Exception] = Chan(1024)  # other traffic on a shared queue is not ours
+    q: Queue = q_factory(errors=errors)
     pad = "x" * max(0, size - 40)
     latencies: list[float] = []
-    errors: Chan[Exception] = Chan(1024)  # other traffic on a shared queue is not ours
-    q.errors = errors
     t_sent: list[float] = []
     failed: list[Msg[Any]] = []
 

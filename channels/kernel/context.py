@@ -8,21 +8,24 @@ imports them: the dependencies point one way (see ARCHITECTURE.md).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
 from ..adapter import Adapter
 from ..errors import QueueFailed
-from ..retry import Backoff
+from ..options import QueueOptions
 from .stats import Counters
 
-__all__ = ["Context"]
+__all__ = ["Context", "resolved"]
+
+T = TypeVar("T")
 
 
 @attrs.frozen
 class Context:
-    """One queue's options, resolved (no None left where the adapter gives a default),
-    its counters, and three services its threads call.
+    """One queue's resolved options (see `Queue.options`), its counters, and three services
+    its threads call.
 
     - `report(error)`: an error no channel owns (poison, connection trouble): the
       `errors` channel, or the log.
@@ -33,16 +36,15 @@ class Context:
 
     name: str
     adapter: Adapter
-    agent: str
-    batch_size: int
-    linger: float
-    retry: Backoff
-    poll_wait: float
-    in_flight: int
-    time_to_flight: float
-    ack_linger: float
-    heartbeat: float | None
+    options: QueueOptions
     counters: Counters
     report: Callable[[BaseException], None]
     fail: Callable[[BaseException, str], None]
     failure: Callable[[], QueueFailed | None]
+
+
+def resolved(value: T | None) -> T:
+    """An option `Queue` resolved against its adapter (agent, system, batch_size, retry,
+    poll_wait): never None in a `Context`."""
+    assert value is not None, "Queue resolves it"
+    return value

@@ -7,7 +7,7 @@ category nobody reads never holds up the others (no head-of-line blocking). It
 batches acks (at most `ack_linger` seconds), nacks a message not acked within
 `time_to_flight` seconds of the application receiving it (a message still in
 `rcv`'s buffer has not been received and never expires), extends visibility
-every `heartbeat` seconds when asked to, and at close releases everything not
+every `extend_every` seconds when asked to, and at close releases everything not
 acked.
 """
 
@@ -44,7 +44,10 @@ class Dispatcher:
         self.inbox = inbox
         self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
         self.adapter = gate.adapter
-        self.time_to_flight = ctx.time_to_flight
+        opts = ctx.options
+        self.time_to_flight = opts.time_to_flight
+        self.extend_every = opts.extend_every
+        self.ack_linger = opts.ack_linger
         self._reported: OrderedDict[str, None] = OrderedDict()  # unroutable ids said once
         self.thread = threading.Thread(
             target=self._run,
@@ -62,7 +65,7 @@ class Dispatcher:
         # a delivery toward the dead-letter threshold). Looked at every park_interval;
         # once received they move to `flight` with a full time_to_flight.
         self.parked: dict[Bag, Receiver] = {}
-        self.park_interval = min(1.0, max(0.01, ctx.time_to_flight / 4))
+        self.park_interval = min(1.0, max(0.01, opts.time_to_flight / 4))
         self.park_due = 0.0
         self.to_ack: list[Bag] = []
         # delay -> the bags the application failed with it, and its errors
@@ -73,9 +76,9 @@ class Dispatcher:
         # Acks go to the broker in batches of at most max_batch, and at half the
         # in-flight limit: the poller receives again while the application works on
         # the other half (the measurements behind it: docs/measurements.md).
-        self.ack_batch = max(1, min(self.adapter.max_batch, ctx.in_flight // 2))
-        self.next_beat = time.monotonic() + (ctx.heartbeat or 0.0)
-        self.beaten: set[Bag] = set()  # what was held at the last heartbeat
+        self.ack_batch = max(1, min(self.adapter.max_batch, opts.in_flight // 2))
+        self.next_beat = time.monotonic() + (opts.extend_every or 0.0)
+        self.beaten: set[Bag] = set()  # what was held at the last extension
         self.failed = False  # the queue failed: its rcv and ack channels raise now
 
     def _failed(self) -> None:
@@ -150,7 +153,7 @@ class Dispatcher:
             due.append(next(iter(self.flight.values()))[1])
         if self.parked:
             due.append(self.park_due)
-        if self.ctx.heartbeat and (
+        if self.extend_every and (
             self.flight or self.parked or any(r.pending for r in self.receivers)
         ):
             due.append(self.next_beat)
@@ -268,7 +271,7 @@ class Dispatcher:
             bags.append(bag)
             errors.append(msg.error)
         if self.ack_due is None:
-            self.ack_due = now + self.ctx.ack_linger
+            self.ack_due = now + self.ack_linger
         if len(self.to_ack) >= self.ack_batch:
             self._flush_acks()
 
@@ -312,8 +315,8 @@ class Dispatcher:
             self._expire(expired)
         if self.parked and now >= self.park_due:
             self._unpark(now)
-        if self.ctx.heartbeat and now >= self.next_beat:
-            self.next_beat = now + self.ctx.heartbeat
+        if self.extend_every and now >= self.next_beat:
+            self.next_beat = now + self.extend_every
             held = {*self.flight, *self.parked}
             held.update(m.bag for r in self.receivers for m in r.pending if m.bag)
             # Only what was held at the last beat too: a message received since is at

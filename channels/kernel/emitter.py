@@ -28,7 +28,7 @@ from ..event import Event, stamp
 from ..message import Bag, Msg
 from ..select import select
 from ..tracing import Traced
-from .context import Context
+from .context import Context, resolved
 
 __all__ = ["Emitter", "Put", "Sender"]
 
@@ -158,10 +158,11 @@ class Emitter:
         self.ctx = ctx
         self.name = ctx.name
         self.adapter = ctx.adapter
-        self.batch_size = ctx.batch_size
+        self.batch_size = resolved(ctx.options.batch_size)
+        self.agent = resolved(ctx.options.agent)
         self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
-        self.linger = ctx.linger
-        self.retry = ctx.retry
+        self.linger = ctx.options.linger
+        self.retry = resolved(ctx.options.retry)
         self.ctl: Chan[None] = Chan(1, name=f"{ctx.name}.emitter.ctl")  # a doorbell
         self.puts: Pipe[Put] = Pipe(4 * self.batch_size, name=f"{ctx.name}.puts")
         self._lock = threading.Lock()
@@ -503,7 +504,7 @@ class Emitter:
         if type(obj) is Traced:  # sent with a trace context (see tracing.py)
             obj, extra = obj.obj, obj.attributes
         try:
-            bag = sender.encode(obj, self.ctx.agent, extra)
+            bag = sender.encode(obj, self.agent, extra)
         except Exception as e:
             err = e if isinstance(e, EncodeError) else EncodeError(f"cannot encode: {e!r}")
             self._dead_letter(sender, obj, None, err)

@@ -32,7 +32,7 @@ class Listener:
         self.ctx = ctx
         self.adapter = adapter
         self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
-        self.gate = Gate(adapter, ctx.in_flight)
+        self.gate = Gate(adapter, ctx.options.in_flight)
         self.ctl: Chan[tuple[str, Any]] = Chan(16, name=f"{ctx.name}.listener.ctl")
         self.inbox: Chan[Handoff] = Chan(2, name=f"{ctx.name}.inbox")
         self.dispatcher = Dispatcher(ctx, self.gate, self.ctl, self.inbox)

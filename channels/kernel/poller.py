@@ -21,7 +21,7 @@ from ..chan import Chan
 from ..codec import JSONCodec
 from ..errors import ChannelClosed, ConnectionLost, DecodeError, UnroutableError
 from ..message import Msg
-from .context import Context
+from .context import Context, resolved
 from .routes import ANY, Gate, Handoff, Poison, Receiver, Stray, short, type_name
 
 __all__ = ["Poller"]
@@ -50,6 +50,7 @@ class Poller:
     def _loop(self) -> None:
         ctx, gate = self.ctx, self.gate
         adapter = gate.adapter
+        poll_wait = resolved(ctx.options.poll_wait)
         failures = 0
         state = ""
         serviceable = True  # does the adapter want hold/idle calls? (it says so by returning True)
@@ -71,13 +72,13 @@ class Poller:
                 # (the application is only slow); idle may give it back (nobody listens).
                 tend = adapter.hold if state == "hold" else adapter.idle
                 try:
-                    serviceable = bool(tend(ctx.poll_wait))
+                    serviceable = bool(tend(poll_wait))
                 except Exception as e:
                     ctx.report(e)
                     serviceable = False
                 continue
             try:
-                bags = adapter.receive(min(adapter.max_receive, want), ctx.poll_wait)
+                bags = adapter.receive(min(adapter.max_receive, want), poll_wait)
                 failures = 0
             except Exception as e:
                 failures += 1

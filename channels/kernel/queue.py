@@ -7,15 +7,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 import threading
 import time
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
 
 from ..adapter import Adapter, Hooks, ReceivingAdapter
-from ..chan import Chan, SendChan
 from ..errors import (
     ChannelClosed,
     ConnectionLost,
@@ -30,16 +33,20 @@ from ..message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
 from ..options import (
     QUEUE_OPTIONS,
     OptionError,
+    QueueKeywords,
     QueueOptions,
     check_keywords,
     split_query,
 )
-from ..retry import Backoff, Exponential
+from ..retry import Exponential
 from ..urls import adapter_names, open_adapter, redact
-from .context import Context
+from .context import Context, resolved
 from .emitter import Emitter, Put, Sender
 from .listener import Listener, Receiver
 from .stats import Counters, Stats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Queue", "connect"]
 
@@ -54,7 +61,7 @@ def _program() -> str:
 class _KernelHooks(Hooks):
     def __init__(self, queue: Queue) -> None:
         self._queue = weakref.ref(queue)
-        self.in_flight = queue.in_flight
+        self.in_flight = queue.options.in_flight
 
     def report(self, error: BaseException) -> None:
         q = self._queue()
@@ -67,100 +74,51 @@ class _KernelHooks(Hooks):
 
 
 class Queue:
-    """A queue on a broker. Open channels on it with `enqueue`/`dequeue`; close it when done.
+    __doc__ = f"""A queue on a broker: open channels on it with `enqueue`/`dequeue`, close it
+    when done.
 
-    Options (all keyword-only):
+    Options (all keyword-only; `q.options` holds them, resolved against the adapter):
 
-    - agent, system: the `Source` and `System` attributes of what this queue
-      sends (default: the program's name, and the transport's scheme).
-    - batch_size, linger: the emitter sends up to `batch_size` messages at once
-      (default: the adapter's limit) and waits at most `linger` seconds to fill
-      a batch (default 5 ms).
-    - retry: the emitter's `Backoff` policy (default: exponential with full
-      jitter, 8 attempts, at most 60 s); when it gives up, the object goes to
-      its channel's dlq.
-    - poll_wait: seconds one receive may wait for messages (default: the
-      adapter's). in_flight: most messages received and not yet acked (500).
-    - time_to_flight: seconds the application may hold a message it received
-      before it counts as nacked (30); the clock starts when it leaves rcv's
-      buffer (checked at least once a second). ack_linger: acks are batched for at most this
-      long (10 ms); a batch goes sooner once it holds half of in_flight (or
-      the adapter's max_batch). heartbeat: seconds between visibility extensions of the
-      messages the queue holds (waiting in a buffer or held by the application); by
-      default a third of the broker's visibility timeout where it has one (SQS,
-      mem://), so none of them is delivered again for waiting; give it to override the
-      interval (it must be shorter than half the timeout: a message is first extended
-      at the second beat after it arrives, so most are settled before any extension).
-    - errors: a channel for everything the workers cannot hand to a specific
-      channel (poison messages, connection loss); when absent they are logged.
-      Give it a buffer: a full errors channel falls back to logging.
-    - close_timeout: how long `close()` waits for the emitter to flush (10 s).
+{textwrap.indent(QueueOptions.describe(), "    ")}
     """
 
     def __init__(
-        self,
-        adapter: Adapter,
-        *,
-        agent: str | None = None,
-        system: str | None = None,
-        batch_size: int | None = None,
-        linger: float = 0.005,
-        retry: Backoff | None = None,
-        poll_wait: float | None = None,
-        in_flight: int = 500,
-        time_to_flight: float = 30.0,
-        ack_linger: float = 0.01,
-        heartbeat: float | None = None,
-        errors: Chan[Exception] | SendChan[Exception] | None = None,
-        close_timeout: float = 10.0,
-        url: str | None = None,
+        self, adapter: Adapter, *, url: str | None = None, **options: Unpack[QueueKeywords]
     ) -> None:
         if not isinstance(adapter, Adapter):  # a caller without a type checker
             hint = (  # type: ignore[unreachable]
                 " (for a URL, use qchan.connect(url))" if isinstance(adapter, str) else ""
             )
             raise OptionError(f"Queue needs a qchan.Adapter, not {adapter!r}{hint}")
-        QueueOptions(  # checks every option: type, range (OptionError names the option)
-            agent=agent,
-            system=system,
-            batch_size=batch_size,
-            linger=linger,
-            retry=retry,
-            poll_wait=poll_wait,
-            in_flight=in_flight,
-            time_to_flight=time_to_flight,
-            ack_linger=ack_linger,
-            heartbeat=heartbeat,
-            errors=errors,
-            close_timeout=close_timeout,
-        )
+        given = QueueOptions.of("Queue", options)
         receiving = adapter if isinstance(adapter, ReceivingAdapter) else None
         visibility = receiving.visibility if receiving else None
-        if heartbeat is not None and visibility is not None and 2 * heartbeat >= visibility:
+        every = given.extend_every
+        if every is not None and visibility is not None and 2 * every >= visibility:
             raise OptionError(
-                f"heartbeat={heartbeat!r} s is not shorter than half the visibility timeout of "
+                f"extend_every={every!r} s is not shorter than half the visibility timeout of "
                 f"{adapter!r} ({visibility} s): a message is first extended up to two beats "
-                f"after it arrives, so it could be delivered again first; leave heartbeat out "
-                f"(a third of the timeout) or give less"
+                f"after it arrives, so it could be delivered again first; leave extend_every "
+                f"out (a third of the timeout) or give less"
             )
+        if every is None and visibility:
+            every = max(0.01, visibility / 3)
+        #: The options this queue runs by, each default resolved against the adapter.
+        self.options: QueueOptions = attrs.evolve(
+            given,
+            agent=given.agent or _program(),
+            system=given.system or adapter.scheme,
+            batch_size=given.batch_size or adapter.max_batch,
+            retry=given.retry or Exponential(),
+            poll_wait=(receiving or ReceivingAdapter).poll_wait
+            if given.poll_wait is None
+            else given.poll_wait,
+            extend_every=every,
+        )
         self.adapter = adapter
         self.name = adapter.name
         self.log = logging.LoggerAdapter(log, {"queue": adapter.name})
         self.url = redact(url) if url else f"{adapter.scheme}://{adapter.name}"
-        self.agent = agent or _program()
-        self.system = system or adapter.scheme
-        self.batch_size = batch_size or adapter.max_batch
-        self.linger = linger
-        self.retry = retry or Exponential()
-        self.poll_wait = (
-            (receiving or ReceivingAdapter).poll_wait if poll_wait is None else poll_wait
-        )
-        self.in_flight = in_flight
-        self.time_to_flight = time_to_flight
-        self.ack_linger = ack_linger
-        self.heartbeat = heartbeat
-        self.errors = errors
-        self.close_timeout = close_timeout
         self._counters = Counters()
         self._repeats = Repeats()
         self._lock = threading.Lock()
@@ -178,34 +136,38 @@ class Queue:
         adapter.bind(_KernelHooks(self))
         _OPEN.add(self)
 
+    if not TYPE_CHECKING:  # a type checker says `q.in_flight` is no attribute: good
+
+        def __getattr__(self, name: str) -> Any:
+            """`q.in_flight` and the other options' names: deprecated, read `q.options`."""
+            if name in QUEUE_OPTIONS and name != "options":
+                warnings.warn(
+                    f"Queue.{name} is deprecated: read q.options.{name}",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                return getattr(self.__dict__["options"], name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in QUEUE_OPTIONS:
+            raise AttributeError(
+                f"Queue.{name} cannot change once the queue is open: give {name}= to Queue(...) "
+                f"or connect(...)"
+            )
+        super().__setattr__(name, value)
+
     def _context(self) -> Context:
         """What this queue's worker threads get (they never see the Queue itself)."""
         return Context(
             name=self.name,
             adapter=self.adapter,
-            agent=self.agent,
-            batch_size=self.batch_size,
-            linger=self.linger,
-            retry=self.retry,
-            poll_wait=self.poll_wait,
-            in_flight=self.in_flight,
-            time_to_flight=self.time_to_flight,
-            ack_linger=self.ack_linger,
-            heartbeat=self._beat(),
+            options=self.options,
             counters=self._counters,
             report=self._report,
             fail=self._fail,
             failure=lambda: self._failure,
         )
-
-    def _beat(self) -> float | None:
-        """Seconds between extensions of what the queue holds: `heartbeat` if given, else a
-        third of the broker's visibility timeout (None: the broker has none)."""
-        if self.heartbeat is not None:
-            return self.heartbeat
-        adapter = self.adapter
-        visibility = adapter.visibility if isinstance(adapter, ReceivingAdapter) else None
-        return max(0.01, visibility / 3) if visibility else None
 
     def __repr__(self) -> str:
         state = (
@@ -236,8 +198,8 @@ class Queue:
         return types.MappingProxyType(
             {
                 ATTR_CATEGORY: category,
-                ATTR_SOURCE: self.agent,
-                ATTR_SYSTEM: self.system,
+                ATTR_SOURCE: resolved(self.options.agent),
+                ATTR_SYSTEM: resolved(self.options.system),
                 ATTR_QUEUE: self.name,
             }
         )
@@ -325,7 +287,7 @@ class Queue:
             if self._receivers.get(receiver.category) is receiver:
                 del self._receivers[receiver.category]
         if listener is not None:
-            listener.remove(receiver, self.close_timeout)
+            listener.remove(receiver, self.options.close_timeout)
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -344,7 +306,7 @@ class Queue:
 
     def _report(self, error: BaseException) -> None:
         """Hand an error no channel owns to the errors channel, or log it."""
-        errors = self.errors
+        errors = self.options.errors
         if errors is not None and isinstance(error, Exception):
             try:
                 errors.send(error, timeout=0)
@@ -389,9 +351,9 @@ class Queue:
             self.log.error("%s thread raised after the queue stopped", thread, exc_info=error)
             return
         self.log.critical("%s; it winds down now", failure, exc_info=error)
-        if self.errors is not None:
+        if self.options.errors is not None:
             try:
-                self.errors.send(failure, timeout=0)
+                self.options.errors.send(failure, timeout=0)
             except (TimeoutError, QchanError):
                 self.log.error("the errors channel did not take the failure (full or closed)")
         self._down.set()
@@ -412,7 +374,7 @@ class Queue:
 
     def _wind_down(self) -> None:
         try:
-            self._shut(self.close_timeout)
+            self._shut(self.options.close_timeout)
         except Exception as e:
             self.log.error("winding down after the failure: %s", e, exc_info=e)
 
@@ -440,7 +402,7 @@ class Queue:
         back on a dlq (its `failed` attribute holds them); on a failed queue its
         `__cause__` is the `QueueFailed`.
         """
-        timeout = self.close_timeout if timeout is None else timeout
+        timeout = self.options.close_timeout if timeout is None else timeout
         with self._lock:
             closing_elsewhere = self._closing
             self._closing = True
@@ -525,14 +487,12 @@ def connect(url: str, **options: Any) -> Queue:
     if not isinstance(url, str):
         raise OptionError(f"connect needs a queue URL string, not {url!r}")
     url_for_adapter, from_query = split_query(url, adapter_names(url, "QUERY_KEYS") or ())
-    kernel = {**from_query, **{k: options.pop(k) for k in list(options) if k in QUEUE_OPTIONS}}
+    ours = {k: options.pop(k) for k in list(options) if k in QUEUE_OPTIONS or k == "heartbeat"}
     where = f"connect({redact(url)!r})"
-    try:
-        QueueOptions(**kernel)  # before the adapter opens (it may reach the network)
-    except OptionError as e:
-        raise OptionError(f"{where}: {e}") from None
+    # Checked before the adapter opens (it may reach the network).
+    checked = QueueOptions.of(where, {**from_query, **ours})
     own = adapter_names(url_for_adapter)
     if own is not None:
         check_keywords(where, options, {*QUEUE_OPTIONS, *own})
     adapter = open_adapter(url_for_adapter, **options)
-    return Queue(adapter, url=url, **kernel)
+    return Queue(adapter, url=url, **attrs.asdict(checked, recurse=False))

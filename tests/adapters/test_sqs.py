@@ -756,7 +756,7 @@ def test_concurrent_send_receive_ack_from_several_threads(make_queue: Any, adapt
     done = threading.Event()
 
     def consume() -> None:
-        while len(got) < n and not done.is_set():
+        while not done.is_set():
             batch = a.receive(10, 1)
             if batch:
                 a.ack(batch)
@@ -774,11 +774,14 @@ def test_concurrent_send_receive_ack_from_several_threads(make_queue: Any, adapt
     ]
     for p in producers:
         assert all(o is None for batch in p.outcome(60) for o in batch)
-    wait_for(lambda: len(got) >= n, 60, f"{n} messages")
+    wait_for(lambda: len(set(got)) >= n, 60, f"{n} messages")
     done.set()
     for c in consumers:
         c.outcome(10)
-    assert sorted(got) == sorted(f"{k}-{i}".encode() for k in range(3) for i in range(n // 3))
+    # Every message, and nothing else. A standard queue may deliver one twice (AWS
+    # documents it; moto's ReceiveMessage marks messages received without a lock, so two
+    # concurrent receives on a loaded machine can both take one): no exact count.
+    assert set(got) == {f"{k}-{i}".encode() for k in range(3) for i in range(n // 3)}
 
 
 # -- kernel level: enqueue / dequeue over SQS ---------------------------------------
@@ -988,7 +991,7 @@ def test_heartbeat_keeps_a_slow_message_from_redelivery(
     name, _ = make_queue(VisibilityTimeout="2")
     url = sqs_url(sqs_endpoint, name)
     other = adapters(name)
-    with connect(url, wait=1, poll_wait=1, heartbeat=0.5) as q:
+    with connect(url, wait=1, poll_wait=1, extend_every=0.5) as q:
         with enqueue(Order, q) as (out, _):
             out.send(Order("slow", 1.0))
         with dequeue(Order, q) as (rcv, ack):

@@ -36,7 +36,7 @@ def url() -> str:
         ({"in_flight": 2.5}, "in_flight must be an int >= 1, not 2.5"),
         ({"in_flight": True}, "in_flight must be an int >= 1, not True"),
         ({"time_to_flight": 0}, "time_to_flight must be > 0 s, not 0"),
-        ({"heartbeat": -1}, "heartbeat must be > 0 s, not -1"),
+        ({"extend_every": -1}, "extend_every must be > 0 s, not -1"),
         ({"close_timeout": float("nan")}, "close_timeout must be a finite number"),
         ({"retry": 3}, "retry must be a qchan.Backoff policy"),
         ({"errors": []}, "errors must be a qchan.Chan"),
@@ -79,10 +79,10 @@ def test_url_query_keys_are_checked_alike(
 
 def test_queue_options_may_come_from_the_url_and_a_keyword_wins(url: str) -> None:
     with connect(f"{url}?in_flight=100&linger=0.02&visibility_timeout=5", in_flight=7) as q:
-        assert (q.in_flight, q.linger) == (7, 0.02)
+        assert (q.options.in_flight, q.options.linger) == (7, 0.02)
         assert q.adapter.broker.visibility_timeout == 5.0  # type: ignore[attr-defined]
     with connect(f"{url}?in_flight=100") as q:
-        assert q.in_flight == 100
+        assert q.options.in_flight == 100
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_a_good_queue_with_every_option_opens(url: str) -> None:
         in_flight=10,
         time_to_flight=1,
         ack_linger=0,
-        heartbeat=0.5,
+        extend_every=0.5,
         errors=errors,
         close_timeout=1,
     )
@@ -208,5 +208,52 @@ def test_a_query_key_the_transport_owns_stays_the_transports() -> None:
     """`heartbeat` is pika's in an amqp:// URL (the AMQP heartbeat), not the queue's."""
     pytest.importorskip("pika")
     with connect(f"{AMQP}?queue=q&heartbeat=30&in_flight=9") as q:
-        assert (q.heartbeat, q.in_flight) == (None, 9)
+        assert (q.options.extend_every, q.options.in_flight) == (None, 9)
         assert q.adapter.settings.heartbeat_in_url  # type: ignore[attr-defined]
+
+
+def test_the_options_table_in_the_docs_is_the_one_the_code_makes() -> None:
+    from pathlib import Path
+
+    from qchan.options import QueueOptions
+
+    doc = (Path(__file__).parents[2] / "docs" / "options.md").read_text()
+    begin, end = "<!-- options table: generated from QueueOptions.table() -->\n", "\n<!-- end"
+    assert doc[doc.index(begin) + len(begin) : doc.index(end)] == QueueOptions.table()
+
+
+def test_the_typed_keywords_are_the_options_and_their_types() -> None:
+    """`QueueKeywords` (what type checkers see of `Queue(**options)`) is `QueueOptions`."""
+    import attrs
+
+    from qchan.options import QueueKeywords, QueueOptions
+
+    fields = {a.name: a.type for a in attrs.fields(QueueOptions)}
+    keywords = {
+        k: getattr(t, "__forward_arg__", t) for k, t in QueueKeywords.__annotations__.items()
+    }
+    assert keywords.pop("heartbeat") == "float | None"  # extend_every's deprecated name
+    assert keywords == fields
+
+
+def test_heartbeat_is_extend_everys_old_name_except_on_amqp(url: str) -> None:
+    with pytest.warns(DeprecationWarning, match="heartbeat= is deprecated, use extend_every="):
+        q = Queue(EmbeddedAdapter(url[6:]), heartbeat=0.5)
+    with q:
+        assert q.options.extend_every == 0.5
+    with (
+        pytest.warns(DeprecationWarning, match="extend_every="),
+        connect(f"{url}?visibility_timeout=3&heartbeat=0.7") as q,
+    ):
+        assert q.options.extend_every == 0.7
+    with pytest.raises(OptionError, match="give extend_every= only"):
+        connect(url, heartbeat=1, extend_every=1)
+
+
+def test_an_option_read_from_the_queue_warns_and_one_set_on_it_is_refused(url: str) -> None:
+    with Queue(EmbeddedAdapter(url[6:]), in_flight=7) as q:
+        with pytest.warns(DeprecationWarning, match=r"read q\.options\.in_flight"):
+            assert q.in_flight == 7  # type: ignore[attr-defined]
+        with pytest.raises(AttributeError, match="give retry= to Queue"):
+            q.retry = Constant()  # type: ignore[attr-defined]
+        assert q.options.retry is not None and not isinstance(q.options.retry, Constant)

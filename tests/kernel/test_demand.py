@@ -83,17 +83,17 @@ def test_an_unbuffered_rcv_takes_one_message_per_waiting_receiver(
 def test_the_default_heartbeat_is_a_third_of_the_visibility_timeout(name: str) -> None:
     adapter = EmbeddedAdapter(name, visibility_timeout=3.0)
     with Queue(adapter) as q:
-        assert q._context().heartbeat == pytest.approx(1.0)
-    with Queue(EmbeddedAdapter(name), heartbeat=0.5) as q:
-        assert q._context().heartbeat == 0.5
+        assert q.options.extend_every == pytest.approx(1.0)
+    with Queue(EmbeddedAdapter(name), extend_every=0.5) as q:
+        assert q.options.extend_every == 0.5
 
 
-@pytest.mark.parametrize("heartbeat", [1.5, 3.0, 5.0, 0.0, -1.0])
-def test_a_heartbeat_out_of_range_is_refused_at_the_call(name: str, heartbeat: float) -> None:
-    with pytest.raises(OptionError, match="heartbeat"):
-        Queue(EmbeddedAdapter(name, visibility_timeout=3.0), heartbeat=heartbeat)
-    with pytest.raises(OptionError, match="heartbeat"):
-        connect(f"mem://{name}?visibility_timeout=3", heartbeat=heartbeat)
+@pytest.mark.parametrize("every", [1.5, 3.0, 5.0, 0.0, -1.0])
+def test_an_extension_interval_out_of_range_is_refused_at_the_call(name: str, every: float) -> None:
+    with pytest.raises(OptionError, match="extend_every"):
+        Queue(EmbeddedAdapter(name, visibility_timeout=3.0), extend_every=every)
+    with pytest.raises(OptionError, match="extend_every"):
+        connect(f"mem://{name}?visibility_timeout=3", extend_every=every)
 
 
 def test_messages_waiting_in_the_buffer_outlive_the_visibility_timeout(

@@ -160,13 +160,6 @@ def test_emitter_failure_fails_the_queue_and_names_every_message(
 
 def test_a_send_blocked_on_a_failed_queue_raises_within_a_second(name: str) -> None:
     errors = _errors()
-    q = Queue(
-        Faulty(EmbeddedAdapter(name)),
-        retry=BrokenBackoff(),
-        errors=errors,
-        close_timeout=CLOSE,
-        batch_size=1,
-    )
     gate = threading.Event()
 
     class Gated(BrokenBackoff):
@@ -174,7 +167,13 @@ def test_a_send_blocked_on_a_failed_queue_raises_within_a_second(name: str) -> N
             gate.wait(10.0)
             raise ZeroDivisionError("a bug in the user's Backoff")
 
-    q.retry = Gated()
+    q = Queue(
+        Faulty(EmbeddedAdapter(name)),
+        retry=Gated(),
+        errors=errors,
+        close_timeout=CLOSE,
+        batch_size=1,
+    )
     q2_out, _ = enqueue(Order, q)
     q2_out.send(Order(id="0", amount=1.0))  # the emitter takes it and retries: held in Gated
     blocked = start(lambda: [q2_out.send(Order(id=str(i), amount=1.0)) for i in range(1, 99)])

@@ -35,10 +35,9 @@ def test_observe_exports_stats_periodically_and_at_close() -> None:
 
 def test_every_kernel_log_record_names_its_queue(caplog: pytest.LogCaptureFixture) -> None:
     name = _name()
-    q = Queue(Faulty(EmbeddedAdapter(name)), poll_wait=0.1)
     from qchan import Constant
 
-    q.retry = Constant(0.0, max_attempts=2)
+    q = Queue(Faulty(EmbeddedAdapter(name)), poll_wait=0.1, retry=Constant(0.0, max_attempts=2))
     with caplog.at_level(logging.INFO, logger="qchan"):
         out, dlq = enqueue(Order, q)
         out.send(Order("x", 1.0))

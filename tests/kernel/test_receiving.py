@@ -317,7 +317,7 @@ def test_acked_messages_are_not_kept_alive(queues: list[Queue], name: str) -> No
 
 def test_heartbeat_keeps_a_held_message_invisible(queues: list[Queue], name: str) -> None:
     EmbeddedAdapter(name, visibility_timeout=0.3)
-    q = open_q(queues, name, heartbeat=0.1)
+    q = open_q(queues, name, extend_every=0.1)
     with enqueue(Order, q) as (out, _):
         out.send(Order("long", 1.0))
     with dequeue(Order, q) as (rcv, ack):
@@ -335,7 +335,7 @@ def test_heartbeat_keeps_messages_waiting_in_the_rcv_buffer_invisible(
     """Messages in rcv's buffer are held too (not yet received, so not in flight): the
     heartbeat must extend them even when nothing else is held."""
     EmbeddedAdapter(name, visibility_timeout=0.3)
-    q = open_q(queues, name, heartbeat=0.1)
+    q = open_q(queues, name, extend_every=0.1)
     with enqueue(Order, q) as (out, _):
         for i in range(6):
             out.send(Order(str(i), 1.0))

@@ -325,7 +325,7 @@ def account(
         )
     report.seconds = time.monotonic() - started
     report.retried = producer.stats().retried
-    report.batch = producer.batch_size
+    report.batch = producer.options.batch_size
     if errors is not None:
         errors.close()
         report.errors = dict(errors.counts)
