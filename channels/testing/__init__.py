@@ -28,7 +28,9 @@ timeout short (a second or two) so the suite stays fast.
 `FEATURES`); the tests of a feature run only where it is declared, so a
 declaration is a promise the suite then checks. `missing_queue` also needs a
 `missing_adapter_factory` fixture: `make(name)` opens an adapter on a queue
-that does not exist (without creating it).
+that does not exist (without creating it); `dead_letter` needs the method
+`dead_lettered(name)`, how many dead letters of queue `name` the broker holds;
+`extend` needs a `redelivery_after` above 0.
 
 A new adapter is done when this suite passes against the real broker.
 
@@ -92,6 +94,12 @@ FEATURES: dict[str, str] = {
     "delivery_count": "a redelivered bag says so: `deliveries` counts each hand-out",
     "missing_queue": "an adapter on a queue that does not exist raises an error naming it",
     "double_ack": "acking one delivery twice neither raises, reports nor disturbs others",
+    "give_back": "give_back(bags, counted=False) hands them out again soon, and where "
+    "deliveries are counted (`delivery_count`) with the count they had",
+    "dead_letter": "dead_letter(bags, errors) moves them off the queue into its dead "
+    "letters, which `Conformance.dead_lettered(name)` counts",
+    "extend": "extend(bags) keeps deliveries from every other consumer past the visibility "
+    "timeout (`redelivery_after`, which must be > 0)",
     "depth": "an Operations: depth() counts the messages waiting (Kafka: the group's lag)",
     "purge": "purge() deletes every waiting message (Kafka: skips the group past them)",
 }
@@ -209,6 +217,11 @@ class Conformance:
     @pytest.fixture
     def missing_adapter_factory(self) -> AdapterFactory:
         pytest.fail("an adapter that declares missing_queue gives missing_adapter_factory")
+
+    def dead_lettered(self, name: str) -> int:
+        """How many messages the broker holds as dead letters of queue `name`: override it
+        where the adapter declares `dead_letter` (0 where it has no dead letters)."""
+        return 0
 
     @needs()
     def test_declared_features_are_known(self) -> None:
@@ -645,6 +658,73 @@ class Conformance:
                 assert list(_rx(b).receive(10, self.quiet)) == []
             finally:
                 b.close()
+
+    @needs("receive", "give_back")
+    def test_a_give_back_not_counted_comes_again_soon_with_its_count(
+        self, adapter: ReceivingAdapter
+    ) -> None:
+        first = self._one(adapter)
+        given = time.monotonic()
+        adapter.give_back([first], counted=False)
+        (again,) = _take(adapter, 1, self.patience)
+        waited = time.monotonic() - given
+        adapter.ack([again])
+        assert again.body == first.body
+        assert waited < 5.0, f"given back, it came again only {waited:.1f} s later"
+        if "delivery_count" in self.features:
+            assert (first.deliveries, again.deliveries) == (1, 1)
+
+    @needs("receive", "dead_letter")
+    def test_dead_letter_moves_a_message_off_the_queue(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        a = _rx(adapter_factory(queue_name))
+        hooks = _Reports()
+        a.bind(hooks)
+        try:
+            assert a.send_batch([_bag(1), _bag(2)]) == [None, None]
+            one, two = _take(a, 2, self.patience)
+            a.dead_letter([one], [QchanError("the handler gave up")])
+            a.ack([two])
+            deadline = time.monotonic() + self.patience
+            # Receiving meanwhile, as the kernel's poller would (an adapter may settle on
+            # the thread that receives), and nothing may come back.
+            while (n := self.dead_lettered(queue_name)) != 1:
+                said = f"dead_lettered({queue_name!r}) is {n}, not 1"
+                assert n == 0, said
+                assert time.monotonic() < deadline, (
+                    f"{said} after {self.patience} s (declaring dead_letter, override "
+                    f"Conformance.dead_lettered)"
+                )
+                assert list(a.receive(10, 0.1)) == [], "a dead-lettered message came back"
+            # Off the queue: it does not come back, as an un-acked delivery would.
+            assert list(a.receive(10, self.redelivery_after + self.quiet)) == []
+        finally:
+            a.close()
+        # A transport may say what it dead-lettered (RabbitMQ, Kafka); each report names it.
+        for report in hooks.reported:
+            assert str(one.id) in str(report), f"{report!r} does not name {one.id}"
+
+    @needs("receive", "extend")
+    def test_extend_keeps_a_delivery_from_other_consumers(
+        self, adapter_factory: AdapterFactory, queue_name: str
+    ) -> None:
+        timeout = self.redelivery_after
+        assert timeout > 0, "declaring extend, set redelivery_after (the visibility timeout)"
+        a, b = _rx(adapter_factory(queue_name)), _rx(adapter_factory(queue_name))
+        try:
+            assert a.send_batch([_bag(1)]) == [None]
+            (held,) = _take(a, 1, self.patience)
+            end = time.monotonic() + 2.5 * timeout  # held two and a half timeouts
+            while time.monotonic() < end:
+                a.extend([held])
+                stolen = list(b.receive(1, timeout / 3))
+                assert stolen == [], "an extended delivery reached another consumer"
+            a.ack([held])
+            assert list(b.receive(1, timeout + self.quiet)) == []
+        finally:
+            a.close()
+            b.close()
 
     @needs("receive", "double_ack")
     def test_acking_a_delivery_twice_is_harmless(

@@ -70,19 +70,6 @@ def test_visibility_timeout_redelivers_an_unacked_message() -> None:
     assert broker("vis-x").in_flight == 0
 
 
-def test_nack_with_delay_and_extend() -> None:
-    a = EmbeddedAdapter("delay-x", visibility_timeout=0.2)
-    a.send_batch([_bag()])
-    got = a.receive(1, 0)
-    a.give_back(got, counted=True, delay=0.3)
-    assert a.receive(1, 0) == []
-    t0 = time.monotonic()
-    again = a.receive(1, 2.0)
-    assert again and time.monotonic() - t0 >= 0.25
-    a.extend(again)
-    a.ack(again)
-
-
 def test_redrive_to_dead_letters_after_max_deliveries() -> None:
     a = EmbeddedAdapter("redrive-x", max_deliveries=2)
     a.send_batch([_bag()])

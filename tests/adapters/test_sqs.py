@@ -1158,6 +1158,9 @@ class TestSQSFifoConformance(TestSQSConformance):
 
     ordered = True
     fifo = True
+    # A FIFO queue's message given back is made visible again, counted: a copy would go
+    # behind the rest of its group.
+    features = TestSQSConformance.features - {"give_back"}
 
     def test_poison_payload_goes_to_errors_and_the_worker_keeps_going(
         self, open_queue: Callable[..., Any], inject: Callable[[list[Bag]], None]
