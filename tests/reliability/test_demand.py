@@ -88,8 +88,10 @@ def test_two_consumers_share_a_waiting_backlog(transport: Transport) -> None:
     owner); only what its workers hold at that moment may be handled twice."""
     work = 0.05 if transport.name == "kafka" else 0.02
     may_repeat = 4 if transport.name == "kafka" else 0
-    # Kafka: the second member's part waits for the rebalance, seconds on a busy machine.
-    fair = 80 if transport.name == "kafka" else 100
+    # Kafka: the second member's part waits for the rebalance, 3 s on the mock cluster and
+    # twice that on a busy machine; what is fair is judged from then (below).
+    fair = 0 if transport.name == "kafka" else 100
+    left_when_second_began: list[int] = []
     name = transport.new_name()
     _send(transport, name, "b", 400)
     handled: list[collections.Counter[int]] = [collections.Counter(), collections.Counter()]
@@ -101,6 +103,8 @@ def test_two_consumers_share_a_waiting_backlog(transport: Transport) -> None:
         def handle(obj: Numbered) -> None:
             time.sleep(work)  # the handler's work, not a wait for an outcome
             with lock:
+                if i == 1 and not left_when_second_began:
+                    left_when_second_began.append(400 - len(handled[0] | handled[1]))
                 handled[i][obj.n] += 1
                 if len(handled[0] | handled[1]) >= 400:
                     done.set()
@@ -120,6 +124,15 @@ def test_two_consumers_share_a_waiting_backlog(transport: Transport) -> None:
         t.join(30)
     first, second = sum(handled[0].values()), sum(handled[1].values())
     assert min(first, second) >= fair, f"shares {first} / {second} of 400"
+    # From the moment the second consumer began, the two shared what was left: the first
+    # had not taken it all ahead (the bug: it had, and the second got nothing).
+    assert left_when_second_began, "the second consumer handled nothing"
+    (left,) = left_when_second_began
+    # Kafka shares by partitions: what is left in each depends on how far the first member
+    # had read it, so the second member's two partitions may hold well under half the rest
+    # (seen: 99 of 262 on a loaded machine). Taken ahead, it would be next to nothing.
+    part = 0.25 if transport.name == "kafka" else 0.4
+    assert second >= part * left, f"shares {first} / {second}, {left} left when the second began"
     twice = sorted(n for n, k in (handled[0] + handled[1]).items() if k > 1)
     assert len(twice) <= may_repeat, f"{len(twice)} handled twice: {twice[:10]}"
 
