@@ -151,6 +151,65 @@ class Outgoing:
         return failed
 
 
+class Ledger:
+    """Every batch the emitter thread holds unsettled, once each, in one place: those
+    gathered (submitted and waiting for their outcomes, or being sent and retried), oldest
+    first, and the one being gathered.
+
+    Only the emitter thread changes it; `close()`, giving up on a stuck thread, reads it
+    from another (`held`). Each change is one step (an append, an item assignment, a
+    removal), so that reader never finds a batch in neither place: a batch leaves the
+    gathering slot only once it is in the list, and stays there, narrowed to what is
+    left to retry, until it is settled.
+    """
+
+    __slots__ = ("batches", "gathering")
+
+    def __init__(self) -> None:
+        self.batches: list[Outgoing] = []
+        self.gathering: Outgoing | None = None
+
+    def gather(self) -> Outgoing:
+        """A new batch to gather into."""
+        batch = self.gathering = Outgoing()
+        return batch
+
+    def gathered(self) -> Outgoing:
+        """The batch being gathered is complete: held until settled (if not empty)."""
+        batch = self.gathering
+        assert batch is not None
+        if batch:
+            self.batches.append(batch)
+        self.gathering = None
+        return batch
+
+    def narrow(self, batch: Outgoing, rest: Outgoing) -> Outgoing:
+        """Only `rest` of `batch` is left to settle (the failures to retry)."""
+        self.batches[self._index(batch)] = rest
+        return rest
+
+    def settled(self, batch: Outgoing) -> None:
+        del self.batches[self._index(batch)]
+
+    def held(self, gathering: bool = False) -> list[Outgoing]:
+        """What is held now (the batch being gathered too, with `gathering`: only from the
+        emitter thread, which is the one filling it)."""
+        held = list(self.batches)
+        if gathering and self.gathering is not None:
+            held.append(self.gathering)
+        return held
+
+    def clear(self) -> None:
+        self.batches.clear()
+        self.gathering = None
+
+    def _index(self, batch: Outgoing) -> int:
+        for i, b in enumerate(self.batches):
+            if b is batch:
+                return i
+        raise AssertionError("a batch the ledger does not hold")
+
+
 class Emitter:
     """The emitter thread of one queue. `Queue` creates it on the first `enqueue`."""
 
@@ -182,11 +241,8 @@ class Emitter:
             name=f"qchan-emitter-{ctx.adapter.scheme}-{ctx.name}",
             daemon=hasattr(threading, "_register_atexit"),
         )
-        self._inflight: Outgoing | None = None  # the batch inside adapter.send_batch now
-        # What the thread holds that is not settled (for a crash to name): the batch being
-        # gathered, and the part of a batch being retried.
-        self._gathering: Outgoing | None = None
-        self._settling: Outgoing | None = None
+        # What the thread holds unsettled, for a crash or an abandoning close() to name.
+        self._ledger = Ledger()
         # Set when close() gave up on this thread and named what it held.
         self._abandoned = False
         # Submitted batches whose outcomes are not settled yet, oldest first.
@@ -257,17 +313,6 @@ class Emitter:
             msg.error,
         )
 
-    def _held(self, gathering: bool = False) -> list[Outgoing]:
-        """Every batch this thread holds unsettled, once each: in the pipe, being settled,
-        inside `send_batch`, and (only from this thread: it is half-built while gathered)
-        being gathered."""
-        held: list[Outgoing] = []
-        more = (self._settling, self._inflight, self._gathering if gathering else None)
-        for b in [*(b for b, _, _ in list(self._pipe)), *more]:
-            if b is not None and all(b is not h for h in held):
-                held.append(b)
-        return held
-
     def _abandon(self, senders: list[Sender], timeout: float) -> list[Msg[Any]]:
         """The emitter is stuck inside the adapter (a stalled link): stop waiting for it.
 
@@ -282,7 +327,7 @@ class Emitter:
         )
         with self._lock:
             self._abandoned = True
-        abandoned = [msg for batch in self._held() for msg in batch.fail(unknown)]
+        abandoned = [msg for batch in self._ledger.held() for msg in batch.fail(unknown)]
         unsent = RuntimeError(f"not sent: close_timeout={timeout} s passed first")
         abandoned.extend(self._unsent(senders, unsent))
         self.log.error(
@@ -359,7 +404,8 @@ class Emitter:
         """This thread raised: fail the queue, and name every message it held."""
         self.ctx.fail(error, "emitter")
         failure = self.ctx.failure() or QueueFailed(f"queue {self.name!r} failed")
-        batches = self._held(gathering=True)
+        batches = self._ledger.held(gathering=True)
+        self._ledger.clear()
         self._pipe.clear()
         for batch in batches:
             for msg in batch.fail(failure):
@@ -407,7 +453,7 @@ class Emitter:
                 lent.append(s.out)
 
     def _gather_lent(self, closed: list[Sender], lent: list[Pipe[Any]]) -> Outgoing:
-        batch = self._gathering = Outgoing()
+        batch = self._ledger.gather()
         deadline: float | None = None
         cases, senders, first_out = self._layout()
         while len(batch) < self.batch_size:
@@ -457,11 +503,7 @@ class Emitter:
                 )
             if batch and deadline is None:
                 deadline = time.monotonic() + self.linger
-        # Handed on as the batch being settled before it stops being the one gathered,
-        # so that a close() abandoning this thread never finds it in neither (`_held`).
-        self._settling = batch
-        self._gathering = None
-        return batch
+        return self._ledger.gathered()
 
     def _take(self, sender: Sender, objs: list[Any], batch: Outgoing) -> None:
         """Encode `objs` of `sender` into the batch, in order; dead-letter what cannot be.
@@ -542,13 +584,10 @@ class Emitter:
 
     def _send(self, pending: Outgoing) -> list[BaseException | None]:
         bags = pending.bags
-        self._inflight = pending
         try:
             return self._checked(self.adapter.send_batch(bags), len(bags))
         except Exception as e:
             return [e] * len(bags)
-        finally:
-            self._inflight = None
 
     def _checked(
         self, outcomes: Sequence[BaseException | None], n: int
@@ -564,22 +603,22 @@ class Emitter:
         outcomes: Sequence[BaseException | None] | None = None,
     ) -> None:
         """Settle the batch (sending it first unless its outcomes are known); retry the
-        failures in order; dead-letter what the policy gives up on."""
-        self._settle(batch, started, outcomes)
-        self._settling = None  # (left set if that raised: a crash names what it held)
+        failures in order; dead-letter what the policy gives up on. The ledger holds what
+        is left of it until then (and after, if this raised: a crash names it)."""
+        self._ledger.settled(self._settle(batch, started, outcomes))
 
     def _settle(
         self,
         batch: Outgoing,
         started: float,
         outcomes: Sequence[BaseException | None] | None,
-    ) -> None:
+    ) -> Outgoing:
+        """Settle `batch`; return what the ledger holds of it now."""
         stats = self.ctx.counters
         attempt = 0
         pending = batch
         while pending:
             attempt += 1
-            self._settling = pending
             if outcomes is None:
                 results = self._send(pending)
             else:
@@ -592,7 +631,7 @@ class Emitter:
                 stats.sent += len(results)
                 if None in pending.origins:  # synchronous puts wait for the answer
                     self._resolve_puts(pending)
-                return
+                return pending
             failed: list[int] = []
             errors: list[BaseException] = []
             for i, err in enumerate(results):
@@ -606,8 +645,8 @@ class Emitter:
                     failed.append(i)
                     errors.append(err)
             if not failed:
-                return
-            self._settling = pending = pending.subset(failed)
+                return pending
+            pending = self._ledger.narrow(pending, pending.subset(failed))
             failed = list(range(len(failed)))
             wait = (
                 None
@@ -624,7 +663,7 @@ class Emitter:
                 )
                 for i, err in zip(failed, errors, strict=True):
                     self._fail(pending, i, err)
-                return
+                return pending
             stats.retried += len(failed)
             self.log.info(
                 "queue %s: %d message(s) failed (%s); retry %d in %.2f s",
@@ -635,6 +674,7 @@ class Emitter:
                 wait,
             )
             self.abort.wait(wait)
+        return pending
 
     @staticmethod
     def _resolve_puts(batch: Outgoing) -> None:

@@ -148,8 +148,10 @@ class _Slow(Wrapped):
     def __init__(self, inner: Any) -> None:
         super().__init__(inner)
         self.gate = threading.Event()
+        self.entered = threading.Event()
 
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
+        self.entered.set()
         self.gate.wait(10)
         return super().send_batch(bags)
 
@@ -173,7 +175,7 @@ def test_close_gives_up_on_an_emitter_stuck_in_the_adapter(name: str) -> None:
     out, _ = enqueue(Order, q, policy=AT_MOST_ONCE, capacity=10)
     for i in range(3):
         out.send(Order(str(i), 1.0))
-    wait_for(lambda: q._emitter is not None and q._emitter._inflight, what="a batch in flight")
+    assert slow.entered.wait(10), "no batch reached send_batch"
     orders = enqueue_sync(Order, q, category="sync")
     put = start(orders.put, Order("p", 1.0))  # queued behind the stuck batch
     wait_for(lambda: len(q._emitter.puts) == 1, what="the put queued")  # type: ignore[union-attr]
@@ -233,3 +235,29 @@ def test_close_names_the_batch_the_emitter_holds_between_two_tries() -> None:
         assert sorted(m.object.id for m in e.value.failed) == ["0", "1", "2"]
     finally:
         policy.gate.set()
+
+
+def test_the_ledger_holds_each_batch_once_from_gathered_to_settled() -> None:
+    """What close() names when it gives up on the emitter: every unsettled batch, once,
+    at every step (a batch used to be in neither place between the pipe and settling)."""
+    from qchan.kernel.emitter import Ledger
+    from qchan.message import Bag
+
+    ledger = Ledger()
+    first = ledger.gather()
+    assert ledger.held() == [] and ledger.held(gathering=True) == [first]
+    first.add(None, "a", Bag("c", b"a"))
+    first.add(None, "b", Bag("c", b"b"))
+    assert ledger.gathered() is first and ledger.held() == [first]
+    assert ledger.gathering is None
+    empty = ledger.gather()
+    assert ledger.gathered() is empty and ledger.held() == [first]  # nothing to hold
+    second = ledger.gather()
+    second.add(None, "c", Bag("c", b"c"))
+    ledger.gathered()
+    rest = ledger.narrow(first, first.subset([1]))  # "a" settled, "b" to retry
+    assert ledger.held() == [rest, second] and rest.objs == ["b"]
+    ledger.settled(rest)
+    assert ledger.held() == [second]
+    with pytest.raises(AssertionError, match="does not hold"):
+        ledger.settled(first)
