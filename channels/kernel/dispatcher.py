@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from ..chan import Chan
@@ -29,6 +30,121 @@ from .routes import Gate, Handoff, Poison, Receiver, Stray, short
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("qchan.listener")
+
+
+class Clock:
+    """The `time_to_flight` clock: which messages the application holds, and since when.
+
+    `held` maps every message handed to a receiver's `rcv` (waiting in its buffer, or
+    received) to that receiver until it is settled: an ack for a message not there is
+    a late or second one. A message waiting in the buffer has not been received, so
+    its clock has not started (an expiry counts as a delivery). Which ones were
+    received is arithmetic, because `rcv` is FIFO and only the dispatcher fills it: of
+    those handed into it (`waiting`, oldest first) all but the last `len(rcv)` were.
+    The dispatcher looks at every hand-off, every settlement and every `interval`, so
+    a clock starts at most `interval` late; a received message joins its receiver's
+    `due` with its deadline (`time_to_flight` being constant, insertion order is
+    deadline order). Nothing keeps a settled message: it leaves `held` and `due` at
+    once, and `waiting` at the latest when the receiver is next looked at, which its
+    settlement does first.
+    """
+
+    def __init__(self, time_to_flight: float, interval: float) -> None:
+        self.time_to_flight = time_to_flight
+        self.interval = interval
+        self.held: dict[Bag, Receiver] = {}
+        self.waiting: dict[Receiver, deque[Bag]] = {}
+        self.due: dict[Receiver, dict[Bag, float]] = {}
+        self.look_at: float | None = None  # when to look at the buffers again
+
+    def open(self, r: Receiver) -> None:
+        self.waiting[r] = deque()
+        self.due[r] = {}
+
+    def handed(self, r: Receiver, bags: list[Bag], now: float) -> None:
+        """`bags` went into `r`'s rcv just now, in order (to a waiting receiver, or into
+        its buffer)."""
+        held = self.held
+        for bag in bags:
+            held[bag] = r
+        waiting = self.waiting[r]
+        waiting.extend(bags)
+        self._received(r, waiting, now)
+        if waiting and self.look_at is None:
+            self.look_at = now + self.interval
+
+    def look(self, now: float) -> None:
+        """Start the clock of what the application received from the buffers since."""
+        left = False
+        for r, waiting in self.waiting.items():
+            if waiting:
+                self._received(r, waiting, now)
+                left = left or bool(waiting)
+        self.look_at = now + self.interval if left else None
+
+    def _received(self, r: Receiver, waiting: deque[Bag], now: float) -> None:
+        n = len(waiting) - len(r.rcv)  # the buffer only shrinks meanwhile: never too few
+        if n > 0:
+            held, due = self.held, self.due[r]
+            deadline = now + self.time_to_flight
+            for _ in range(n):
+                bag = waiting.popleft()
+                if held.get(bag) is r:
+                    due[bag] = deadline
+
+    def settle(self, bag: Bag, now: float) -> bool:
+        """`bag` was settled: False if it was not held (a second or late settlement)."""
+        r = self.held.pop(bag, None)
+        if r is None:
+            return False
+        waiting = self.waiting[r]
+        if waiting:  # it may have been received since the last look
+            self._received(r, waiting, now)
+        self.due[r].pop(bag, None)
+        return True
+
+    def expired(self, now: float) -> list[Bag]:
+        """What the application held past `time_to_flight`, no longer held from now."""
+        out: list[Bag] = []
+        for due in self.due.values():
+            for bag, deadline in due.items():
+                if deadline > now:
+                    break
+                out.append(bag)
+        for bag in out:
+            del self.due[self.held.pop(bag)][bag]
+        return out
+
+    def next_due(self) -> float | None:
+        """The earliest deadline, or look, that may be due (None: nothing is timed)."""
+        first = [next(iter(due.values())) for due in self.due.values() if due]
+        if self.look_at is not None:
+            first.append(self.look_at)
+        return min(first) if first else None
+
+    def close(self, r: Receiver) -> list[Bag]:
+        """Stop timing `r`: what it still holds, no longer held from now."""
+        held = self.held
+        out = [b for b in self.waiting.pop(r, ()) if held.get(b) is r]
+        out += self.due.pop(r, {})
+        for bag in out:
+            del held[bag]
+        return out
+
+    def withdrawn(self, r: Receiver, bags: list[Bag]) -> None:
+        """`bags` were taken back out of `r`'s buffer (no receiver will get them)."""
+        gone = {id(b) for b in bags}
+        self.waiting[r] = deque(b for b in self.waiting[r] if id(b) not in gone)
+        for bag in bags:
+            self.held.pop(bag, None)
+
+    def forget(self, predicate: Callable[[Bag], bool]) -> int:
+        """Stop holding the messages `predicate` picks; how many."""
+        lost = [(b, r) for b, r in self.held.items() if predicate(b)]
+        for bag, r in lost:
+            del self.held[bag]
+            self.due[r].pop(bag, None)
+        return len(lost)
 
 
 class Dispatcher:
@@ -56,17 +172,7 @@ class Dispatcher:
         )
         self.receivers: list[Receiver] = []
         self.acks_open: list[Receiver] = []
-        # bag -> (receiver, deadline) for messages handed to the application, one
-        # tuple shared by the messages of a hand-off. time_to_flight is constant, so
-        # the dict's insertion order is deadline order: the first entries expire first.
-        self.flight: dict[Bag, tuple[Receiver, float]] = {}
-        # Messages handed into a buffered rcv: the application has not received them,
-        # so their time_to_flight has not started (an expiry nacks, and a nack counts as
-        # a delivery toward the dead-letter threshold). Looked at every park_interval;
-        # once received they move to `flight` with a full time_to_flight.
-        self.parked: dict[Bag, Receiver] = {}
-        self.park_interval = min(1.0, max(0.01, opts.time_to_flight / 4))
-        self.park_due = 0.0
+        self.clock = Clock(opts.time_to_flight, min(1.0, max(0.01, opts.time_to_flight / 4)))
         self.to_ack: list[Bag] = []
         # delay -> the bags the application failed with it, and its errors
         self.to_nack: dict[float, tuple[list[Bag], list[BaseException]]] = {}
@@ -149,13 +255,10 @@ class Dispatcher:
         due = []
         if self.ack_due is not None:
             due.append(self.ack_due)
-        if self.flight:
-            due.append(next(iter(self.flight.values()))[1])
-        if self.parked:
-            due.append(self.park_due)
-        if self.extend_every and (
-            self.flight or self.parked or any(r.pending for r in self.receivers)
-        ):
+        clock = self.clock.next_due()
+        if clock is not None:
+            due.append(clock)
+        if self.extend_every and (self.clock.held or any(r.pending for r in self.receivers)):
             due.append(self.next_beat)
         if not due:
             return None
@@ -164,6 +267,7 @@ class Dispatcher:
     def _open(self, r: Receiver) -> None:
         if r not in self.receivers:
             self.receivers.append(r)
+            self.clock.open(r)
             if not self.failed:
                 self.acks_open.append(r)
 
@@ -217,23 +321,7 @@ class Dispatcher:
         handed = [r.pending.popleft()]
         if r.pending:  # room in a buffered rcv: fill it without more selects
             handed += r.rcv.send_many(r.pending)
-        # The last len(rcv) messages handed to r wait in its buffer; the others were
-        # taken by the application already.
-        waiting = min(len(r.rcv), len(handed))
-        taken = len(handed) - waiting
-        if taken:
-            entry = (r, now + self.time_to_flight)
-            flight = self.flight
-            for m in handed[:taken]:
-                assert m.bag is not None
-                flight[m.bag] = entry
-        if waiting:
-            if not self.parked:
-                self.park_due = now + self.park_interval
-            parked = self.parked
-            for m in handed[taken:]:
-                assert m.bag is not None
-                parked[m.bag] = r
+        self.clock.handed(r, [m.bag for m in handed if m.bag is not None], now)
 
     def _on_ack(self, msg: Msg[Any] | object, now: float) -> None:
         if type(msg) is not Msg and not isinstance(msg, Msg):  # the application's mistake
@@ -245,11 +333,7 @@ class Dispatcher:
             )
             return
         bag = msg.bag
-        entry = self.flight.pop(bag, None) if bag is not None else None
-        if entry is None and bag is not None and self.parked:
-            owner = self.parked.pop(bag, None)
-            entry = None if owner is None else (owner, 0.0)
-        if entry is None:
+        if bag is None or not self.clock.settle(bag, now):
             self.log.warning(
                 "queue %s: ack for a %r message that is not in flight (acked twice, expired "
                 "after time_to_flight=%ss, revoked by a rebalance, or from another queue); "
@@ -259,7 +343,6 @@ class Dispatcher:
                 self.time_to_flight,
             )
             return
-        assert bag is not None
         self.gate.earned += 1  # the application settled one: it may buffer one more
         if msg.error is None:
             self.to_ack.append(bag)
@@ -306,18 +389,15 @@ class Dispatcher:
     def _timers(self, now: float) -> None:
         if self.ack_due is not None and now >= self.ack_due:
             self._flush_acks()
-        expired: list[Bag] = []
-        for bag, (_, deadline) in self.flight.items():
-            if deadline > now:
-                break
-            expired.append(bag)
+        clock = self.clock
+        if clock.look_at is not None and now >= clock.look_at:
+            clock.look(now)
+        expired = clock.expired(now)
         if expired:
             self._expire(expired)
-        if self.parked and now >= self.park_due:
-            self._unpark(now)
         if self.extend_every and now >= self.next_beat:
             self.next_beat = now + self.extend_every
-            held = {*self.flight, *self.parked}
+            held = set(clock.held)
             held.update(m.bag for r in self.receivers for m in r.pending if m.bag)
             # Only what was held at the last beat too: a message received since is at
             # most one beat old (every one is extended before two, well inside the
@@ -332,8 +412,6 @@ class Dispatcher:
 
     def _expire(self, bags: list[Bag]) -> None:
         """time_to_flight ran out for these: nack them (the application received each)."""
-        for bag in bags:
-            del self.flight[bag]
         self.log.warning(
             "queue %s: %d message(s) not acked within time_to_flight=%ss; released for redelivery",
             self.ctx.name,
@@ -347,23 +425,6 @@ class Dispatcher:
         except Exception as e:
             self.ctx.report(e)
         self.gate.resolved(len(bags))
-
-    def _unpark(self, now: float) -> None:
-        """Parked messages the application has received since: in flight from now on.
-
-        They were received within the last park_interval, so each gets between
-        time_to_flight and time_to_flight + park_interval from its receipt. Appended
-        with now + time_to_flight, `flight` stays in deadline order."""
-        buffered: dict[int, set[Bag]] = {}
-        deadline = now + self.time_to_flight
-        for bag, r in list(self.parked.items()):
-            inside = buffered.get(id(r))
-            if inside is None:
-                inside = buffered[id(r)] = {m.bag for m in r.rcv.buffered() if m.bag}
-            if bag not in inside:
-                del self.parked[bag]
-                self.flight[bag] = (r, deadline)
-        self.park_due = now + self.park_interval
 
     def _revoke(self, predicate: Any, box: list[int], done: threading.Event) -> None:
         """Forget messages the adapter lost (a rebalance): no release, no ack; a new owner
@@ -379,16 +440,10 @@ class Dispatcher:
             keep = deque(m for m in r.pending if not lost(m))
             dropped += len(r.pending) - len(keep)
             r.pending = keep
-            for m in r.rcv.withdraw(lost):
-                if m.bag is not None and self.parked.pop(m.bag, None) is None:
-                    self.flight.pop(m.bag, None)
-                dropped += 1
-        for bag in [b for b in self.flight if predicate(b)]:
-            del self.flight[bag]
-            dropped += 1
-        for bag in [b for b in self.parked if predicate(b)]:
-            del self.parked[bag]
-            dropped += 1
+            withdrawn = r.rcv.withdraw(lost)
+            self.clock.withdrawn(r, [m.bag for m in withdrawn if m.bag is not None])
+            dropped += len(withdrawn)
+        dropped += self.clock.forget(predicate)
         self.gate.resolved(dropped)
         box.append(dropped)
         done.set()
@@ -413,24 +468,13 @@ class Dispatcher:
         r.rcv.close()
         held: list[Bag] = [m.bag for m in r.pending if m.bag is not None]
         r.pending.clear()
-        for m in r.rcv.recv_many(1 << 30):  # buffered, never received by the application
-            assert m.bag is not None
-            if self.flight.pop(m.bag, None) is None:
-                self.parked.pop(m.bag, None)
-            held.append(m.bag)
+        r.rcv.recv_many(1 << 30)  # buffered, never received: the clock still holds them
         r.ack.close()
         now = time.monotonic()
         for m in r.ack.recv_many(1 << 30):  # acks the application sent before closing
             self._on_ack(m, now)
         self._flush_acks()
-        for bag, (owner, _) in list(self.flight.items()):
-            if owner is r:  # delivered, not acked
-                del self.flight[bag]
-                held.append(bag)
-        for bag, owner in list(self.parked.items()):
-            if owner is r:  # received from the buffer since it was parked, not acked
-                del self.parked[bag]
-                held.append(bag)
+        held += self.clock.close(r)  # delivered or buffered, not acked
         self._release(held)
         r.finished.set()
 

@@ -502,3 +502,33 @@ def test_many_consumer_threads_share_one_rcv(queues: list[Queue], name: str) -> 
     join_all([start(consume) for _ in range(4)], 60)
     assert sorted(seen, key=int) == [str(i) for i in range(n)]
     wait_for(lambda: q.stats().acked == n, what="every ack applied")
+
+
+def test_the_clock_starts_when_the_application_takes_a_message_from_the_buffer() -> None:
+    """time_to_flight's clock, by FIFO arithmetic over what was handed into `rcv`: a
+    message waiting in the buffer never expires; one received does, once; a settled one
+    is not held, and a second settlement says so."""
+    from qchan.chan import Pipe
+    from qchan.codec import codec_for
+    from qchan.kernel.dispatcher import Clock
+    from qchan.kernel.routes import Receiver
+    from qchan.message import Bag
+
+    rcv: Pipe[Any] = Pipe(4)
+    r = Receiver("Order", codec_for(Order), rcv, Pipe(4))
+    clock = Clock(time_to_flight=10.0, interval=1.0)
+    clock.open(r)
+    bags = [Bag("Order", str(i).encode()) for i in range(4)]
+    for b in bags:
+        rcv.send(b)
+    clock.handed(r, bags, now=0.0)
+    assert clock.next_due() == 1.0  # all four wait in the buffer: only a look is due
+    assert rcv.recv() is bags[0] and rcv.recv() is bags[1]  # the application takes two
+    clock.look(now=2.0)
+    assert clock.next_due() == 3.0 and clock.expired(now=11.9) == []
+    assert clock.settle(bags[1], now=5.0) and not clock.settle(bags[1], now=5.0)
+    assert clock.expired(now=12.0) == [bags[0]]  # received at 2, held past 10 s
+    assert rcv.recv() is bags[2]
+    assert clock.settle(bags[2], now=13.0)  # taken and settled between two looks
+    assert clock.expired(now=100.0) == []  # bags[3] still waits in the buffer
+    assert clock.close(r) == [bags[3]] and clock.held == {}
