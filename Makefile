@@ -17,8 +17,10 @@ SOURCES = $(shell find channels adapters -name '*.py' -o -name py.typed | sort |
 HASH    = $(shell cat setup.cfg setup.py | cksum | cut -d' ' -f1)-$(SOURCES)
 STAMP   = $(VENV)/.installed-$(HASH)
 # `make demo` needs only the core (attrs, cattrs: about 25 MB, against about 670 MB with
-# every extra and the dev tools); its own stamp, so a later `make test` upgrades the same
-# venv, and a venv that already has everything is left as it is.
+# every extra and the dev tools), installed plainly (an editable install makes setuptools
+# print a notice a new user need not read); its own stamp, so a later `make test`
+# upgrades the same venv to the editable one, and a venv that already has everything is
+# left as it is.
 CORE_STAMP = $(VENV)/.core-$(HASH)
 CODE    = channels adapters tests benchmarks examples
 # `make bench` adds the peers it measures qchan against (kombu, faststream: the
@@ -37,7 +39,7 @@ $(STAMP):
 $(CORE_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -e $(STAMP) || $(BIN)/python -m pip install --quiet --upgrade pip
-	test -e $(STAMP) || $(BIN)/python -m pip install --quiet -e . --config-settings editable_mode=strict
+	test -e $(STAMP) || $(BIN)/python -m pip install --quiet .
 	rm -f $(VENV)/.core-*
 	touch $@
 
