@@ -631,6 +631,10 @@ _PERMS_UPTO = 6
 _PERMS = [list(itertools.permutations(range(n))) for n in range(_PERMS_UPTO)]
 
 
+#: The case types that are well formed by their type alone (receive cases).
+_PLAIN = frozenset({Chan, Pipe, RecvChan})
+
+
 def _selected(index: int, value: Any, ok: bool) -> Selected:
     # tuple.__new__ skips NamedTuple's Python-level constructor (a third of a
     # fast select's cost).
@@ -681,8 +685,10 @@ def select(*cases: Case, timeout: float | None = None) -> Selected | None:
     if n == 0:
         raise ValueError("select needs at least one case (select() would block forever)")
     args: Any = cases  # the fast path below is deliberately dynamic
-    for case in args:  # every case must be well formed, whichever one fires
-        if type(case) is not Chan and type(case) is not Pipe:
+    # Every case must be well formed, whichever one fires: channels and receive views are
+    # by their type (checked in C, one call for all), the others one by one.
+    for case in args:
+        if type(case) not in _PLAIN:
             _parse(case)
     sel = _fast(args, n)
     if sel is not None:
@@ -732,7 +738,8 @@ def _fast(cases: Any, n: int) -> Selected | None:
             if not c._recvq and len(c._buf) < c._cap and not c._closed:
                 c._buf.append(case[1])
                 c._lock.release()
-                return _selected(i, None, True)
+                done: Selected = _new_tuple(Selected, (i, None, True))  # _selected, inlined
+                return done
         else:
             buf = c._buf
             if buf and not c._sendq:
@@ -740,7 +747,8 @@ def _fast(cases: Any, n: int) -> Selected | None:
                 c._lock.release()
                 if c._watch is not None and len(buf) <= c._watch_at:
                     c._watch(c)
-                return _selected(i, got, True)
+                taken: Selected = _new_tuple(Selected, (i, got, True))  # _selected, inlined
+                return taken
         try:
             sel = _perform((c, sending, case[1] if sending else None), i)
         finally:
