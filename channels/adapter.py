@@ -97,39 +97,40 @@ and collects their outcomes in order. Outcomes mean what they mean for
 
 URLs: `qchan.register_scheme("mybroker", factory)` lets `connect("mybroker://...")`
 call `factory(url, **options)`, which returns the adapter. `qchan.testing.Conformance`
-is the suite that says whether an adapter keeps the contract (docs/conformance.md).
+is the suite that says whether an adapter keeps the contract (its docstring says how to
+run it against a new adapter).
 
 The smallest two-way adapter, an in-process list (`qchan.adapters.embedded` is the
-complete one, with visibility timeouts):
+complete one, with visibility timeouts; tests/core/test_adapter_example.py runs this one):
 
     class ListAdapter(qchan.ReceivingAdapter):
         scheme = "list"
 
         def __init__(self, name):
             super().__init__(name)
-            self.items, self.lock = collections.deque(), threading.Lock()
+            self.items, self.ready = collections.deque(), threading.Condition()
 
         def send_batch(self, bags):
-            with self.lock:
+            with self.ready:
                 self.items.extend(bags)
+                self.ready.notify_all()
             return [None] * len(bags)
 
         def receive(self, max_items, wait):
-            with self.lock:
+            with self.ready:  # a long poll: wait up to `wait` s for a first item
+                self.ready.wait_for(lambda: self.items, wait)
                 n = min(max_items, len(self.items))
                 got = [self.items.popleft() for _ in range(n)]
-            if not got:
-                time.sleep(min(wait, 0.01))  # a real broker long-polls
             return [attrs.evolve(b, digest=b) for b in got]
 
         def ack(self, bags):
             pass  # received means removed here
 
         def give_back(self, bags, *, counted, delay=0.0, errors=()):
-            with self.lock:  # (a real one honours `delay`)
-                self.items.extend(
-                    attrs.evolve(b, deliveries=b.deliveries + counted) for b in bags
-                )
+            # (a real one keeps them invisible for `delay` s first)
+            self.send_batch(
+                [attrs.evolve(b, deliveries=b.deliveries + counted) for b in bags]
+            )
 """
 
 from __future__ import annotations

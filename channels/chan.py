@@ -436,7 +436,14 @@ class Pipe(Chan[T]):
     never reaches into a channel's state from another module, only through these.
     """
 
-    __slots__ = ()
+    __slots__ = ("buffer",)
+
+    def __init__(self, capacity: int = 0, *, name: str | None = None) -> None:
+        super().__init__(capacity, name=name)
+        #: The buffer itself, for a look without the lock or a call (`if pipe.buffer:`
+        #: on a hot path); read it only: take items with `recv`. It stays the same
+        #: deque for the pipe's life (`withdraw` changes it in place).
+        self.buffer: deque[T] = self._buf
 
     @property
     def waiting(self) -> int:

@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from . import tracing
-from .chan import Chan
+from .chan import Chan, Pipe, chan_of
 from .endpoints import Dequeued, dequeue
 from .errors import ChannelClosed, QueueFailed
 from .kernel.queue import Queue
@@ -107,6 +107,9 @@ class _Pool(Generic[T]):
     def _work(self, counts: list[int]) -> None:
         stop, rcv, listen = self.stop, self.rcv, self.listen
         recv = rcv.recv
+        pipe = chan_of(rcv)
+        assert isinstance(pipe, Pipe), "serve receives from a dequeue's rcv"
+        buffered = pipe.buffer  # looked at without the lock: recv(0) decides
         handler, with_msg, span = self.handler, self.with_msg, tracing.consumer_span
         nothing = tracing.NOTHING
         while True:
@@ -115,7 +118,7 @@ class _Pool(Generic[T]):
             # next one without select: the same choice select makes then (only
             # rcv is ready), at a third of its cost. Another worker may empty the
             # buffer between the look and the take: then select waits as before.
-            if len(rcv) and not stop.closed:
+            if buffered and not stop.closed:
                 try:
                     msg = recv(0)
                 except (TimeoutError, ChannelClosed):  # select sees why, and acts

@@ -9,7 +9,7 @@ import time
 import pytest
 from support.helpers import start, wait_for
 
-from qchan import Chan, ChannelClosed, RecvChan, SendChan
+from qchan import Chan, ChannelClosed, RecvChan, SendChan, select
 
 # -- construction ------------------------------------------------------------
 
@@ -259,4 +259,27 @@ def test_interrupted_recv_withdraws_and_loses_nothing() -> None:
         ch.send(1, timeout=0)
     w = start(ch.send, 2)
     assert ch.recv(timeout=5) == 2
+    w.outcome()
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX timers")
+def test_interrupted_select_withdraws_from_every_channel_and_loses_nothing() -> None:
+    """select parks one waiter on several channels and shares Chan's withdraw step: an
+    interrupt takes it off all of them, so no later send is handed to a dead select."""
+    a: Chan[int] = Chan()
+    b: Chan[int] = Chan()
+    old = signal.signal(signal.SIGALRM, _raise_interrupted)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(_Interrupted):
+            select(a, b)  # parked on both, interrupted by the signal handler
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not a._recvq and not b._recvq, "the interrupted select is still queued"
+    for ch in (a, b):
+        with pytest.raises(TimeoutError):
+            ch.send(1, timeout=0)  # nobody waits on either any more
+    w = start(b.send, 2)
+    assert b.recv(timeout=5) == 2
     w.outcome()

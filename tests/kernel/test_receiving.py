@@ -532,3 +532,32 @@ def test_the_clock_starts_when_the_application_takes_a_message_from_the_buffer()
     assert clock.settle(bags[2], now=13.0)  # taken and settled between two looks
     assert clock.expired(now=100.0) == []  # bags[3] still waits in the buffer
     assert clock.close(r) == [bags[3]] and clock.held == {}
+
+
+def test_the_clock_keeps_its_count_when_a_rebalance_takes_messages_out_of_the_buffer() -> None:
+    """A revoke withdraws messages from the middle of `rcv`'s buffer: the clock's FIFO must
+    lose them too, or it would count a message still waiting as received and expire it
+    (a delivery counted for a message the application never saw)."""
+    from qchan.chan import Pipe
+    from qchan.codec import codec_for
+    from qchan.kernel.dispatcher import Clock
+    from qchan.kernel.routes import Receiver
+    from qchan.message import Bag
+
+    rcv: Pipe[Any] = Pipe(4)
+    r = Receiver("Order", codec_for(Order), rcv, Pipe(4))
+    clock = Clock(time_to_flight=10.0, interval=1.0)
+    clock.open(r)
+    bags = [Bag("Order", str(i).encode()) for i in range(4)]
+    for b in bags:
+        rcv.send(b)
+    clock.handed(r, bags, now=0.0)
+    lost = rcv.withdraw(lambda b: b in (bags[1], bags[2]))
+    clock.withdrawn(r, lost)
+    clock.look(now=1.0)  # bags[0] and bags[3] both still wait
+    assert clock.expired(now=1000.0) == []
+    assert rcv.recv() is bags[0]  # bags[3] still waits
+    clock.look(now=1001.0)
+    assert clock.expired(now=2000.0) == [bags[0]]
+    assert set(clock.held) == {bags[3]}
+    assert clock.close(r) == [bags[3]]
