@@ -200,6 +200,8 @@ class Chan(Generic[T]):
         "_closed",
         "_failure",
         "_lock",
+        "_notify",
+        "_over",
         "_recvq",
         "_sendq",
         "_watch",
@@ -218,6 +220,10 @@ class Chan(Generic[T]):
         self._cap = capacity
         self._recvq: deque[_Entry] = deque()
         self._sendq: deque[_Entry] = deque()
+        # Items a `Pipe.push` sent beyond the capacity: sends that completed without a
+        # thread parked for each; received before the parked senders, like them not
+        # counted by len(), dropped by close.
+        self._over: deque[T] = deque()
         self._closed = False
         self._failure: QueueFailed | None = None  # set by _fail: closed because its queue failed
         # Called (with no lock held) after a receiver takes an item or parks to wait for
@@ -227,6 +233,10 @@ class Chan(Generic[T]):
         # ... once a receive leaves at most this many buffered (a receiver that parks
         # always calls it).
         self._watch_at = 0
+        # Called (with no lock held) after a send that may have left the only item in the
+        # buffer, and whenever a sender parks: the kernel sets it on an `ack`, whose
+        # one reader does not park on it (see Pipe.notify). None for every other channel.
+        self._notify: Callable[[Chan[Any]], None] | None = None
         self.name = name
 
     # -- state ---------------------------------------------------------------
@@ -290,14 +300,20 @@ class Chan(Generic[T]):
         """(done, value, ok): take a buffered or parked-sender item, or see closed-and-drained."""
         buf = self._buf
         sq = self._sendq
+        over = self._over
         if buf:
             value = buf.popleft()
+            if over:
+                buf.append(over.popleft())
+                return True, value, True
             while sq:  # a sender waits for room: move its item into the buffer
                 w, i, x = sq.popleft()
                 if w.fire(i, None, True):
                     buf.append(x)
                     break
             return True, value, True
+        if over:
+            return True, over.popleft(), True
         while sq:
             w, i, x = sq.popleft()
             if w.fire(i, None, True):
@@ -307,7 +323,7 @@ class Chan(Generic[T]):
         return False, None, False
 
     def _recv_ready(self) -> bool:
-        return bool(self._buf or self._sendq or self._closed)
+        return bool(self._buf or self._over or self._sendq or self._closed)
 
     def _send_ready(self) -> bool:
         return bool(self._closed or self._recvq or len(self._buf) < self._cap)
@@ -334,17 +350,28 @@ class Chan(Generic[T]):
         if not lock.acquire(False):
             _acquire_contended(lock)
         try:
-            if not self._recvq and len(self._buf) < self._cap and not self._closed:
-                self._buf.append(value)  # the common case, inline
-                return
-            if self._offer(value):
-                return
-            if timeout is not None and timeout <= 0:
-                raise TimeoutError(f"send on {self!r} would block")
-            w = _waiter()
-            self._sendq.append((w, 0, value))
+            buf = self._buf
+            if not self._recvq and len(buf) < self._cap and not self._closed:
+                buf.append(value)  # the common case, inline
+                if self._notify is None or len(buf) > 1:
+                    return
+                w = None
+            elif self._offer(value):
+                if self._notify is None or len(buf) != 1:
+                    return
+                w = None
+            else:
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError(f"send on {self!r} would block")
+                w = _waiter()
+                self._sendq.append((w, 0, value))
         finally:
             lock.release()
+        notify = self._notify
+        if notify is not None:  # an item for a reader that does not park, or a sender parked
+            notify(self)
+        if w is None:
+            return
         if not _await(w, timeout, ((self, True, value),)):
             raise TimeoutError(f"send on {self!r} timed out after {timeout} s")
         ok = w.ok
@@ -367,6 +394,9 @@ class Chan(Generic[T]):
             value: Any
             if buf and not self._sendq:
                 value = buf.popleft()  # the common case, inline
+                over = self._over
+                if over:
+                    buf.append(over.popleft())
                 if self._watch is None or len(buf) > self._watch_at:
                     return value  # type: ignore[no-any-return]
                 done, ok = True, True
@@ -404,6 +434,7 @@ class Chan(Generic[T]):
                 return
             self._failure = failure
             self._closed = True
+            self._over.clear()
             rq, self._recvq = self._recvq, deque()
             sq, self._sendq = self._sendq, deque()
             for w, i, _ in (*rq, *sq):
@@ -436,7 +467,7 @@ class Pipe(Chan[T]):
     never reaches into a channel's state from another module, only through these.
     """
 
-    __slots__ = ("buffer",)
+    __slots__ = ("buffer", "overflow")
 
     def __init__(self, capacity: int = 0, *, name: str | None = None) -> None:
         super().__init__(capacity, name=name)
@@ -444,6 +475,9 @@ class Pipe(Chan[T]):
         #: on a hot path); read it only: take items with `recv`. It stays the same
         #: deque for the pipe's life (`withdraw` changes it in place).
         self.buffer: deque[T] = self._buf
+        #: What `push` sent beyond the capacity, waiting to move into the buffer as
+        #: receivers take from it (read it only, as `buffer`).
+        self.overflow: deque[T] = self._over
 
     @property
     def waiting(self) -> int:
@@ -455,6 +489,49 @@ class Pipe(Chan[T]):
         items buffered, and whenever a receiver parks to wait (None: stop)."""
         self._watch_at = at
         self._watch = fn
+
+    def notify(self, fn: Callable[[Chan[Any]], None] | None) -> None:
+        """Call `fn(self)`, with no lock held, after a send that leaves one item buffered
+        (the buffer was empty; `select` calls it after any send), and whenever a sender
+        parks to wait (None: stop). `fn` must be cheap and harmless when repeated. For a
+        channel whose one reader takes with `recv_many` and never parks on it: the
+        kernel's `ack`, which its consumer thread drains between broker calls."""
+        self._notify = fn
+
+    def push(self, items: list[T]) -> None:
+        """Send every item of `items` now, in order, with one lock: to the receivers parked
+        on the channel first, then into the buffer, and what does not fit into the
+        overflow, whose items move into the buffer as receivers take from it (they count
+        in neither `len` nor the capacity, as sends that wait for room: Go's invariants
+        hold). For the one sender of a `rcv`, whose demand rules size what it takes.
+        Raises as `send` on a closed channel; a close drops the overflow (the kernel
+        still holds those items, and gives them back)."""
+        lock = self._lock
+        if not lock.acquire(False):
+            _acquire_contended(lock)
+        try:
+            if self._closed:
+                raise self._closed_error()
+            rq = self._recvq
+            i, n = 0, len(items)
+            while rq and i < n:
+                w, index, _ = rq.popleft()
+                if w.fire(index, items[i], True):
+                    i += 1
+            buf, over = self._buf, self._over
+            if over:
+                over.extend(items[i:] if i else items)
+                return
+            room = self._cap - len(buf)
+            if n - i <= room:
+                buf.extend(items[i:] if i else items)
+            else:
+                if room > 0:
+                    buf.extend(items[i : i + room])
+                    i += room
+                over.extend(items[i:])
+        finally:
+            lock.release()
 
     def fail(self, failure: QueueFailed) -> None:
         """Close the channel because its queue failed: as `close()`, except that a send, and
@@ -482,7 +559,7 @@ class Pipe(Chan[T]):
             _acquire_contended(lock)
         try:
             buf = self._buf
-            if not self._sendq:
+            if not self._sendq and not self._over:
                 if len(buf) <= n:
                     out = list(buf)
                     buf.clear()
@@ -500,20 +577,27 @@ class Pipe(Chan[T]):
 
     def withdraw(self, predicate: Callable[[T], bool]) -> list[T]:
         """Take the buffered items that `predicate` picks out of the buffer (no receiver
-        will get them); the others keep their order. For the kernel's dispatcher, the one
-        sender of the channels it uses this on."""
+        will get them), the overflow's included; the others keep their order. For the
+        kernel's consumer thread, the one sender of the channels it uses this on."""
         with _Locked(self._lock):
-            picked = [x for x in self._buf if predicate(x)]
-            if picked:
-                kept = [x for x in self._buf if not predicate(x)]
-                self._buf.clear()  # in place: a reader may hold the deque itself
-                self._buf.extend(kept)
+            picked: list[T] = []
+            for q in (self._buf, self._over):
+                gone = [x for x in q if predicate(x)]
+                if gone:
+                    kept = [x for x in q if not predicate(x)]
+                    q.clear()  # in place: a reader may hold the deque itself
+                    q.extend(kept)
+                    picked += gone
+            buf, over = self._buf, self._over
+            while over and len(buf) < self._cap:  # room made: the overflow moves up
+                buf.append(over.popleft())
             return picked
 
     def buffered(self) -> list[T]:
-        """A copy of the items buffered now (not yet received), oldest first."""
+        """A copy of the items buffered now (not yet received), oldest first, the
+        overflow's included."""
         with _Locked(self._lock):
-            return list(self._buf)
+            return [*self._buf, *self._over]
 
     def send_many(self, items: deque[T]) -> list[T]:
         """Send items from the left of `items` while that needs no waiting; return those sent."""
@@ -734,7 +818,7 @@ def _fast(cases: Any, n: int) -> Selected | None:
         if sending:
             if not (c._closed or c._recvq or len(c._buf) < c._cap):
                 continue
-        elif not (c._buf or c._sendq or c._closed):
+        elif not (c._buf or c._over or c._sendq or c._closed):
             continue
         # Never wait for a lock while another case may be free (see chan.py).
         if not c._lock.acquire(False):
@@ -745,12 +829,16 @@ def _fast(cases: Any, n: int) -> Selected | None:
             if not c._recvq and len(c._buf) < c._cap and not c._closed:
                 c._buf.append(case[1])
                 c._lock.release()
+                if c._notify is not None and len(c._buf) == 1:
+                    c._notify(c)
                 done: Selected = _new_tuple(Selected, (i, None, True))  # _selected, inlined
                 return done
         else:
             buf = c._buf
             if buf and not c._sendq:
                 got = buf.popleft()
+                if c._over:
+                    buf.append(c._over.popleft())
                 c._lock.release()
                 if c._watch is not None and len(buf) <= c._watch_at:
                     c._watch(c)
@@ -761,15 +849,17 @@ def _fast(cases: Any, n: int) -> Selected | None:
         finally:
             c._lock.release()
         if sel is not None:
-            if not sending and c._watch is not None:
-                c._watch(c)
+            hook = c._notify if sending else c._watch
+            if hook is not None:
+                hook(c)
             return sel
     if busy is not None:
-        with _Locked(busy[0]._lock):
+        c, sending, _ = busy
+        with _Locked(c._lock):
             sel = _perform(busy, busy_index)
-        watch = busy[0]._watch
-        if sel is not None and not busy[1] and watch is not None:
-            watch(busy[0])
+        hook = c._notify if sending else c._watch
+        if sel is not None and hook is not None:
+            hook(c)
         return sel
     return None
 
@@ -804,10 +894,11 @@ def _slow(ops: list[_Op], timeout: float | None) -> Selected | None:
     finally:
         for c in chans:
             c._lock.release()
-    # A receive performed, or receivers now parked: tell the channels that watch for it.
+    # A case performed, or the select parked: tell the channels that watch for it.
     for i, (c, sending, _) in enumerate(ops):
-        if not sending and c._watch is not None and (sel is None or sel.index == i):
-            c._watch(c)
+        hook = c._notify if sending else c._watch
+        if hook is not None and (sel is None or sel.index == i):
+            hook(c)
     if sel is not None:
         return sel
     return _wait(w, ops, timeout)
