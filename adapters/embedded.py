@@ -173,18 +173,19 @@ class Broker:
         return outcomes
 
     def receive(self, max_items: int, wait: float, wake: Wake | None = None) -> list[Bag]:
-        """Up to `max_items` messages, waiting at most `wait` s for the first; [] at once
-        when `wake` is woken (before or during the wait)."""
+        """Up to `max_items` messages, waiting at most `wait` s for the first; at once
+        when `wake` is woken (before or during the wait): what is ready, or []."""
         deadline = time.monotonic() + wait
         with self._cond:
             if self._fail_receives:
                 raise self._fail_receives.pop(0)
             while True:
-                if wake is not None and wake.pending:
-                    wake.pending = False
-                    return []
                 now = time.monotonic()
                 self._expire(now)
+                if wake is not None and wake.pending:
+                    wake.pending = False
+                    if not self._ready:
+                        return []
                 if self._ready:
                     break
                 if now >= deadline:
@@ -282,10 +283,10 @@ class Broker:
                     self._expiry.append((until, r))
 
     def wakeup(self, wake: Wake) -> None:
-        """Make the receive waiting with `wake` return [] at once; if none is waiting, the
-        next one. Sticky, so that a wakeup just before a receive starts is not lost: the
-        kernel wakes its poller when the last channel closes, and then releases what that
-        channel held, which a receive still waiting would take again."""
+        """Make the receive waiting with `wake` return at once (what is ready, or []); if
+        none is waiting, the next one. Sticky, so that a wakeup just before a receive
+        starts is not lost (the kernel's consumer thread asks for one when work comes
+        for it while it decides to call the adapter)."""
         with self._cond:
             wake.pending = True
             self._cond.notify_all()
@@ -348,6 +349,7 @@ class EmbeddedAdapter(ReceivingAdapter, Operations):
     max_batch = 256
     max_receive = 256
     poll_wait = 1.0
+    wakes = True
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ are `dead_letter`, `reject`, `extend` and `visibility` (settling), and `hold`,
 
 A send-only transport (SNS, EventBridge: the broker delivers elsewhere)
 subclasses `Adapter` alone: `dequeue` on its queue raises `SendOnlyError` at the
-call, and no poller starts. The operator's side is for `qchan stats` and
+call, and no consumer thread starts. The operator's side is for `qchan stats` and
 `qchan purge`, not for the kernel: called on an adapter no queue's threads use,
 from one thread; the commands refuse a transport without it (`NotSupported`).
 
@@ -27,8 +27,11 @@ Threads:
 | method | called from | may run at the same time as |
 |---|---|---|
 | `send_batch`, `submit` | the emitter thread | the receive side |
-| `receive`, `hold`, `idle` | the poller thread | `send_batch`, `ack`, `give_back`, ... |
-| `ack`, `give_back`, `dead_letter`, `reject`, `extend` | the dispatcher thread | the others |
+| `receive`, `hold`, `idle` | the consumer thread (*) | `send_batch`, `submit` |
+| `ack`, `give_back`, `dead_letter`, `reject`, `extend` | the consumer thread | the send side |
+
+(*) `receive` on a helper thread if the adapter does not declare `wakes`: it may
+then run at the same time as the settling calls.
 | `wakeup` | any thread | anything |
 | `close` | the thread closing the queue, after the workers stopped | nothing |
 
@@ -55,7 +58,7 @@ still survive a settlement the broker no longer accepts (a receipt that expired,
 a partition that moved) by reporting it (`hooks.report`), never by raising.
 `receive` may raise: the kernel reports the error, backs off and polls again.
 
-Flow control: the poller thread tells the adapter which of three states the
+Flow control: the consumer thread tells the adapter which of three states the
 queue is in, by which method it calls, and never by `wakeup` alone:
 
 - demand (a channel is open, the consumers can use more, fewer than
@@ -264,6 +267,12 @@ class ReceivingAdapter(Adapter):
     max_receive: int = 10
     #: Default seconds a `receive` may wait for messages (long polling).
     poll_wait: float = 1.0
+    #: Whether `wakeup` cuts a `receive`, `hold` or `idle` in progress short, and is sticky
+    #: (a wakeup just before the call starts cuts that call short). The kernel then makes
+    #: every broker call on its one consumer thread and wakes it for work (an ack, a
+    #: channel closing); without it (the default; SQS, whose long poll boto3 cannot
+    #: cancel) it runs `receive` on a helper thread, so that work never waits for a poll.
+    wakes: bool = False
 
     @property
     def visibility(self) -> float | None:
@@ -333,10 +342,10 @@ class ReceivingAdapter(Adapter):
         timeout). Brokers without visibility timeouts ignore it.
         """
 
-    # -- flow control: the poller's three states (see the module docstring) ----------
+    # -- flow control: the consumer's three states (see the module docstring) ----------
 
     def hold(self, wait: float) -> bool:
-        """Called on the poller thread instead of `receive` while there is no demand or the
+        """Called on the consumer thread instead of `receive` while there is no demand or the
         in-flight limit is reached: the application has not settled enough of what it
         was given.
 
@@ -344,15 +353,15 @@ class ReceivingAdapter(Adapter):
         out); take nothing new; do not requeue, release or dead-letter anything, and
         do not count anything as a delivery. An adapter whose connection does I/O
         only inside calls on its own thread (pika's BlockingConnection) services
-        it here for up to `wait` seconds: settlements handed over by the
-        dispatcher, heartbeats. Return False when there is nothing to service
+        it here for up to `wait` seconds: settlements the adapter queued,
+        heartbeats. Return False when there is nothing to service
         (the default): the kernel then waits without calling it until the state
         changes.
         """
         return False
 
     def idle(self, wait: float) -> bool:
-        """Called on the poller thread instead of `receive` while nobody listens: no channel
+        """Called on the consumer thread instead of `receive` while nobody listens: no channel
         is open on the queue (before the first `dequeue`, or after the last one closed).
 
         The adapter may give back what it prefetched (other consumers of the
@@ -362,12 +371,13 @@ class ReceivingAdapter(Adapter):
         return False
 
     def wakeup(self) -> None:
-        """Make a `receive`, `hold` or `idle` blocked in another thread return soon.
+        """Make a `receive`, `hold` or `idle` blocked in another thread return soon
+        (declare `wakes = True` when it does, and is sticky).
 
         Only an interrupt: the kernel then calls whichever of the three fits the
         queue's state. It is sticky where it can be (a wakeup just before the call
-        starts still cuts it short) and must never be read as "give back".
-        """
+        starts still cuts it short) and must never be read as "give back". A
+        `receive` cut short returns what it has (or [])."""
 
 
 class Operations(abc.ABC):

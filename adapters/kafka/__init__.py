@@ -89,6 +89,7 @@ class KafkaAdapter(ReceivingAdapter, Operations):
     # submit returns at once: the emitter keeps this many batches on the wire.
     pipeline = 4
     poll_wait = 1.0
+    wakes = True
 
     def __init__(self, topic: str, *, bootstrap: str, **options: Any) -> None:
         renamed(f"kafka topic {topic!r}", options, "max_attempts", "max_deliveries")

@@ -56,6 +56,7 @@ class RabbitMQAdapter(ReceivingAdapter, Operations):
     max_batch = 500
     max_receive = 250
     poll_wait = 1.0
+    wakes = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.queue)

@@ -1,24 +1,21 @@
-"""The receive side of one queue: the poller and the dispatcher threads (poller.py,
-dispatcher.py), and the calls the application's threads make on them.
+"""The receive side of one queue: the consumer thread (consumer.py), and the calls the
+application's threads make on it.
 
 `Queue` creates a `Listener` on the first `dequeue`; `add` and `remove` open and
-close a category, `stop` winds both threads down at close.
+close a category, `stop` winds the thread down at close.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from ..adapter import ReceivingAdapter
-from ..chan import Chan
 from ..errors import ChannelClosed
+from .consumer import Consumer
 from .context import Context
-from .dispatcher import Dispatcher
-from .poller import Poller
-from .routes import ANY, Gate, Handoff, Receiver
+from .routes import ANY, Gate, Receiver
 
 __all__ = ["ANY", "Listener", "Receiver"]
 
@@ -26,66 +23,53 @@ log = logging.getLogger("qchan.listener")
 
 
 class Listener:
-    """The poller and dispatcher threads of one queue."""
+    """The consumer thread of one queue."""
 
     def __init__(self, ctx: Context, adapter: ReceivingAdapter) -> None:
         self.ctx = ctx
         self.adapter = adapter
         self.log = logging.LoggerAdapter(log, {"queue": ctx.name})
         self.gate = Gate(adapter, ctx.options.in_flight)
-        self.ctl: Chan[tuple[str, Any]] = Chan(16, name=f"{ctx.name}.listener.ctl")
-        self.inbox: Chan[Handoff] = Chan(2, name=f"{ctx.name}.inbox")
-        self.dispatcher = Dispatcher(ctx, self.gate, self.ctl, self.inbox)
-        self.poller = Poller(ctx, self.gate, self.inbox)
-        # Daemons: losing them loses nothing, the broker redelivers what was not acked.
-        self.dispatcher.thread.start()
-        self.poller.thread.start()
+        self.consumer = Consumer(ctx, self.gate)
+        # A daemon: losing it loses nothing, the broker redelivers what was not acked.
+        self.consumer.thread.start()
 
     @property
     def in_flight(self) -> int:
         return self.gate.count
 
     def add(self, r: Receiver) -> None:
-        idling = self.gate.open(r, self.ctx.name)
-        self.ctl.send(("add", r))
-        if idling:  # the poller sits in adapter.idle or hold: look at the state again
-            self.adapter.wakeup()
+        self.gate.open(r, self.ctx.name)
+        if not self.consumer.request("add", r):
+            self.gate.close(r)
+            raise ChannelClosed(f"queue {self.ctx.name!r} is closed")
 
     def remove(self, r: Receiver, timeout: float | None = None) -> None:
         """Stop routing to `r`, apply its pending acks, release what it still holds."""
         self.gate.close(r)
-        try:
-            self.ctl.send(("remove", r))
-        except ChannelClosed:
-            return  # the listener stopped, and finished every receiver
-        r.finished.wait(timeout)
+        if self.consumer.request("remove", r):
+            r.finished.wait(timeout)
 
     def stop(self, timeout: float) -> None:
         self.gate.stop()
-        deadline = time.monotonic() + timeout
-        poller, dispatcher = self.poller.thread, self.dispatcher.thread
-        poller.join(timeout)
-        if poller.is_alive():
+        thread = self.consumer.thread
+        thread.join(timeout)
+        if thread.is_alive():
             self.log.warning(
-                "queue %s: poller still in receive after %.1f s", self.ctx.name, timeout
-            )
-        try:
-            self.ctl.send(("stop", None), timeout=max(0.0, deadline - time.monotonic()))
-        except (ChannelClosed, TimeoutError):
-            pass  # the dispatcher has stopped (it closes ctl), or is stuck: joined below
-        dispatcher.join(max(0.0, deadline - time.monotonic()))
-        if dispatcher.is_alive():
-            self.log.warning(
-                "queue %s: dispatcher did not stop within %.1f s", self.ctx.name, timeout
+                "queue %s: consumer did not stop within %.1f s (in a broker call)",
+                self.ctx.name,
+                timeout,
             )
 
     def revoke(self, predicate: Any, timeout: float = 10.0) -> int:
         """Drop held messages the adapter no longer owns (see `Hooks.revoke`); how many."""
+        consumer = self.consumer
+        if threading.current_thread() is consumer.thread:
+            # From inside a broker call of the consumer thread (a rebalance callback).
+            return consumer.revoke(predicate)
         box: list[int] = []
         done = threading.Event()
-        try:
-            self.ctl.send(("revoke", (predicate, box, done)))
-        except ChannelClosed:
+        if not consumer.request("revoke", (predicate, box, done)):
             return 0
         done.wait(timeout)
         return box[0] if box else 0

@@ -1,6 +1,6 @@
-"""What the poller and the dispatcher share: the receivers (one per `dequeue`d
-category), the routing table with the in-flight count (`Gate`), and what the
-poller hands the dispatcher (`Handoff`)."""
+"""What the consumer thread shares with the application's threads: the receivers (one
+per `dequeue`d category) and the routing table with the in-flight count and the
+demand (`Gate`)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import functools
 import reprlib
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..adapter import ReceivingAdapter
 from ..chan import Chan, Pipe
 from ..codec import Codec
-from ..errors import ChannelClosed, MessageError
-from ..message import Bag, Msg
+from ..errors import ChannelClosed
+from ..message import Msg
 
-__all__ = ["ANY", "Gate", "Handoff", "Poison", "Receiver", "Stray"]
+__all__ = ["ANY", "Gate", "Receiver"]
 
 #: The category of a channel that receives every message no other channel takes.
 ANY = "*"
@@ -28,58 +27,33 @@ RATE_WINDOW = 0.05
 
 
 class Receiver:
-    """One `dequeue`d category: its channels, codec and undelivered messages."""
+    """One `dequeue`d category: its channels and codec."""
 
-    __slots__ = ("ack", "allowed", "category", "codec", "finished", "pending", "rcv", "watch")
+    __slots__ = ("ack", "allowed", "category", "codec", "finished", "rcv", "watch")
 
     def __init__(self, category: str, codec: Codec[Any], rcv: Pipe[Msg[Any]], ack: Pipe[Msg[Any]]):
         self.category = category
         self.codec = codec
         self.rcv = rcv
         self.ack = ack
-        self.pending: deque[Msg[Any]] = deque()
         self.finished = threading.Event()
-        #: What its buffer may hold now (pending included); the poller sets it (Gate.want).
+        #: What its buffer may hold now; the consumer sets it (Gate.want).
         self.allowed = 0
-        #: Its rcv's watch while the poller waits for demand (Gate.open sets it).
+        #: Its rcv's watch while the consumer waits for demand (Gate.open sets it).
         self.watch: Callable[[Chan[Any]], None] | None = None
-
-
-class Poison:
-    """A bag the poller could not decode or route, with the error that says why."""
-
-    __slots__ = ("bag", "error")
-
-    def __init__(self, bag: Bag, error: MessageError) -> None:
-        self.bag = bag
-        self.error = error
-
-
-class Stray:
-    """A bag received when no channel was open any more: released at once."""
-
-    __slots__ = ("bag",)
-
-    def __init__(self, bag: Bag) -> None:
-        self.bag = bag
-
-
-#: What the poller hands the dispatcher in one go: runs of messages routed to one
-#: receiver, poison, and strays.
-Handoff = list[tuple[Receiver, list[Msg[Any]]] | Poison | Stray]
 
 
 class Gate:
     """The routing table, the in-flight count and the demand of one queue.
 
     Shared by the application's threads (a `dequeue` opens and closes a route; a
-    receive on a watched `rcv` pokes it), the poller (it waits here for a route,
-    for room and for demand, and counts what it takes) and the dispatcher (it
-    counts what is settled, and what it takes from the poller). `routes` is
-    replaced, never mutated, so the poller reads it without the lock.
+    receive on a watched `rcv` pokes it; an ack or a request alerts it) and the
+    consumer thread (it waits here for a route, for room, for demand and for work,
+    and counts what it takes and settles). `routes` is replaced, never mutated, so
+    the consumer reads it without the lock.
 
     Demand (DESIGN.md section 9): what the consumers can use soon, the receivers
-    waiting on every open `rcv` plus its buffer. The poller takes from the broker
+    waiting on every open `rcv` plus its buffer. The consumer takes from the broker
     only while the messages received and not yet handed to the application are
     fewer; the in-flight limit caps everything the queue holds, the application's
     part included.
@@ -97,15 +71,16 @@ class Gate:
         self.limit = limit
         self.routes: dict[str, Receiver] = {}
         self.cond = threading.Condition()
-        self.count = 0  # in flight: received and not yet acked, nacked, released or rejected
-        self.idling = False  # the poller is in adapter.hold or adapter.idle, not receive
+        #: In flight: received and not yet acked, nacked, released or rejected (the
+        #: consumer thread writes it; others only read it).
+        self.count = 0
+        self.idling = False  # the consumer's broker call is adapter.hold or idle, not receive
+        #: Where the consumer thread blocks now: "adapter" (in a broker call), "cond" (on
+        #: `cond`), or None (it works, and looks for work before it blocks again).
+        self.blocked: str | None = None
+        self.alerted = False  # woken since it last blocked: one wakeup is enough
         self.stopping = False
-        # Routed messages the poller has handed over / the dispatcher has taken in: each
-        # written by one thread only, so no lock; their difference is what is in transit.
-        self.sent = 0
-        self.arrived = 0
-        #: Messages the application settled: how much buffer it has earned (the dispatcher
-        #: writes it, the poller reads it).
+        #: Messages the application settled: how much buffer it has earned.
         self.earned = 0
         # The rate the application settles at (messages/s, smoothed), from `earned`.
         self._rate = 0.0
@@ -113,23 +88,20 @@ class Gate:
         self._rate_from = 0
         self.watching = False  # the rcv channels' watches are set (see want)
 
-    def open(self, r: Receiver, queue: str) -> bool:
-        """Route `r`'s category to it; whether the poller sits in adapter.idle or hold
-        (the caller wakes it once the dispatcher knows `r`)."""
+    def open(self, r: Receiver, queue: str) -> None:
+        """Route `r`'s category to it (the caller then asks the consumer to open it)."""
         with self.cond:
             if self.stopping:
                 raise ChannelClosed(f"queue {queue!r} is closed")
             r.watch = functools.partial(self.poke, r)
+            r.ack.notify(self.alert)
             self.routes = {**self.routes, r.category: r}
-            self.cond.notify_all()
-            return self.idling
 
     def close(self, r: Receiver) -> None:
         r.rcv.watch(None)
         with self.cond:
             if self.routes.get(r.category) is r:
                 self.routes = {k: v for k, v in self.routes.items() if v is not r}
-                self.cond.notify_all()
             idle = not self.routes
         if idle:  # nobody receives now: cut a waiting receive short
             self.adapter.wakeup()
@@ -141,29 +113,38 @@ class Gate:
             self._unwatch()
         self.adapter.wakeup()
 
-    def is_stopping(self) -> bool:
-        return self.stopping
+    def alert(self, _: object = None) -> None:
+        """Work for the consumer thread (a request, the first ack of a batch, a receive's
+        outcome): wake it if it blocks, once until it blocks again."""
+        with self.cond:
+            blocked = self.blocked
+            if blocked is None or self.alerted:
+                return
+            self.alerted = True
+            self.cond.notify_all()
+        if blocked == "adapter":
+            self.adapter.wakeup()
 
     def want(self) -> int:
-        """How many messages the poller may take now (the caller holds `cond`): 0 while
+        """How many messages the consumer may take now (the caller holds `cond`): 0 while
         the in-flight limit is reached or the consumers have all they can use soon,
         -1 while no channel is open. At 0 it sets a watch on every `rcv`, so that the
-        next receive (or a receiver that starts waiting) pokes the poller."""
+        next receive (or a receiver that starts waiting) pokes the consumer."""
         routes = self.routes
         if not routes:
             return -1
         room = self.limit - self.count
         if room <= 0:
             if self.watching:
-                self._unwatch()  # acks free room, not receives: resolved() wakes the poller
+                self._unwatch()  # acks free room, not receives: they alert the consumer
             return 0
         # Watch every rcv before looking at them: a receive from now on pokes (it waits
         # for `cond`, which the caller holds), so none slips in unseen.
         for r in routes.values():
             rcv = r.rcv
-            # A take pokes once the buffer is down to half of what it may hold (less
-            # what waits in pending), not at every message.
-            rcv.watch(r.watch, max(0, r.allowed // 2 - len(r.pending)))
+            # A take pokes once the buffer is down to half of what it may hold (less what
+            # waits in its overflow), not at every message.
+            rcv.watch(r.watch, max(0, r.allowed // 2 - len(rcv.overflow)))
         self.watching = True
         # Each category's own deficit: messages piling up for one nobody reads never
         # hold back the others (no head-of-line blocking; the in-flight limit caps them).
@@ -174,16 +155,16 @@ class Gate:
         # anything (it takes fewer, larger receives); a slow one never gets past its
         # capacity. Either way no more than it has earned (the slow start).
         ahead = int(self._settle_rate() * RATE_WINDOW)
-        deficit = self.arrived - self.sent  # in transit: not routed yet, counted against all
-        waiting = buffers = 0
+        deficit = waiting = buffers = 0
         for r in routes.values():
             rcv = r.rcv
             parked = rcv.waiting
             waiting += parked
             r.allowed = allowed = min(max(rcv.capacity, ahead), earned)
-            rcv.watch(r.watch, max(0, allowed // 2 - len(r.pending)))
+            over = len(rcv.overflow)
+            rcv.watch(r.watch, max(0, allowed // 2 - over))
             buffers += allowed
-            d = parked + allowed - len(r.pending) - len(rcv)
+            d = parked + allowed - len(rcv.buffer) - over
             if d > 0:
                 deficit += d
         # Refill buffers in batches: at once for a waiting receiver, else once half of
@@ -210,40 +191,34 @@ class Gate:
 
     def poke(self, r: Receiver, _: Chan[Any]) -> None:
         """A receiver took a message from `r`'s rcv or started waiting (its watch fired):
-        the poller looks at the demand again, cutting an adapter.hold short; not while
+        the consumer looks at the demand again, cutting an adapter.hold short; not while
         `r` holds more than half of what it may and nobody waits (see `want`)."""
         if not self.watching:
             return
         rcv = r.rcv
-        if not rcv.waiting and len(r.pending) + len(rcv) > r.allowed // 2:
+        if not rcv.waiting and len(rcv.buffer) + len(rcv.overflow) > r.allowed // 2:
             return
         self.wake()
 
     def wake(self) -> None:
-        """Have the poller look at the demand again (if it waits for some)."""
+        """Have the consumer look at the demand again (if it waits for some)."""
         with self.cond:
             if not self.watching:
                 return
             self._unwatch()
             self.cond.notify_all()
-            wake = self.idling
+            wake = self.idling and self.blocked == "adapter"
         if wake:
             self.adapter.wakeup()
 
     def taken(self, n: int) -> None:
-        with self.cond:
-            self.count += n
+        """`n` messages came in from the broker (the consumer thread only)."""
+        self.count += n
 
     def resolved(self, n: int) -> None:
-        """`n` messages left the in-flight count (acked, nacked, released, rejected)."""
-        if n:
-            with self.cond:
-                was_full = self.count >= self.limit
-                self.count -= n
-                self.cond.notify_all()
-                wake = was_full and self.idling and self.routes
-            if wake:  # the poller sits in adapter.hold: room again, let it receive now
-                self.adapter.wakeup()
+        """`n` messages left the in-flight count, acked, nacked, released or rejected (the
+        consumer thread only)."""
+        self.count -= n
 
 
 _repr = reprlib.Repr()

@@ -245,6 +245,18 @@ class Conformance:
             out.send(Order("after", 1.0))
         assert len(dlq) == 0
 
+    @needs("receive")
+    def test_wakes_is_declared_as_the_wakeup_behaves(self, adapter: ReceivingAdapter) -> None:
+        """The kernel trusts `wakes`: it makes every broker call on one thread and counts on
+        `wakeup` to cut a waiting call short (the wakeup tests below check that it does);
+        an adapter whose wakeup cannot gets its `receive` on a helper thread instead."""
+        cuts = {"wakeup", "sticky_wakeup"} <= self.features
+        assert adapter.wakes == cuts, (
+            f"`wakes = {adapter.wakes}` but the features say wakeup "
+            f"{'cuts' if cuts else 'does not cut'} a receive short: declare both "
+            f"`wakeup` and `sticky_wakeup` exactly when `wakes` is True"
+        )
+
     @pytest.fixture
     def queue_name(self) -> str:
         return f"qchan-{uuid.uuid4().hex[:12]}"

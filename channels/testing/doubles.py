@@ -71,6 +71,7 @@ class Wrapped(WrappedSender, ReceivingAdapter, Operations):
         super().__init__(inner)
         self.max_receive = inner.max_receive
         self.poll_wait = inner.poll_wait
+        self.wakes = inner.wakes
 
     @property
     def visibility(self) -> float | None:

@@ -129,7 +129,7 @@ def test_dequeue_raises_at_the_call_and_starts_no_poller(aws: AWS, target: Targe
     q = aws.open(target.url)
     with pytest.raises(SendOnlyError, match=r"only sends .* SQS queue .* Lambda"):
         dequeue(Order, q)
-    poller = f"qchan-poller-{q.adapter.scheme}-"  # this transport's (kernel/poller.py)
+    poller = f"qchan-consumer-{q.adapter.scheme}-"  # this transport's (kernel/consumer.py)
     assert not [t for t in threading.enumerate() if t.name.startswith(poller)]
     assert not isinstance(q.adapter, ReceivingAdapter)  # it has the send side alone
     wrapped = aws.open(spy_on(open_adapter(target.url)))  # a test double keeps it send-only

@@ -1,11 +1,11 @@
 """Supervision: a worker thread that raises fails its queue loudly, and nothing hangs
 (issue 14, point 1; DESIGN.md section 9).
 
-Each test injects one failure into one kind of kernel thread (emitter, poller,
-dispatcher, a `serve` worker) and checks the whole rule: the error is on `errors`
-and in the log with its traceback; the queue shows it is failed; every call blocked
-on one of its channels raises `QueueFailed` (its `__cause__` the original error)
-within a second; leaving the `with` blocks and `q.close()` return within
+Each test injects one failure into one kind of kernel thread (emitter, the consumer
+as it receives and as it hands over, a `serve` worker) and checks the whole rule: the
+error is on `errors` and in the log with its traceback; the queue shows it is failed;
+every call blocked on one of its channels raises `QueueFailed` (its `__cause__` the
+original error) within a second; leaving the `with` blocks and `q.close()` return within
 close_timeout, and what was not delivered is named; un-acked messages stay on the
 broker. Every wait has a deadline.
 """
@@ -39,7 +39,7 @@ from qchan import (
     serve,
 )
 from qchan.adapters.embedded import EmbeddedAdapter, broker
-from qchan.kernel.dispatcher import Dispatcher
+from qchan.kernel.consumer import Consumer
 from qchan.testing import Faulty, Order, Wrapped
 
 CLOSE = 2.0  # close_timeout of every queue here
@@ -201,10 +201,10 @@ def test_a_sync_put_on_a_failed_queue_raises_queue_failed(name: str) -> None:
     q.close()
 
 
-# -- the poller ------------------------------------------------------------------------
+# -- the consumer, receiving--------------------------------------------------------------------
 
 
-def test_poller_failure_fails_the_queue_and_leaves_messages_on_the_broker(
+def test_a_receive_failure_fails_the_queue_and_leaves_messages_on_the_broker(
     name: str, crit_logs: pytest.LogCaptureFixture
 ) -> None:
     broker(name).visibility_timeout = 0.5
@@ -226,30 +226,30 @@ def test_poller_failure_fails_the_queue_and_leaves_messages_on_the_broker(
     _check_failed(q, AttributeError)
     q.close()
     _logged_with_traceback(crit_logs, AttributeError)
-    # The message the poller took and never handed over is redelivered by the broker.
+    # The message the consumer took and never handed over is redelivered by the broker.
     with Queue(EmbeddedAdapter(name), poll_wait=0.1) as again, dequeue(Order, again) as (rcv, ack):
         msg = rcv.recv(timeout=10.0)
         assert msg.object.id == "kept"
         ack.send(msg)
 
 
-# -- the dispatcher --------------------------------------------------------------------
+# -- the consumer --------------------------------------------------------------------
 
 
-def test_dispatcher_failure_fails_the_queue(
+def test_consumer_failure_fails_the_queue(
     name: str, monkeypatch: pytest.MonkeyPatch, crit_logs: pytest.LogCaptureFixture
 ) -> None:
     def broken(self: Any, *args: Any) -> None:
-        raise KeyError("a bug in the dispatcher")
+        raise KeyError("a bug in the consumer")
 
-    monkeypatch.setattr(Dispatcher, "_hand", broken)
+    monkeypatch.setattr(Consumer, "_hand", broken)
     broker(name).visibility_timeout = 0.5
     errors = _errors()
     q = Queue(EmbeddedAdapter(name), errors=errors, close_timeout=CLOSE, poll_wait=0.1)
     started = time.monotonic()
     with enqueue(Order, q) as (out, _), dequeue(Order, q) as (rcv, ack):
-        # The dispatcher hands the message over, then raises: the second recv is blocked.
-        blocked = start(lambda: (rcv.recv(), rcv.recv()))
+        # The consumer raises on its way to handing the message over: the recv is blocked.
+        blocked = start(rcv.recv)
         out.send(Order(id="1", amount=1.0))
         blocked.join(5.0)
         assert isinstance(blocked.error, QueueFailed)
@@ -329,7 +329,7 @@ def test_an_ack_that_is_not_a_msg_is_reported_and_the_queue_goes_on(name: str) -
 def test_a_batch_of_acks_mixing_plain_failed_double_and_junk_settles_each_as_its_own(
     name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The dispatcher settles plain acks inline and sends every other kind through the
+    # The consumer settles plain acks inline and sends every other kind through the
     # careful path; in one batch of acks, each must still get its own outcome.
     errors = _errors()
     with Queue(EmbeddedAdapter(name), errors=errors, poll_wait=0.1) as q:

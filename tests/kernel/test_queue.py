@@ -75,7 +75,7 @@ def test_threads_are_named_and_joined(name: str) -> None:
     with dequeue(Order, q) as (rcv, ack):
         ack.send(rcv.recv(timeout=5))
         names = {t.name for t in threading.enumerate() if t.name.endswith(name)}
-    assert names == {f"qchan-{k}-mem-{name}" for k in ("emitter", "poller", "dispatcher")}
+    assert names == {f"qchan-{k}-mem-{name}" for k in ("emitter", "consumer")}
     q.close()
     assert not any(t.name.endswith(name) for t in threading.enumerate())
 

@@ -1,6 +1,6 @@
-"""The receive side's rules (DESIGN.md section 5), on the embedded broker: the poller
-(receive, hold, idle, route) and the dispatcher (hand over, acks, time_to_flight,
-heartbeats, release)."""
+"""The receive side's rules (DESIGN.md section 5), on the embedded broker: the consumer
+thread (receive, hold, idle, route, hand over, acks, time_to_flight, heartbeats,
+release)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ from qchan import (
 )
 from qchan.adapter import Bags, Errors
 from qchan.adapters.embedded import EmbeddedAdapter, broker
-from qchan.kernel.dispatcher import Dispatcher
-from qchan.message import Msg
 from qchan.testing import Order, Refund, Spy, Wrapped
 
 # -- listener rules ------------------------------------------------------------
@@ -445,26 +443,26 @@ def test_leaving_dequeue_applies_acks_and_releases_the_rest(queues: list[Queue],
 def test_messages_that_overtake_their_channels_opening_are_kept_for_it(
     queues: list[Queue], name: str
 ) -> None:
-    """The poller routes by the new table at once; the dispatcher may take their batch
-    before the channel's "add" (select picks any ready case). They were released, and
+    """A receive routes by the new table at once, which may be before the consumer served
+    the channel's "add" (the request came during the receive). They were released, and
     came back with one delivery more (seen on CI: deliveries 3 where 2 was due)."""
     q = open_q(queues, name)
     put_raw(name, Bag("Order", b'{"id": "early", "amount": 1.0}', {"Category": "Order"}))
     (bag,) = broker(name).receive(1, 5)
-    with dequeue(Order, q, capacity=0):
+    with dequeue(Order, q, capacity=0) as (rcv, _):
         listener = q._listener
         assert listener is not None
+        consumer = listener.consumer
         r = listener.gate.routes["Order"]
-        # a dispatcher that has not taken the "add" yet
-        late = Dispatcher(listener.ctx, listener.gate, listener.ctl, listener.inbox)
-        listener.gate.taken(1)  # as the poller counts what it receives
-        m = Msg(Order("early", 1.0), "Order", bag.digest, bag.attributes, bag=bag)
-        late._take([(r, [m])])
-        assert list(r.pending) == [m]  # kept for the channel, not released
-        assert broker(name).depth == 0
-    # Leaving released it (the real dispatcher owns the receiver); once, as a release,
-    # which is no delivery (issue 25): it comes back as its first.
-    assert broker(name).depth == 1 and broker(name).receive(1, 5)[0].deliveries == 1
+        late = type(consumer)(listener.ctx, listener.gate)  # has not served the "add" yet
+        late.gate.taken(1)  # as the consumer counts what it receives
+        late._route([bag])
+        assert r in late.receivers and list(late.clock.held) == [bag]  # kept, not released
+        m = rcv.recv(timeout=0)
+        assert m.bag is bag and broker(name).depth == 0
+        late._on_ack(m, time.monotonic())
+        late._flush_acks()
+    assert (broker(name).depth, broker(name).in_flight, broker(name).pending) == (0, 0, 0)
 
 
 def test_one_open_channel_per_category_and_side(queues: list[Queue], name: str) -> None:
@@ -510,7 +508,7 @@ def test_the_clock_starts_when_the_application_takes_a_message_from_the_buffer()
     is not held, and a second settlement says so."""
     from qchan.chan import Pipe
     from qchan.codec import codec_for
-    from qchan.kernel.dispatcher import Clock
+    from qchan.kernel.consumer import Clock
     from qchan.kernel.routes import Receiver
     from qchan.message import Bag
 
@@ -540,7 +538,7 @@ def test_the_clock_keeps_its_count_when_a_rebalance_takes_messages_out_of_the_bu
     (a delivery counted for a message the application never saw)."""
     from qchan.chan import Pipe
     from qchan.codec import codec_for
-    from qchan.kernel.dispatcher import Clock
+    from qchan.kernel.consumer import Clock
     from qchan.kernel.routes import Receiver
     from qchan.message import Bag
 

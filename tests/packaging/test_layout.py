@@ -99,7 +99,7 @@ def test_the_cycle_finder_finds_a_circle() -> None:
 
 def test_kernel_workers_never_see_the_queue() -> None:
     graph = _graph()
-    for worker in ("emitter", "poller", "dispatcher", "listener", "stats", "routes", "context"):
+    for worker in ("emitter", "consumer", "listener", "stats", "routes", "context"):
         assert "qchan.kernel.queue" not in graph[f"qchan.kernel.{worker}"], worker
 
 

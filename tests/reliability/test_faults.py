@@ -90,7 +90,7 @@ class _Revocations(logging.Handler):
         self.received_at: list[int] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        poller = record.threadName.startswith("qchan-poller-")
+        poller = record.threadName.startswith("qchan-consumer-")
         if self.consumer is not None and poller and " revoked " in record.getMessage():
             self.received_at.append(self.consumer.stats().received)
 

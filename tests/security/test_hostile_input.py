@@ -262,7 +262,7 @@ def _drain(
 def test_the_listener_survives_hostile_messages_and_good_ones_flow(listening: Listening) -> None:
     lst = listening
     workers = lst.workers()
-    assert len(workers) == 2  # poller and dispatcher
+    assert len(workers) == 1  # the consumer
 
     @BOUNDED
     @given(bad=st.lists(hostile_bags(), min_size=1, max_size=4))
