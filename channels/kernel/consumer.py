@@ -118,10 +118,12 @@ class Clock:
         r = self.held.pop(bag, None)
         if r is None:
             return False
-        waiting = self.waiting[r]
-        if waiting:  # it may have been received since the last look
-            self._received(r, waiting, now)
-        self.due[r].pop(bag, None)
+        if self.due[r].pop(bag, None) is None:
+            # Not timed: received since the last look (or taken back). Look now, so the
+            # messages received before it start their clocks (it is no longer held).
+            waiting = self.waiting[r]
+            if waiting:
+                self._received(r, waiting, now)
         return True
 
     def expired(self, now: float) -> list[Bag]:
