@@ -31,7 +31,7 @@ starts at the first message so the group join is not counted):
 - raw: `consume(500)` + `codec.decode` + `commit(asynchronous=True)` per batch.
 - adapter: `receive(500)` + decode + `ack` per batch (no kernel threads); and the same
   with a `Msg` built per message and the acks taken from them: the ceiling of a consume
-  path that ran the adapter on the application's thread, with no poller or dispatcher.
+  path that ran the adapter on the application's thread, with no consumer thread.
 - hand-off: the raw loop on a thread of its own, as the listener is: it hands
   each decoded object (with its message) to the application through a
   `Chan(32)`, and commits once per batch after the application's acks came
@@ -279,7 +279,7 @@ class Bench:
         c.subscribe([topic])
         return c
 
-    def consume_raw(self, topic: str) -> float:
+    def consume_raw(self, topic: str, headers: bool = False) -> float:
         c = self.consumer(topic, "raw")
         decode = CODEC.decode
         got = 0
@@ -291,6 +291,8 @@ class Bench:
             if msgs and not began:
                 began = time.perf_counter()
             for m in msgs:
+                if headers:  # what routing by Category needs first
+                    m.headers()
                 decode(m.value() or b"")
             if msgs:
                 c.commit(asynchronous=True)
@@ -420,7 +422,7 @@ def median(runs: list[float]) -> float:
 def row(label: str, rate: float, raw: float, target: float | None) -> str:
     ratio = rate / raw
     verdict = "" if target is None else ("ok" if ratio >= target else "below")
-    tgt = "" if target is None else f">= {target:.1f}x"
+    tgt = "" if target is None else f">= {target:g}x"
     return f"| {label} | {rate:,.0f} | {1e6 / rate:.1f} | {ratio:.2f}x | {tgt} | {verdict} |"
 
 
@@ -483,6 +485,7 @@ def main() -> None:
             run("produce mem", bench.produce_mem)
             topic = bench.filled()
             run("consume raw", bench.consume_raw, topic)
+            run("consume raw headers", bench.consume_raw, topic, True)
             run("consume hand-off", bench.consume_handoff, topic)
             run("consume adapter", bench.consume_adapter, topic)
             run("consume adapter msgs", bench.consume_adapter, topic, True)
@@ -523,6 +526,14 @@ def main() -> None:
         print(row("consume: raw consume+commit loop", m["consume raw"], m["consume raw"], None))
         print(
             row(
+                "consume: raw loop that also reads headers() (qchan routes by Category)",
+                m["consume raw headers"],
+                m["consume raw"],
+                None,
+            )
+        )
+        print(
+            row(
                 "consume: raw loop behind a thread hand-off, acks back (listener ceiling)",
                 m["consume hand-off"],
                 m["consume raw"],
@@ -541,6 +552,14 @@ def main() -> None:
             )
         )
         print(row("consume: qchan dequeue+ack", m["consume qchan"], m["consume raw"], TARGET))
+        print(
+            row(
+                "consume: qchan dequeue+ack, against the raw loop that reads headers",
+                m["consume qchan"],
+                m["consume raw headers"],
+                0.75,
+            )
+        )
         print(row("consume: qchan dequeue+ack on mem:// (kernel only)", m["consume mem"], cr, None))
         print(f"\nmedian of {args.repeat} runs each, {args.messages} messages per run")
 

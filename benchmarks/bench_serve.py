@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class ThreadCPU:
-    """CPU seconds spent by each kind of thread (poller, dispatcher, workers, the caller)
+    """CPU seconds spent by each kind of thread (consumer, fetch, workers, the caller)
     while a case runs: where a message's cost goes, with no profiler's overhead."""
 
     def __init__(self) -> None:
@@ -241,7 +241,7 @@ class ThreadCPU:
 
     @staticmethod
     def kind(name: str) -> str:
-        for part in ("poller", "dispatcher", "worker"):
+        for part in ("consumer", "fetch", "worker"):
             if f"qchan-{part}" in name:
                 return "workers" if part == "worker" else part
         return "other"
@@ -303,7 +303,7 @@ def table(broker: str, n: int, repeat: int) -> None:
         "in serve; other: librdkafka's or pika's threads and the benchmark's watcher):"
     )
     print()
-    kinds = ["caller", "workers", "poller", "dispatcher", "other"]
+    kinds = ["caller", "workers", "consumer", "fetch", "other"]
     print("| consumer | " + " | ".join(kinds) + " | all threads | wall |")
     print("|---|" + "---:|" * (len(kinds) + 2))
     for case, runs_cpu in cpu.items():
