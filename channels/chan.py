@@ -593,35 +593,6 @@ class Pipe(Chan[T]):
                 buf.append(over.popleft())
             return picked
 
-    def buffered(self) -> list[T]:
-        """A copy of the items buffered now (not yet received), oldest first, the
-        overflow's included."""
-        with _Locked(self._lock):
-            return [*self._buf, *self._over]
-
-    def send_many(self, items: deque[T]) -> list[T]:
-        """Send items from the left of `items` while that needs no waiting; return those sent."""
-        lock = self._lock
-        if not lock.acquire(False):
-            _acquire_contended(lock)
-        try:
-            if self._closed:
-                raise self._closed_error()
-            sent: list[T] = []
-            buf = self._buf
-            while items:
-                if self._recvq:
-                    if not self._offer(items[0]):
-                        break
-                elif len(buf) < self._cap:
-                    buf.append(items[0])
-                else:
-                    break
-                sent.append(items.popleft())
-            return sent
-        finally:
-            lock.release()
-
 
 class _RecvFn(Protocol[T_co]):
     def __call__(self, timeout: float | None = None) -> T_co: ...
