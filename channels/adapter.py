@@ -78,9 +78,13 @@ queue is in, by which method it calls, and never by `wakeup` alone:
   other consumers get it.
 
 `wakeup` only interrupts a `receive`, `hold` or `idle` in progress so the
-kernel can look at the state again (a channel opened or closed, acks freed
-room, a receiver took a message, the queue is closing); it says nothing about
-which state comes next.
+kernel can look at the state again (a channel opened or closed, acks came in,
+a receiver took a message, the queue is closing); it says nothing about
+which state comes next. Declare `wakes = True` if it does cut a call short,
+and is sticky: the kernel then makes every receive-side call on its one
+consumer thread and settles between them. Without it, the kernel runs
+`receive` on a helper thread, so that acks and a closing `dequeue` never
+wait for a long poll.
 
 Counting: `Bag.deliveries` counts deliveries to the application. A failure
 (`give_back(..., counted=True)`) is one; a release (`counted=False`: a consumer
