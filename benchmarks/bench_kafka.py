@@ -77,8 +77,9 @@ from support.kafka import MockCluster
 from qchan import AT_MOST_ONCE, Chan, ChannelClosed, Queue, connect, dequeue, enqueue
 from qchan.adapters.kafka import KafkaAdapter
 from qchan.chan import Pipe
-from qchan.codec import codec_for
+from qchan.codec import Codec, codec_for
 from qchan.message import Bag, Msg
+from qchan.msgspec_codec import MsgspecCodec
 
 TARGET = 0.8
 GROUP = {"group.protocol": "consumer"}
@@ -109,6 +110,7 @@ def make_items(n: int) -> list[Item]:
 
 
 CODEC = codec_for(Item)
+MSGSPEC: Codec[Item] = MsgspecCodec(Item)
 HEADERS = {"Category": "Item", "Source": "bench", "System": "kafka", "Queue": "bench"}
 
 
@@ -279,9 +281,9 @@ class Bench:
         c.subscribe([topic])
         return c
 
-    def consume_raw(self, topic: str, headers: bool = False) -> float:
+    def consume_raw(self, topic: str, headers: bool = False, codec: Codec[Item] = CODEC) -> float:
         c = self.consumer(topic, "raw")
-        decode = CODEC.decode
+        decode = codec.decode
         got = 0
         began = 0.0
         stall = Stall()
@@ -367,10 +369,10 @@ class Bench:
         a.close()
         return rate
 
-    def consume_qchan(self, topic: str) -> float:
+    def consume_qchan(self, topic: str, codec: Codec[Item] = CODEC) -> float:
         q = Queue(self.adapter(topic, group=f"qchan-{uuid.uuid4().hex[:8]}"))
         began = 0.0
-        with dequeue(Item, q) as (rcv, ack):
+        with dequeue(Item, q, codec=codec) as (rcv, ack):
             for i in range(self.n):
                 m = rcv.recv(timeout=30)
                 if i == 0:
@@ -486,10 +488,12 @@ def main() -> None:
             topic = bench.filled()
             run("consume raw", bench.consume_raw, topic)
             run("consume raw headers", bench.consume_raw, topic, True)
+            run("consume raw headers msgspec", bench.consume_raw, topic, True, MSGSPEC)
             run("consume hand-off", bench.consume_handoff, topic)
             run("consume adapter", bench.consume_adapter, topic)
             run("consume adapter msgs", bench.consume_adapter, topic, True)
             run("consume qchan", bench.consume_qchan, topic)
+            run("consume qchan msgspec", bench.consume_qchan, topic, MSGSPEC)
             run("consume mem", consume_mem, bench)
         m = {k: median(v) for k, v in runs.items()}
         pr, cr = m["produce raw"], m["consume raw"]
@@ -558,6 +562,14 @@ def main() -> None:
                 m["consume qchan"],
                 m["consume raw headers"],
                 0.75,
+            )
+        )
+        print(
+            row(
+                "consume: the same with MsgspecCodec, against the headers loop decoding with it",
+                m["consume qchan msgspec"],
+                m["consume raw headers msgspec"],
+                0.6,
             )
         )
         print(row("consume: qchan dequeue+ack on mem:// (kernel only)", m["consume mem"], cr, None))
