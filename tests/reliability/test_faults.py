@@ -81,17 +81,22 @@ class _Revocations(logging.Handler):
     """How many messages the consumer had received each time its group took its partitions
     away (the Kafka adapter logs "revoked" then): a group that fences a member restarts from
     the last commit, so everything received up to then may come again. Only revocations
-    on the poller thread count (a rebalance happens inside its poll); the one every
-    consumer makes when it closes runs on the closing thread."""
+    on the consumer thread count (a rebalance happens inside its poll); the one every
+    consumer makes when it closes runs on the closing thread. `lines` keeps the group's
+    story (assignments, revocations, commit failures) for a failure's message."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.consumer: Queue | None = None
         self.received_at: list[int] = []
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        poller = record.threadName.startswith("qchan-consumer-")
-        if self.consumer is not None and poller and " revoked " in record.getMessage():
+        text = record.getMessage()
+        if len(self.lines) < 40:
+            self.lines.append(f"{record.threadName}: {text[:200]}")
+        consumer = record.threadName.startswith("qchan-consumer-")
+        if self.consumer is not None and consumer and " revoked " in text:
             self.received_at.append(self.consumer.stats().received)
 
 
@@ -249,17 +254,38 @@ def test_consumer_connection_dropped_with_messages_in_flight(
     n = transport.sizes["drop"]
     dropped: list[int] = []
     hold = 100
-    r = run(
-        transport,
-        "consumer connection dropped",
-        n,
-        consumer_link=link,
-        hold=hold,
-        on_received={n // 2 - 1: lambda: dropped.append(link.drop_connections())},
-    )
+    opened: list[Queue] = []
+    revoked = _Revocations()  # on Kafka: the group's story, for a failure's message
+    kafka_log = logging.getLogger("qchan.adapters.kafka")
+    kafka_log.addHandler(revoked)
+    kafka_log.setLevel(logging.INFO)
+
+    def drop() -> None:
+        revoked.consumer = opened[1]
+        dropped.append(link.drop_connections())
+
+    try:
+        r = run(
+            transport,
+            "consumer connection dropped",
+            n,
+            consumer_link=link,
+            hold=hold,
+            on_received={n // 2 - 1: drop},
+            opened=opened,
+        )
+    finally:
+        kafka_log.removeHandler(revoked)
+        kafka_log.setLevel(logging.NOTSET)
     record.append(r)
     assert dropped and dropped[0] > 0, "nothing to drop: the consumer had no connection open"
-    r.check(max_duplicates=IN_FLIGHT + hold, dead_letters=False)
+    try:
+        r.check(max_duplicates=IN_FLIGHT + hold, dead_letters=False)
+    except AssertionError as e:
+        story = "\n".join(revoked.lines)
+        raise AssertionError(
+            f"{e}\nreceived at each revocation: {revoked.received_at}\n{story}"
+        ) from None
 
 
 @pytest.mark.integration
