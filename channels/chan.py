@@ -227,7 +227,7 @@ class Chan(Generic[T]):
         self._closed = False
         self._failure: QueueFailed | None = None  # set by _fail: closed because its queue failed
         # Called (with no lock held) after a receiver takes an item or parks to wait for
-        # one: the kernel sets it on a `rcv` while its poller waits for demand (see
+        # one: the kernel sets it on a `rcv` while its consumer waits for demand (see
         # kernel/routes.py). None for every other channel: one test per receive.
         self._watch: Callable[[Chan[Any]], None] | None = None
         # ... once a receive leaves at most this many buffered (a receiver that parks

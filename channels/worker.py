@@ -372,7 +372,7 @@ def _serve(
     started = time.monotonic()
     halt: Chan[None] = Chan(0, name=f"{q.name}.serve.stop")
     # A buffer shared by the workers, at least one message per worker: with only
-    # `workers` slots the dispatcher and the workers woke each other for every
+    # `workers` slots the kernel and the workers woke each other for every
     # message (5x slower). The buffered messages go back to the broker on stop,
     # uncounted.
     rcv, ack = dequeue(type_, q, category=category, capacity=max(capacity, workers))

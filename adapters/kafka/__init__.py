@@ -1,14 +1,15 @@
 """Kafka adapter (confluent-kafka): `kafka://host:9092[,host:9092]/topic?group=billing`.
 
-The adapter is split by the kernel thread that calls it:
+The adapter is split by what it does (`wakes`: the kernel calls the receive side on
+its one consumer thread, and settles there between broker calls):
 
 | module | part | called on |
 |---|---|---|
 | `_producer.py` | `Producing`: the `Producer` (`send_batch`, `submit`) | emitter |
-| `_consumer.py` | `Consuming`: the group member, rebalances, commits | poller |
-| `_settle.py` | `Settling`: acks, redeliveries, dead letters (some on arrival) | dispatcher |
+| `_consumer.py` | `Consuming`: the group member, rebalances, commits | consumer |
+| `_settle.py` | `Settling`: acks, redeliveries, dead letters (some on arrival) | consumer |
 | `_cluster.py` | `Cluster`: clients, their error callback, topics | any |
-| `_inflight.py` | `InFlight`: delivered and settled offsets; commit metadata | poller, dispatcher |
+| `_inflight.py` | `InFlight`: delivered and settled offsets; commit metadata | consumer, locked |
 
 `_wire.py` holds headers, dead-letter headers and error codes; `_config.py`
 the options and librdkafka's configuration. docs/kafka.md is the user-facing
@@ -17,8 +18,8 @@ reference; the points a maintainer must not break:
 * Commits cover only the contiguous acked prefix of each partition
   (`_inflight.InFlight`): a later ack never commits past an earlier
   message that is still in flight or failed.
-* Who commits: only the thread holding the consumer lock; the dispatcher
-  only try-acquires it (see `_consumer.py`).
+* Who commits: only the thread holding the consumer lock; a settlement only
+  try-acquires it (see `_consumer.py`).
 * A nack is redelivered from memory and its offset stays uncommitted (no
   seek). After `max_deliveries` deliveries the message goes to the dead-letter
   topic, and only once the broker confirmed that copy does its offset count
@@ -35,7 +36,7 @@ reference; the points a maintainer must not break:
   suspects): `receive` commits f past the bags it returns, synchronously, before
   returning them (`Consuming._secure`). Outside it, no commit per receive.
 * A fresh bag whose count reached `max_deliveries` never reaches the kernel: it is
-  copied to the dead-letter topic on the poller thread (`Settling.dead_on_arrival`)
+  copied to the dead-letter topic from `receive` (`Settling.dead_on_arrival`)
   and settled once the copy is confirmed.
 * Rebalances: revoked partitions commit what is settled with o=0 (always, even
   with nothing new settled, or the next owner counts a death), drop their state
@@ -133,7 +134,7 @@ class KafkaAdapter(ReceivingAdapter, Operations):
         """Produce every bag; the broker's confirmations are collected by `result`."""
         return self._producing.submit(bags)
 
-    # -- the poller thread
+    # -- receiving (the consumer thread)
 
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         """Redeliveries that are due, then fresh messages; waits at most `wait` s for the first.
@@ -149,7 +150,7 @@ class KafkaAdapter(ReceivingAdapter, Operations):
         """Take nothing and keep the group's trust (see `Consuming.hold`)."""
         return self._consuming.hold(wait)
 
-    # -- the dispatcher thread
+    # -- settling (the consumer thread, between broker calls)
 
     def ack(self, bags: Sequence[Bag]) -> None:
         """Settle these deliveries; commit whatever prefix that completes."""

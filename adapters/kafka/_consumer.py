@@ -1,11 +1,12 @@
-"""The consume side of the Kafka adapter: one `Consumer` in a consumer group, owned by
-the poller thread (`receive`, `hold`), with its rebalances and commits.
+"""The consume side of the Kafka adapter: one `Consumer` in a consumer group, driven by
+`receive` and `hold` on the kernel's consumer thread, with its rebalances and commits.
 
 Who commits: confluent-kafka >= 2.16 serialises calls on one Consumer (a
-"reentrancy gate"), so a commit from the dispatcher thread while the poller sits
-in `poll()` blocks until that poll returns (measured: 2.7 s of a 3 s poll). So
-the dispatcher commits only when it can take the consumer lock without waiting
-(`try_commit`); otherwise the poller commits between its short polls (`SLICE`,
+"reentrancy gate"), so a commit from another thread while a `poll()` runs blocks
+until that poll returns (measured: 2.7 s of a 3 s poll). The kernel settles on
+the thread that polls, between polls, so a settlement's commit finds the consumer
+free; it still only takes the consumer lock without waiting (`try_commit`), and
+otherwise the next `receive` or `hold` commits between its short polls (`SLICE`,
 50 ms). Commits are asynchronous except these, which are synchronous:
 
 * on assignment (`_on_assign`): the new owner's first commit, o=1 and the counts it
@@ -76,7 +77,7 @@ class Consuming:
         self.revoke_held = revoke
         self.topic = options.topic
         self.consumer: Consumer | None = None
-        # Held around every consumer call; the dispatcher only ever try-acquires it.
+        # Held around every consumer call; a settlement only ever try-acquires it.
         self.lock = threading.Lock()
         self.wake = threading.Event()
         #: Partitions paused by `hold`; the next `receive` resumes them.
@@ -475,7 +476,8 @@ class Consuming:
         )
 
     def try_commit(self) -> None:
-        """Commit now if the consumer is free; otherwise the poller does within `SLICE`."""
+        """Commit now if the consumer is free; otherwise the next receive or hold does, within
+        `SLICE`."""
         consumer = self.consumer
         if consumer is not None and self.lock.acquire(blocking=False):
             try:

@@ -30,9 +30,9 @@ what it handed out, and nothing of a partition it handed nothing out of.
 
 A nack does not seek: the bag is redelivered from memory (`schedule`/`due`)
 and its offset stays uncommitted, so a crash before the redelivery still
-redelivers it from the broker. Everything is guarded by one lock because the
-poller thread (deliver, due, revoke) and the dispatcher thread (settle, schedule)
-touch it at the same time.
+redelivers it from the broker. Everything is guarded by one lock: the kernel
+calls receiving (deliver, due, revoke) and settling (settle, schedule) on one
+thread, but the adapter's `close` and its tests may come from another.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class InFlight:
         #: A careful partition delivered above its frontier: `to_secure` has work.
         self.unsecured = False
 
-    # -- assignment (poller thread, inside the consumer's rebalance callbacks) --
+    # -- assignment (inside the consumer's rebalance callbacks) --
 
     def assign(
         self, tps: Iterable[TP], committed: Mapping[TP, tuple[int, str | None]]
@@ -416,7 +416,7 @@ class InFlight:
         with self._lock:
             return list(self._parts)
 
-    # -- delivery (poller thread) --
+    # -- delivery (receive) --
 
     def deliver(self, bag: Bag) -> bool:
         """Track a bag fresh from the broker; False if it must not reach the kernel.
@@ -494,7 +494,7 @@ class InFlight:
         with self._lock:
             return self._retries[0][0] if self._retries else None
 
-    # -- settlement (dispatcher thread) --
+    # -- settlement --
 
     def settle(self, bags: Iterable[Bag]) -> int:
         """Mark these deliveries done (acked or dead-lettered); returns how many counted.

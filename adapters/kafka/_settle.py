@@ -1,4 +1,4 @@
-"""The settle side of the Kafka adapter, on the dispatcher thread: acks commit the
+"""The settle side of the Kafka adapter, on the kernel's consumer thread: acks commit the
 contiguous settled prefix of each partition, nacks are redelivered from memory, and
 after `max_deliveries` a message is copied to the dead-letter topic (its own
 producer, created on the first dead letter).
@@ -7,7 +7,7 @@ A nack is redelivered from memory and its offset stays uncommitted (no seek).
 Only once the broker confirmed a dead-letter copy does its offset count as
 settled, so the partition moves on and nothing is ever skipped.
 
-One thing runs on the poller thread instead: a message that arrives with its
+One thing runs from `receive` instead: a message that arrives with its
 deliveries used up (consumers died on it, see `_inflight`) is copied to the
 dead-letter topic before the kernel ever sees it (`dead_on_arrival`).
 """
@@ -45,9 +45,10 @@ class Settling:
         self.options = consuming.options
         self.inflight = consuming.inflight
         self._dlq_producer: Producer | None = None
-        # The dispatcher and (for dead_on_arrival) the poller share the producer.
+        # Settling and (for dead_on_arrival) receiving share the producer (one thread
+        # calls both now; the lock keeps it safe from any).
         self._dlq_lock = threading.Lock()
-        #: Messages dead on arrival whose copy failed: (when to try again, bag); poller only.
+        #: Messages dead on arrival whose copy failed: (when to try again, bag); receive only.
         self._doomed: list[tuple[float, Bag]] = []
 
     def ack(self, bags: Sequence[Bag]) -> None:
@@ -100,7 +101,7 @@ class Settling:
         return bool(self._doomed)
 
     def dead_on_arrival(self, bags: Sequence[Bag]) -> None:
-        """On the poller thread: messages whose deliveries were used up by consumers that
+        """From `receive`: messages whose deliveries were used up by consumers that
         died on them (`InFlight.take_doomed`), and earlier ones whose copy failed and is
         due again. Copied to the dead-letter topic without reaching the kernel, and
         reported (`DeadLettered`); a failed copy is tried again after `redelivery_delay`."""

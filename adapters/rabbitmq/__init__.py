@@ -7,9 +7,10 @@ connections are not thread-safe):
   opened lazily in `send_batch`, which publishes the whole batch and then
   waits for its publisher confirms together (pipelined, not one round trip
   per message);
-- the consumer's `BlockingConnection` belongs to the poller thread and is
-  opened lazily in `receive`; `ack`, `nack`, `reject` and `release` (the dispatcher
-  thread) reach it only through `add_callback_threadsafe`, without waiting.
+- the consumer's `BlockingConnection` belongs to the kernel's consumer thread and is
+  opened lazily in `receive`; `ack`, `give_back`, `dead_letter` and `reject` (called
+  on that thread between broker calls, and safe from any) reach it only through
+  `add_callback_threadsafe`, without waiting.
 
 Poison policy: deliveries are counted by the broker (`x-delivery-count` on
 quorum queues, the default queue type); a delivery that has used up
@@ -81,7 +82,7 @@ class RabbitMQAdapter(ReceivingAdapter, Operations):
     def send_batch(self, bags: Sequence[Bag]) -> Sequence[BaseException | None]:
         return self._publisher.send(bags)
 
-    # poller thread
+    # receiving (the consumer thread)
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         return self._consumer.receive(max_items, wait)
 
@@ -99,7 +100,7 @@ class RabbitMQAdapter(ReceivingAdapter, Operations):
         self._consumer.pause(wait)
         return True
 
-    # dispatcher thread: hand-offs to the poller thread's connection, none of them waits
+    # settling: hand-offs to the connection's next broker call, none of them waits
     def ack(self, bags: Sequence[Bag]) -> None:
         self._consumer.settle([Settle("ack", _receipt(b)) for b in bags])
 

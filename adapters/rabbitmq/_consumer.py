@@ -1,13 +1,15 @@
-"""The consumer side: one pika BlockingConnection, created and driven only by the poller thread.
+"""The consumer side: one pika BlockingConnection, created and driven only by the thread
+that calls `receive`, `hold` and `idle` (the kernel's consumer thread).
 
-pika connections are not thread-safe, so the dispatcher thread never touches this
-one. It appends settlements (ack, requeue, release, dead-letter) to a deque and
-asks the connection, through `add_callback_threadsafe` (pika's only thread-safe
-method), to run `_apply` on the poller thread. That callback also makes a
-`process_data_events` blocked in `receive` return at once, so an ack reaches
-the broker promptly even while the poller waits for messages.
+pika connections are not thread-safe, so the settling calls never touch this
+one, whichever thread makes them. They append settlements (ack, requeue,
+release, dead-letter) to a deque and ask the connection, through
+`add_callback_threadsafe` (pika's only thread-safe method), to run `_apply` on
+the consumer thread. That callback also makes a `process_data_events` blocked
+in `receive` return at once, so an ack from another thread reaches the broker
+promptly even while the consumer thread waits for messages.
 
-Acks are fire-and-forget: the dispatcher does not wait for the callback to run.
+Acks are fire-and-forget: the settling call does not wait for the callback to run.
 Waiting would add a thread round trip per ack batch, and an ack that never
 reaches the broker (the connection died first) cannot be retried anyway: the
 broker has requeued that delivery already. The at-least-once contract covers
@@ -82,7 +84,7 @@ class DeadLettered(MessageError):
 
 @attrs.frozen
 class Settle:
-    """One settlement for the poller thread to send.
+    """One settlement for the consumer thread to send.
 
     `ack`; `requeue` (a failure: back on the queue, maybe after `due`, one more
     delivery counted); `release` (given back unhandled: not a delivery); `dead`
@@ -121,7 +123,7 @@ class Consumer:
         self._generation = 0
         self._ready: deque[Bag] = deque()
         self._ops: deque[Settle] = deque()
-        #: Releases wait here for the poller's next call, which first decides the lines: a
+        #: Releases wait here for the consumer thread's next call, which first decides the lines: a
         #: release while the kernel stops receiving must not make the broker push more.
         self._releases: deque[Settle] = deque()
         self._held: list[tuple[float, int, Settle]] = []
@@ -136,7 +138,7 @@ class Consumer:
         self._seq = itertools.count()
         self._woken = threading.Event()
         self._kick_pending = False
-        #: Held by whoever drives the connection: the poller in receive, or close.
+        #: Held by whoever drives the connection: the consumer thread in receive, or close.
         self._driving = threading.Lock()
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -148,12 +150,12 @@ class Consumer:
     # ---- any thread -------------------------------------------------------
 
     def settle(self, ops: Iterable[Settle]) -> None:
-        """Acks, failures and dead letters: the poller thread sends them soon."""
+        """Acks, failures and dead letters: the consumer thread sends them soon."""
         self._ops.extend(ops)
         self._kick()
 
     def give_back(self, ops: Iterable[Settle]) -> None:
-        """Releases: the poller's next call applies them, after its line decisions."""
+        """Releases: the consumer thread's next call applies them, after its line decisions."""
         self._releases.extend(ops)
         self.wakeup()
 
@@ -162,7 +164,7 @@ class Consumer:
         self._kick()
 
     def _kick(self) -> None:
-        """Have the poller thread run `_apply` soon (and leave process_data_events)."""
+        """Have the consumer thread run `_apply` soon (and leave process_data_events)."""
         if self._kick_pending:
             return
         conn = self._conn
@@ -172,9 +174,9 @@ class Consumer:
         try:
             conn.add_callback_threadsafe(self._on_kick)
         except pk.AMQPError:
-            self._kick_pending = False  # closing: the poller reconnects and drains
+            self._kick_pending = False  # closing: the consumer thread reconnects and drains
 
-    # ---- poller thread ----------------------------------------------------
+    # ---- consumer thread --------------------------------------------------
 
     def receive(self, max_items: int, wait: float) -> list[Bag]:
         """Up to max_items bags, waiting at most `wait` s for the first (or for a wakeup)."""
@@ -608,7 +610,7 @@ class Consumer:
         """Stop the lines, send the last settlements, then close (the broker requeues
         anything un-acked)."""
         if not self._driving.acquire(timeout=5.0):
-            log.warning("queue %s: poller still receiving at close; not closing", self._s.queue)
+            log.warning("queue %s: still receiving at close; not closing", self._s.queue)
             return
         try:
             conn = self._conn

@@ -46,7 +46,7 @@ __all__ = ["QueueNotFound", "SQSAdapter", "SQSError", "from_url"]
 
 log = logging.getLogger("qchan.adapters.sqs")
 
-#: Seconds a receive long-polls by default (WaitTimeSeconds). An idle poller
+#: Seconds a receive long-polls by default (WaitTimeSeconds). An idle consumer
 #: makes one request per period; close can take up to this long (docs/sqs.md).
 DEFAULT_WAIT = 5.0
 

@@ -2,7 +2,7 @@
 
 The state (`starting`, `consuming`, `reconnecting`, `stopping`) is what /healthz
 reports. "Consuming" needs evidence: a call to the broker that returned (the
-poller's receive, hold or idle) since the last connection error reported, and no
+consumer thread's receive, hold or idle) since the last connection error reported, and no
 such error for `_QUIET` seconds (librdkafka returns empty receives while its brokers
 are down and reports that on the side). A child that is not consuming within
 --retry-seconds of its start exits 1: the broker cannot be reached.
@@ -44,7 +44,7 @@ class _Pulse:
         self.first_answer = threading.Event()
 
     def watch(self, q: Queue) -> None:
-        """Note every call of the poller's that returns. The poller looks the adapter's
+        """Note every broker call of the consumer thread that returns. It looks the adapter's
         methods up per call, so wrapping them on the instance leaves the kernel as it is."""
         adapter = q.adapter
         for name in ("receive", "hold", "idle"):

@@ -1,7 +1,7 @@
 """What a kernel worker gets from its queue: the options it runs by and the queue's
 services, never the `Queue` itself.
 
-The emitter, the poller and the dispatcher import this module, and `queue.py`
+The emitter and the consumer import this module, and `queue.py`
 imports them: the dependencies point one way (see ARCHITECTURE.md).
 """
 

@@ -1,6 +1,6 @@
 """`Queue`: one queue on one broker, and its lifecycle. Channels open on it with
 `enqueue`, `enqueue_sync` and `dequeue` (see ../endpoints.py); its threads are the
-emitter, the poller and the dispatcher (this package)."""
+emitter and the consumer (this package)."""
 
 from __future__ import annotations
 
@@ -326,7 +326,7 @@ class Queue:
     def _fail(self, error: BaseException, thread: str) -> None:
         """A worker thread of this queue raised unexpectedly: fail the queue, loudly.
 
-        The one rule for every kernel thread (emitter, poller, dispatcher, serve's
+        The one rule for every kernel thread (emitter, consumer, serve's
         workers): the error is logged with its traceback and put on `errors`; every
         channel of the queue fails, so each call blocked on one raises `QueueFailed`;
         a thread of its own then winds the queue down as close() does (within

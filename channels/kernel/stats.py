@@ -76,8 +76,8 @@ class Counters:
 
     def __init__(self) -> None:
         self.sent = self.retried = self.dead_lettered = 0  # emitter thread
-        self.received = self.redelivered = self.poison = 0  # poller thread
-        self.acked = self.nacked = self.expired = self.gave_up = 0  # dispatcher thread
+        self.received = self.redelivered = self.poison = 0  # consumer thread
+        self.acked = self.nacked = self.expired = self.gave_up = 0  # consumer thread
 
     def snapshot(self, in_flight: int, failed: bool = False) -> Stats:
         # Every counter is a Stats field of the same name: a new one needs no edit here.

@@ -699,7 +699,7 @@ class Conformance:
             a.dead_letter([one], [QchanError("the handler gave up")])
             a.ack([two])
             deadline = time.monotonic() + self.patience
-            # Receiving meanwhile, as the kernel's poller would (an adapter may settle on
+            # Receiving meanwhile, as the kernel's consumer thread would (an adapter may settle on
             # the thread that receives), and nothing may come back.
             while (n := self.dead_lettered(queue_name)) != 1:
                 said = f"dead_lettered({queue_name!r}) is {n}, not 1"
