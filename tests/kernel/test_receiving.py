@@ -559,3 +559,29 @@ def test_the_clock_keeps_its_count_when_a_rebalance_takes_messages_out_of_the_bu
     assert clock.expired(now=2000.0) == [bags[0]]
     assert set(clock.held) == {bags[3]}
     assert clock.close(r) == [bags[3]]
+
+
+def test_the_clock_counts_the_overflow_as_not_received() -> None:
+    """A run goes into rcv whole: what does not fit waits in its overflow, unseen by the
+    application. The clock's arithmetic must count it as waiting, or it would start the
+    clock of (and expire, counting a delivery) messages nobody received."""
+    from qchan.chan import Pipe
+    from qchan.codec import codec_for
+    from qchan.kernel.consumer import Clock
+    from qchan.kernel.routes import Receiver
+    from qchan.message import Bag
+
+    rcv: Pipe[Any] = Pipe(2)
+    r = Receiver("Order", codec_for(Order), rcv, Pipe(4))
+    clock = Clock(time_to_flight=10.0, interval=1.0)
+    clock.open(r)
+    bags = [Bag("Order", str(i).encode()) for i in range(5)]
+    rcv.push(list(bags))
+    clock.handed(r, bags, now=0.0)
+    assert (len(rcv), len(rcv.overflow)) == (2, 3)
+    assert rcv.recv() is bags[0]  # one received; the overflow moved up by one
+    clock.look(now=1.0)
+    assert clock.expired(now=100.0) == [bags[0]]
+    assert [rcv.recv() for _ in range(4)] == bags[1:]
+    clock.look(now=200.0)
+    assert clock.expired(now=209.9) == [] and clock.expired(now=210.0) == bags[1:]
