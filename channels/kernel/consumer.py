@@ -335,16 +335,12 @@ class Consumer:
             with gate.cond:
                 if self._work_waiting():
                     continue
-                want = -2 if self.failed else gate.want()
-                now_state = (
-                    "wait"
-                    if want == -2
-                    else "receive"
-                    if want > 0
-                    else "hold"
-                    if want == 0
-                    else "idle"
-                )
+                want = 0
+                if self.failed:
+                    now_state = "wait"
+                else:
+                    want = gate.want()
+                    now_state = "receive" if want > 0 else "hold" if want == 0 else "idle"
                 if now_state != state:  # a new state: ask the adapter (again) whether it tends it
                     state, serviceable = now_state, True
                 gate.idling = state != "receive"
@@ -358,13 +354,9 @@ class Consumer:
                         if self.fetcher is None:
                             self.fetcher = Fetcher(adapter, self.name, gate.alert)
                         self.fetcher.start(min(adapter.max_receive, want), self._wait(due))
-                    gate.blocked = "cond"
-                    gate.alerted = False
-                    gate.cond.wait(None if due is None else max(0.0, due - time.monotonic()))
-                    gate.blocked = None
+                    gate.sleep(None if due is None else max(0.0, due - time.monotonic()))
                     continue
-                gate.blocked = "adapter"
-                gate.alerted = False
+                gate.blocked, gate.alerted = "adapter", False
             wait = self._wait(due)
             if state != "receive":
                 # Two different signals, never one: hold keeps what the adapter took
@@ -426,9 +418,7 @@ class Consumer:
             with gate.cond:
                 if self._work_waiting():
                     continue
-                gate.blocked, gate.alerted = "cond", False
-                gate.cond.wait(max(0.0, end - now))
-                gate.blocked = None
+                gate.sleep(max(0.0, end - now))
         return failures
 
     def _work_waiting(self) -> bool:

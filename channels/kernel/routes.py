@@ -125,6 +125,13 @@ class Gate:
         if blocked == "adapter":
             self.adapter.wakeup()
 
+    def sleep(self, timeout: float | None) -> None:
+        """Block the consumer thread on `cond` (it holds it) until an alert, a demand
+        change or the queue's stop wakes it, or `timeout` s pass."""
+        self.blocked, self.alerted = "cond", False
+        self.cond.wait(timeout)
+        self.blocked = None
+
     def want(self) -> int:
         """How many messages the consumer may take now (the caller holds `cond`): 0 while
         the in-flight limit is reached or the consumers have all they can use soon,

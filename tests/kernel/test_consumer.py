@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from support.helpers import start, wait_for
 from support.queues import put_raw
 
-from qchan import Bag, ChannelClosed, Queue, dequeue
+from qchan import Bag, Chan, ChannelClosed, ConnectionLost, Queue, dequeue
 from qchan.adapters.embedded import EmbeddedAdapter, broker
 from qchan.testing import Order, Spy, Wrapped
 
@@ -125,3 +125,48 @@ def test_what_a_poll_in_flight_brings_at_close_is_given_back_uncounted(name: str
     assert (b.depth, b.in_flight) == (1, 0)
     (again,) = b.receive(1, 1)
     assert again.deliveries == 1
+
+
+def test_acks_that_fill_their_channel_during_a_long_receive_all_arrive(name: str) -> None:
+    """Backpressure on `ack`: with room for one ack, 50 acks sent back to back while the
+    consumer sits in a 30 s receive. Each must wake it (the first item after a drain, or
+    a sender parked on the full channel), or the application hangs on its acks until
+    the poll ends. Fails when an ack wakes nobody."""
+    n = 50
+    put_raw(name, *(_order(i) for i in range(n)))
+    adapter = Spy(EmbeddedAdapter(name))
+    with Queue(adapter, poll_wait=30.0, in_flight=200) as q:
+        with dequeue(Order, q, ack_capacity=1) as (rcv, ack):
+            held = [rcv.recv(timeout=5) for _ in range(n)]
+            waiter = start(rcv.recv, timeout=10)  # demand on an empty broker: a long receive
+            calls = adapter.receives
+            wait_for(lambda: adapter.receives > calls, what="the long receive")
+            acking = start(lambda: [ack.send(m, timeout=5) for m in held])
+            acking.join(5)
+            assert not acking.is_alive() and acking.error is None, acking.error
+            wait_for(lambda: q.stats().acked == n, timeout=5.0, what="every ack applied")
+            assert broker(name).in_flight == 0
+        waiter.join(5)
+
+
+def test_a_receive_that_fails_on_the_fetch_thread_is_reported_and_retried(name: str) -> None:
+    """Without `wakes`, `receive` runs on a helper thread; an error there reaches the
+    queue's errors like any failed receive, and polling goes on: nothing is lost."""
+    failures = [ConnectionLost("injected: the poll failed")]
+
+    class Flaky(LongPoll):
+        def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
+            if failures:
+                raise failures.pop()
+            return super().receive(max_items, wait)
+
+    put_raw(name, _order())
+    errors: Chan[Exception] = Chan(16)
+    with Queue(Flaky(EmbeddedAdapter(name)), poll_wait=1.0, errors=errors) as q:
+        with dequeue(Order, q) as (rcv, ack):
+            m = rcv.recv(timeout=10)
+            ack.send(m)
+            wait_for(lambda: q.stats().acked == 1, timeout=5.0, what="the ack")
+        assert q.failure is None
+    err = errors.recv(timeout=1)
+    assert isinstance(err, ConnectionLost) and "injected" in str(err)

@@ -201,7 +201,7 @@ def test_a_sync_put_on_a_failed_queue_raises_queue_failed(name: str) -> None:
     q.close()
 
 
-# -- the consumer, receiving--------------------------------------------------------------------
+# -- the consumer, receiving -----------------------------------------------------------
 
 
 def test_a_receive_failure_fails_the_queue_and_leaves_messages_on_the_broker(
@@ -233,7 +233,7 @@ def test_a_receive_failure_fails_the_queue_and_leaves_messages_on_the_broker(
         ack.send(msg)
 
 
-# -- the consumer --------------------------------------------------------------------
+# -- the consumer, handing over --------------------------------------------------------
 
 
 def test_consumer_failure_fails_the_queue(

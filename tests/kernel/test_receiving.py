@@ -502,24 +502,30 @@ def test_many_consumer_threads_share_one_rcv(queues: list[Queue], name: str) -> 
     wait_for(lambda: q.stats().acked == n, what="every ack applied")
 
 
-def test_the_clock_starts_when_the_application_takes_a_message_from_the_buffer() -> None:
-    """time_to_flight's clock, by FIFO arithmetic over what was handed into `rcv`: a
-    message waiting in the buffer never expires; one received does, once; a settled one
-    is not held, and a second settlement says so."""
+def _clock_over(capacity: int, handed: int) -> tuple[Any, Any, Any, list[Bag]]:
+    """A receiver whose rcv holds `capacity`, a time_to_flight clock of 10 s looking every
+    second, and `handed` bags pushed into the rcv at time 0 (what does not fit waits in
+    its overflow): (rcv, receiver, clock, bags)."""
     from qchan.chan import Pipe
     from qchan.codec import codec_for
     from qchan.kernel.consumer import Clock
     from qchan.kernel.routes import Receiver
-    from qchan.message import Bag
 
-    rcv: Pipe[Any] = Pipe(4)
+    rcv: Pipe[Any] = Pipe(capacity)
     r = Receiver("Order", codec_for(Order), rcv, Pipe(4))
     clock = Clock(time_to_flight=10.0, interval=1.0)
     clock.open(r)
-    bags = [Bag("Order", str(i).encode()) for i in range(4)]
-    for b in bags:
-        rcv.send(b)
+    bags = [Bag("Order", str(i).encode()) for i in range(handed)]
+    rcv.push(list(bags))
     clock.handed(r, bags, now=0.0)
+    return rcv, r, clock, bags
+
+
+def test_the_clock_starts_when_the_application_takes_a_message_from_the_buffer() -> None:
+    """time_to_flight's clock, by FIFO arithmetic over what was handed into `rcv`: a
+    message waiting in the buffer never expires; one received does, once; a settled one
+    is not held, and a second settlement says so."""
+    rcv, r, clock, bags = _clock_over(capacity=4, handed=4)
     assert clock.next_due() == 1.0  # all four wait in the buffer: only a look is due
     assert rcv.recv() is bags[0] and rcv.recv() is bags[1]  # the application takes two
     clock.look(now=2.0)
@@ -536,20 +542,7 @@ def test_the_clock_keeps_its_count_when_a_rebalance_takes_messages_out_of_the_bu
     """A revoke withdraws messages from the middle of `rcv`'s buffer: the clock's FIFO must
     lose them too, or it would count a message still waiting as received and expire it
     (a delivery counted for a message the application never saw)."""
-    from qchan.chan import Pipe
-    from qchan.codec import codec_for
-    from qchan.kernel.consumer import Clock
-    from qchan.kernel.routes import Receiver
-    from qchan.message import Bag
-
-    rcv: Pipe[Any] = Pipe(4)
-    r = Receiver("Order", codec_for(Order), rcv, Pipe(4))
-    clock = Clock(time_to_flight=10.0, interval=1.0)
-    clock.open(r)
-    bags = [Bag("Order", str(i).encode()) for i in range(4)]
-    for b in bags:
-        rcv.send(b)
-    clock.handed(r, bags, now=0.0)
+    rcv, r, clock, bags = _clock_over(capacity=4, handed=4)
     lost = rcv.withdraw(lambda b: b in (bags[1], bags[2]))
     clock.withdrawn(r, lost)
     clock.look(now=1.0)  # bags[0] and bags[3] both still wait
@@ -565,19 +558,7 @@ def test_the_clock_counts_the_overflow_as_not_received() -> None:
     """A run goes into rcv whole: what does not fit waits in its overflow, unseen by the
     application. The clock's arithmetic must count it as waiting, or it would start the
     clock of (and expire, counting a delivery) messages nobody received."""
-    from qchan.chan import Pipe
-    from qchan.codec import codec_for
-    from qchan.kernel.consumer import Clock
-    from qchan.kernel.routes import Receiver
-    from qchan.message import Bag
-
-    rcv: Pipe[Any] = Pipe(2)
-    r = Receiver("Order", codec_for(Order), rcv, Pipe(4))
-    clock = Clock(time_to_flight=10.0, interval=1.0)
-    clock.open(r)
-    bags = [Bag("Order", str(i).encode()) for i in range(5)]
-    rcv.push(list(bags))
-    clock.handed(r, bags, now=0.0)
+    rcv, _, clock, bags = _clock_over(capacity=2, handed=5)
     assert (len(rcv), len(rcv.overflow)) == (2, 3)
     assert rcv.recv() is bags[0]  # one received; the overflow moved up by one
     clock.look(now=1.0)
