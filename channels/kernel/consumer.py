@@ -43,7 +43,7 @@ from ..errors import (
     QueueFailed,
     UnroutableError,
 )
-from ..message import Bag, Msg
+from ..message import Bag, Msg, received
 from .context import Context, resolved
 from .routes import ANY, Gate, Receiver, short, type_name
 
@@ -512,8 +512,7 @@ class Consumer:
                     self._hand(last, run, now)
                 run = []
                 last = r
-            # positional: a third faster than with the keyword (1.2 us against 1.7)
-            run.append(Msg(obj, bag.category, bag.digest, bag.attributes, None, None, bag))
+            run.append(received(obj, bag.category, bag.digest, bag.attributes, bag))
         if last is not None:
             self._hand(last, run, now)
         for bag, error in poison:
