@@ -90,6 +90,8 @@ class Consuming:
         self.closing = False
         self._fatal: KafkaError | None = None
         self._commit_failing = False
+        #: Asynchronous commits whose outcome (on_commit) has not come yet.
+        self._commits_out = 0
         # Raw headers -> decoded attributes: most messages repeat the same four.
         self._attributes: dict[tuple[Any, ...], Mapping[str, str]] = {}
 
@@ -332,6 +334,7 @@ class Consuming:
         err, self._fatal = self._fatal, None
         consumer, self.consumer = self.consumer, None
         self._paused = []
+        self._commits_out = 0  # a closed consumer answers none
         if consumer is not None:
             with self.lock:
                 self._revoke(None, self.inflight.assigned())
@@ -431,6 +434,7 @@ class Consuming:
         try:
             if asynchronous:
                 consumer.commit(offsets=offsets, asynchronous=True)
+                self._commits_out += 1
                 return set()
             return self._outcome(None, consumer.commit(offsets=offsets, asynchronous=False))
         except KafkaException as e:
@@ -440,6 +444,7 @@ class Consuming:
 
     def _committed(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """librdkafka's on_commit: an asynchronous commit's outcome."""
+        self._commits_out = max(0, self._commits_out - 1)
         self._outcome(err, partitions)
 
     def _outcome(self, err: KafkaError | None, partitions: list[TopicPartition]) -> set[TP]:
@@ -485,6 +490,29 @@ class Consuming:
             finally:
                 self.lock.release()
 
+    def _await_commits(self, consumer: Consumer) -> None:
+        """Before the final commit: wait (at most `admin_timeout`) for the outcomes of the
+        asynchronous commits still out, so that the final one is the last the group
+        applies. One sent again after a dropped connection would otherwise land after
+        it and put the group's offset back (measured: 1,100 of 2,000 acked messages
+        delivered again after a clean close). Polls with every partition paused: a
+        message it still returns is left unread and uncommitted, for the next owner."""
+        deadline = time.monotonic() + self.options.admin_timeout
+        while self._commits_out and time.monotonic() < deadline:
+            try:
+                self._pause(consumer)
+                consumer.poll(SLICE)  # serves on_commit
+            except KafkaException as e:
+                log.debug("kafka consumer of %r while closing: %s", self.topic, e)
+                return
+        if self._commits_out:
+            log.warning(
+                "kafka consumer of %r closing with %d commit(s) unanswered after %s s",
+                self.topic,
+                self._commits_out,
+                self.options.admin_timeout,
+            )
+
     def close(self) -> None:
         """Commit what is settled, with o=0 (a clean end, not a death), and leave the group."""
         self.closing = True
@@ -493,6 +521,7 @@ class Consuming:
         if consumer is None:
             return
         with self.lock:
+            self._await_commits(consumer)
             todo = self.inflight.finish()
             if todo:
                 self._commit(consumer, todo, asynchronous=False)

@@ -582,12 +582,23 @@ class InFlight:
                     part.securing = -1
 
     def confirmed(self, done: Iterable[tuple[TP, int]]) -> None:
-        """Commits the broker confirmed: (partition, position)."""
+        """Commits the broker confirmed: (partition, position).
+
+        A confirmation below one confirmed before is an older commit that the group
+        applied last: librdkafka sends a commit again when its connection dropped,
+        after the newer ones went out on the new connection. The group's offset went
+        back, so the partition is committed again (dirty), or a restart would deliver
+        again everything between the two.
+        """
         with self._lock:
             for tp, position in done:
                 part = self._parts.get(tp)
-                if part is not None and position > part.durable:
+                if part is None:
+                    continue
+                if position > part.durable:
                     part.durable = position
+                elif position < part.durable:
+                    part.dirty = True
 
     def commit_failed(self, tps: Iterable[TP]) -> None:
         """A commit did not stick: try these partitions again next time."""
