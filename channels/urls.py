@@ -25,6 +25,8 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "kafka": ("qchan.adapters.kafka", "kafka"),
     "amqp": ("qchan.adapters.rabbitmq", "rabbitmq"),
     "amqps": ("qchan.adapters.rabbitmq", "rabbitmq"),
+    "redis": ("qchan.adapters.redis", "redis"),
+    "rediss": ("qchan.adapters.redis", "redis"),
 }
 _REGISTERED: dict[str, Callable[..., Adapter]] = {}
 

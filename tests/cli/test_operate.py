@@ -487,13 +487,25 @@ class Kafka(Broker):
         self.cluster.create_topic(name, 2)
 
 
-@pytest.fixture(params=["sqs", "amqp", "kafka"])
+class Redis(Broker):
+    """A stream keeps what its groups acked (like a Kafka topic): a new group reads it all."""
+
+    def url(self, name: str, group: str = "") -> str:
+        return f"redis://127.0.0.1:6379/0?stream={name}&group={group or 'op-' + name}&wait=0.2"
+
+    def create(self, name: str) -> None:
+        pass  # a stream is created on first use
+
+
+@pytest.fixture(params=["sqs", "amqp", "kafka", "redis"])
 def transport(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "sqs":
         yield SQS(request.getfixturevalue("sqs_endpoint"))
     elif request.param == "amqp":
         request.getfixturevalue("rabbit")
         yield Rabbit()
+    elif request.param == "redis":
+        yield Redis()
     else:
         yield Kafka(request.getfixturevalue("kafka_cluster"))
 
@@ -510,6 +522,12 @@ def queues(transport: Any) -> Iterator[tuple[str, str]]:
         from support.rabbitmq import delete_queues
 
         delete_queues(*names, *(f"{n}.dlq" for n in names))
+    elif isinstance(transport, Redis):
+        import redis
+
+        c = redis.Redis("127.0.0.1", 6379)
+        c.delete(*names, *(f"{n}.dlq" for n in names))
+        c.close()
 
 
 @pytest.mark.integration
@@ -558,11 +576,11 @@ def test_every_command_on_a_real_broker(
     # session times out, and Kafka then refuses the skip); it has not read the 3 moved yet.
     purging = t.url(main_q, group=f"purge-{main_q}")
     t.put(main_q, bags(2, "purge"))
-    waiting = 5 if isinstance(t, Kafka) else 2
+    waiting = 5 if isinstance(t, (Kafka, Redis)) else 2
     wait_for(lambda: stats_of(purging)["ready"] == waiting, 20, "messages ready to purge")
     code, _, err = run(["purge", purging, "--yes"], monkeypatch, capsys)
     assert code == 0, err
-    assert ("purged 5 message(s)" if isinstance(t, Kafka) else "purged") in err
+    assert ("purged 5 message(s)" if isinstance(t, (Kafka, Redis)) else "purged") in err
     wait_for(lambda: stats_of(purging)["ready"] == 0, 20, "the queue purged")
 
 
