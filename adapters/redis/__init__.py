@@ -152,11 +152,12 @@ class RedisAdapter(ReceivingAdapter, Operations):
         now = time.monotonic()
         out: list[Bag] = []
         if now >= self._scan_at():
-            self._next_scan = now + self._scan_every
             with self._lock:
                 while self._due and self._due[0] <= now:
                     heapq.heappop(self._due)
-            out = self._claim_due(max_items)
+            out, more = self._claim_due(max_items)
+            # A full scan may have left more due: look again at the next receive.
+            self._next_scan = now if more else now + self._scan_every
         room = max_items - len(out)
         if room <= 0:
             return out
@@ -198,13 +199,14 @@ class RedisAdapter(ReceivingAdapter, Operations):
                 raise
         self._group_ready = True
 
-    def _claim_due(self, limit: int) -> list[Bag]:
-        """Claim the deliveries idle for `visibility_timeout` or more (any consumer's)."""
+    def _claim_due(self, limit: int) -> tuple[list[Bag], bool]:
+        """Claim the deliveries idle for `visibility_timeout` or more (any consumer's), at
+        most `limit`; and whether there may be more."""
         pending: Any = self._client.xpending_range(
             self.stream, self.group, min="-", max="+", count=limit, idle=self._vis_ms
         )
         if not pending:
-            return []
+            return [], False
         counts = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
         claimed: Any = self._client.xclaim(
             self.stream, self.group, self.me, self._vis_ms, list(counts)
@@ -225,7 +227,7 @@ class RedisAdapter(ReceivingAdapter, Operations):
                 f"{self.options.max_deliveries})",
                 used,
             )
-        return out
+        return out, len(pending) >= limit
 
     def _bag(self, entry_id: bytes, fields: Mapping[bytes, bytes], deliveries: int) -> Bag:
         body = b""

@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from qchan.options import QUEUE_URL_OPTIONS, OptionError, parse_query
 from qchan.urls import URLError, redact
@@ -131,6 +133,9 @@ class RedisOptions:
             "socket_timeout": self.socket_timeout + self.wait,
             "health_check_interval": 30,
             "client_name": f"qchan-{self.name}",
+            # No retries inside redis-py: a failure reaches the kernel, whose policy
+            # retries sends and backs off receives (and reports the outage once).
+            "retry": Retry(NoBackoff(), 0),
         }
         if self.tls:
             out["ssl"] = True

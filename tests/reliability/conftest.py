@@ -29,6 +29,7 @@ from .transports import (
     EmbeddedTransport,
     KafkaTransport,
     RabbitTransport,
+    RedisTransport,
     SQSTransport,
     Transport,
 )
@@ -40,6 +41,7 @@ TRANSPORTS = [
     pytest.param("amqp", id="amqp", marks=pytest.mark.integration),
     pytest.param("sqs", id="sqs", marks=pytest.mark.integration),
     pytest.param("kafka", id="kafka", marks=pytest.mark.integration),
+    pytest.param("redis", id="redis", marks=pytest.mark.integration),
 ]
 
 
@@ -66,6 +68,8 @@ def _make(name: str, request: pytest.FixtureRequest) -> Transport:
             pytest.skip("the Kafka scenarios break brokers: they need the mock cluster")
         workdir = request.getfixturevalue("tmp_path")
         return KafkaTransport(cluster, workdir, group_config())
+    if name == "redis":
+        return RedisTransport()
     raise ValueError(f"unknown transport {name!r}")
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "EmbeddedTransport",
     "KafkaTransport",
     "RabbitTransport",
+    "RedisTransport",
     "SQSTransport",
     "Transport",
 ]
@@ -252,6 +253,70 @@ class RabbitTransport(Transport):
         super().close()
         if self._admin is not None and self._admin.is_open:
             self._admin.close()
+
+
+class RedisTransport(Transport):
+    """`redis://` on the real Redis (127.0.0.1:6379); faults through `TcpProxy`.
+
+    A 2 s visibility timeout, so a delivery whose ack was lost is claimed again
+    quickly. A stream keeps what the group acked (as a Kafka topic does): `leftover`
+    is the group's lag plus its pending entries, `written` the stream's length.
+    """
+
+    name = "redis"
+    host, port = "127.0.0.1", 6379
+    max_message_size = 1024 * 1024  # the adapter's default max_message_size
+    #: Fail a send within a second or two while the link is cut.
+    fail_fast: ClassVar[dict[str, Any]] = {"connect_timeout": 1.0, "socket_timeout": 1.0}
+
+    def __init__(self) -> None:
+        super().__init__()
+        import redis
+
+        self.client = redis.Redis(self.host, self.port)
+
+    def url(self, name: str, port: int | None = None) -> str:
+        return (
+            f"redis://{self.host}:{port or self.port}/0?stream={name}"
+            f"&visibility_timeout={self.redelivery}&wait=0.2"
+        )
+
+    def open(self, name: str, link: Link | None = None, **options: Any) -> Queue:
+        port = None
+        if link is not None:
+            assert isinstance(link, TcpProxy)
+            port = link.port
+        options.setdefault("poll_wait", 0.2)
+        return connect(self.url(name, port), **options)
+
+    def new_link(self) -> Link:
+        return TcpProxy((self.host, self.port))
+
+    def leftover(self, name: str) -> int | None:
+        import redis
+
+        try:
+            for g in self.client.xinfo_groups(name):
+                if g["name"] == b"qchan":
+                    return int(g["lag"] or 0) + int(g["pending"])
+            return int(self.client.xlen(name))
+        except redis.ResponseError:
+            return 0  # no stream: nothing was ever sent
+        except redis.RedisError:
+            return None
+
+    def dead_letters(self, name: str) -> int:
+        return int(self.client.xlen(f"{name}.dlq"))
+
+    def written(self, name: str) -> int | None:
+        return int(self.client.xlen(name))
+
+    def cleanup(self, name: str) -> None:
+        self.client.delete(name, f"{name}.dlq")
+
+    def close(self) -> None:
+        super().close()
+        self.client.close()
 
 
 class SQSTransport(Transport):
