@@ -42,6 +42,12 @@ BENCHES: list[tuple[str, list[str], list[str], str]] = [
         "RabbitMQ on 127.0.0.1:5672",
     ),
     (
+        "bench_redis.py",
+        ["--messages", "20000", "--repeat", "3"],
+        ["--messages", "3000", "--repeat", "1"],
+        "Redis on 127.0.0.1:6379",
+    ),
+    (
         "bench_sqs.py",
         ["--messages", "2000"],
         ["--messages", "300", "--repeat", "1"],

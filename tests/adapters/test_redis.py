@@ -92,6 +92,26 @@ def test_credentials_never_show() -> None:
     assert "s3cret" not in str(e.value) and "bogus" in str(e.value)
 
 
+def test_tls_options_pass_through_to_redis_py() -> None:
+    a = from_url(
+        "rediss://cache.example.com:6380/0?stream=s&ssl_ca_certs=/etc/ca.pem"
+        "&ssl_cert_reqs=required&ssl_check_hostname=true",
+        ssl_certfile="/etc/me.pem",
+        ssl_keyfile="/etc/me.key",
+    )
+    pool = a._client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    kw = pool.connection_kwargs
+    assert (kw["ssl_ca_certs"], kw["ssl_certfile"], kw["ssl_keyfile"]) == (
+        "/etc/ca.pem",
+        "/etc/me.pem",
+        "/etc/me.key",
+    )
+    assert (kw["ssl_cert_reqs"], kw["ssl_check_hostname"]) == ("required", True)
+    assert "me.key" not in repr(a.options)
+    a._client.close()
+
+
 @pytest.mark.parametrize(
     ("url", "why"),
     [

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +34,7 @@ from qchan import AT_MOST_ONCE, ChannelClosed, Constant, EnqueueError, Queue, en
 
 from .harness import LONG, Numbered, Report, account, collect_errors, fault_for, receive_until
 from .links import Link
-from .transports import PATIENT, RabbitTransport, Transport
+from .transports import PATIENT, RabbitTransport, RedisTransport, Transport
 
 IN_FLIGHT = 200
 
@@ -332,6 +336,106 @@ def test_rabbitmq_broker_restart_mid_way(rabbit: str, record: list[Report]) -> N
     finally:
         ensure_broker_running()  # whatever happened, leave the broker running
         t.close()
+
+
+class _OwnRedis:
+    """A redis-server of the test's own, on a free port, that writes every change to its
+    append-only file (the session's Redis keeps nothing on disk), so a restart keeps the
+    stream, its group and the group's pending entries."""
+
+    def __init__(self, workdir: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.workdir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 10, f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SHUTDOWN: the append-only file is written to the last change, then it exits."""
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown"],
+            check=False,  # it answers nothing when it shuts down; the wait below checks
+            capture_output=True,
+            timeout=10,
+        )
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_restart_mid_way_loses_nothing(tmp_path: Path, record: list[Report]) -> None:
+    """Redis shut down half-way through and started again 1 s later, from its append-only
+    file: every connection dies; sends fail and are retried, the consumer reconnects and
+    its deliveries pending in the group come back after the visibility timeout."""
+    server = _OwnRedis(tmp_path)
+    t = RedisTransport(server.port)
+    n = t.sizes["restart"]
+    restarted: list[BaseException | None] = []
+
+    def start_again() -> None:
+        try:
+            time.sleep(1.0)  # the outage itself: the broker stays down this long
+            server.start()
+            restarted.append(None)
+        except BaseException as e:
+            restarted.append(e)
+
+    starter = threading.Thread(target=start_again, name="redis-start", daemon=True)
+
+    def stop_then_start() -> None:
+        server.stop()
+        starter.start()
+
+    try:
+        r = run(
+            t,
+            "broker restart (shutdown, 1 s, start)",
+            n,
+            producer_options={"retry": PATIENT, **t.fail_fast},
+            on_sent={n // 2: stop_then_start},
+            timeout=120,
+        )
+        starter.join(30)
+        record.append(r)
+        assert restarted == [None], restarted
+        assert r.retried > 0, "the restart did not hit the producer"
+        r.check(max_duplicates=IN_FLIGHT + r.batch, dead_letters=False)
+    finally:
+        t.close()
+        server.close()
 
 
 def test_producer_closing_while_the_broker_is_unreachable_reports_what_it_holds(

@@ -269,10 +269,11 @@ class RedisTransport(Transport):
     #: Fail a send within a second or two while the link is cut.
     fail_fast: ClassVar[dict[str, Any]] = {"connect_timeout": 1.0, "socket_timeout": 1.0}
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 6379) -> None:
         super().__init__()
         import redis
 
+        self.port = port
         self.client = redis.Redis(self.host, self.port)
 
     def url(self, name: str, port: int | None = None) -> str:
