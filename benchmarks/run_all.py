@@ -48,6 +48,12 @@ BENCHES: list[tuple[str, list[str], list[str], str]] = [
         "Redis on 127.0.0.1:6379",
     ),
     (
+        "bench_postgres.py",
+        ["--messages", "20000", "--repeat", "3"],
+        ["--messages", "3000", "--repeat", "1"],
+        "PostgreSQL on 127.0.0.1:5432 (database test)",
+    ),
+    (
         "bench_sqs.py",
         ["--messages", "2000"],
         ["--messages", "300", "--repeat", "1"],

@@ -27,6 +27,8 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "amqps": ("qchan.adapters.rabbitmq", "rabbitmq"),
     "redis": ("qchan.adapters.redis", "redis"),
     "rediss": ("qchan.adapters.redis", "redis"),
+    "postgresql": ("qchan.adapters.postgres", "postgres"),
+    "postgres": ("qchan.adapters.postgres", "postgres"),
 }
 _REGISTERED: dict[str, Callable[..., Adapter]] = {}
 

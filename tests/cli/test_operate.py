@@ -497,7 +497,15 @@ class Redis(Broker):
         pass  # a stream is created on first use
 
 
-@pytest.fixture(params=["sqs", "amqp", "kafka", "redis"])
+class Postgres(Broker):
+    def url(self, name: str, group: str = "") -> str:
+        return f"postgresql://postgres@127.0.0.1:5432/test?queue={name}&wait=0.2"
+
+    def create(self, name: str) -> None:
+        pass  # a queue table is created on first use
+
+
+@pytest.fixture(params=["sqs", "amqp", "kafka", "redis", "postgres"])
 def transport(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "sqs":
         yield SQS(request.getfixturevalue("sqs_endpoint"))
@@ -506,6 +514,8 @@ def transport(request: pytest.FixtureRequest) -> Iterator[Any]:
         yield Rabbit()
     elif request.param == "redis":
         yield Redis()
+    elif request.param == "postgres":
+        yield Postgres()
     else:
         yield Kafka(request.getfixturevalue("kafka_cluster"))
 
@@ -528,6 +538,16 @@ def queues(transport: Any) -> Iterator[tuple[str, str]]:
         c = redis.Redis("127.0.0.1", 6379)
         c.delete(*names, *(f"{n}.dlq" for n in names))
         c.close()
+    elif isinstance(transport, Postgres):
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(transport.url("x").split("?")[0], autocommit=True) as pg:
+            for n in names:
+                for table in (n, f"{n}_dlq"):
+                    pg.execute(
+                        sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("qchan", table))
+                    )
 
 
 @pytest.mark.integration

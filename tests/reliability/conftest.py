@@ -28,6 +28,7 @@ from .harness import Report
 from .transports import (
     EmbeddedTransport,
     KafkaTransport,
+    PostgresTransport,
     RabbitTransport,
     RedisTransport,
     SQSTransport,
@@ -42,6 +43,7 @@ TRANSPORTS = [
     pytest.param("sqs", id="sqs", marks=pytest.mark.integration),
     pytest.param("kafka", id="kafka", marks=pytest.mark.integration),
     pytest.param("redis", id="redis", marks=pytest.mark.integration),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.integration),
 ]
 
 
@@ -70,6 +72,8 @@ def _make(name: str, request: pytest.FixtureRequest) -> Transport:
         return KafkaTransport(cluster, workdir, group_config())
     if name == "redis":
         return RedisTransport()
+    if name == "postgres":
+        return PostgresTransport()
     raise ValueError(f"unknown transport {name!r}")
 
 
