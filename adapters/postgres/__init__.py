@@ -35,6 +35,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -109,7 +110,7 @@ WITH picked AS (
 UPDATE {table} AS t
 SET visible_at = now() + %(lease)s * interval '1 second', deliveries = t.deliveries + 1
 FROM picked WHERE t.id = picked.id
-RETURNING t.id, t.body, t.attributes, t.deliveries
+RETURNING t.id, t.body, t.attributes::text, t.deliveries
 """
 # Each settlement touches a row only while it is at the delivery the consumer received
 # (`t.deliveries = a.d`).
@@ -186,6 +187,7 @@ class PostgresAdapter(ReceivingAdapter, Operations):
         self._conns_lock = threading.Lock()
         self._declared = False
         self._listening = False
+        self._attr_cache: dict[str, Mapping[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"<PostgresAdapter {self.options.url()}>"
@@ -346,12 +348,27 @@ class PostgresAdapter(ReceivingAdapter, Operations):
                 self._conns.pop("receive", None)
             raise ConnectionLost(f"postgres queue {self.options.queue!r}: {_one_line(e)}") from None
 
-    def _bag(self, rid: int, body: bytes, attributes: Any, deliveries: int) -> Bag:
-        attrs = (
-            {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in attributes.items()}
-            if isinstance(attributes, Mapping)
-            else {}
-        )
+    def _attributes(self, text: str) -> Mapping[str, str]:
+        """A row's attributes, read-only and shared by every row with the same JSON text
+        (most rows of a queue repeat the same few): parsed once, not once per row."""
+        found = self._attr_cache.get(text)
+        if found is None:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = {}
+            found = MappingProxyType(
+                {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in parsed.items()}
+                if isinstance(parsed, dict)
+                else {}
+            )
+            if len(self._attr_cache) >= 1024:
+                self._attr_cache.clear()  # per-row attributes (trace ids): start over
+            self._attr_cache[text] = found
+        return found
+
+    def _bag(self, rid: int, body: bytes, attributes: str, deliveries: int) -> Bag:
+        attrs = self._attributes(attributes)
         return Bag(
             attrs.get(ATTR_CATEGORY, ""),
             bytes(body),

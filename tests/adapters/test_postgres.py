@@ -209,6 +209,9 @@ def test_failures_count_up_to_max_deliveries_then_the_dead_letter_table(
 def test_consumers_in_two_processes_never_share_a_row(
     db: psycopg.Connection[Any], queue: str
 ) -> None:
+    """Two processes lease from one table at the same time (each connected, then both
+    started together), each batch taking a few milliseconds of work: every row is
+    received exactly once, and both processes get some."""
     n = 400
     a = from_url(url_for(queue))
     a.send_batch([Bag("c", str(i).encode(), {"Category": "c"}) for i in range(n)])
@@ -216,19 +219,31 @@ def test_consumers_in_two_processes_never_share_a_row(
     child = (
         "import sys, time\n"
         "from qchan.adapters.postgres import from_url\n"
-        "a = from_url(sys.argv[1]); got = []; idle = 0\n"
+        "a = from_url(sys.argv[1]); a.depth(); print('ready', flush=True)\n"
+        "sys.stdin.readline(); got = []; idle = 0\n"
         "while idle < 3:\n"
-        "    bags = a.receive(7, 0.5); a.ack(bags); got += bags; idle = 0 if bags else idle + 1\n"
+        "    bags = a.receive(7, 0.5)\n"
+        "    time.sleep(0.005 if bags else 0)  # the handler's work\n"
+        "    a.ack(bags); got += bags; idle = 0 if bags else idle + 1\n"
         "print(' '.join(b.body.decode() for b in got)); a.close()\n"
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", child, url_for(queue)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", child, url_for(queue)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outs = [p.communicate(timeout=60)[0].split() for p in procs]
-    assert all(outs), "each process received some"
+    assert all(outs), f"each process received some: {[len(o) for o in outs]}"
     assert sorted(int(x) for x in outs[0] + outs[1]) == list(range(n))  # each exactly once
 
 
@@ -284,9 +299,16 @@ def test_connections_terminated_by_the_server_lose_nothing(
                     ).fetchone() or (0,)
                     terminated.append(int(killed))
                 ack.send(m)
+            # Acks sent while the connections were gone were lost: those rows come back
+            # once their lease runs out, and are handled (and acked) again.
             deadline = time.monotonic() + 20
             while rows(db, queue) and time.monotonic() < deadline:
-                time.sleep(0.05)  # polling the table for the acks' outcome, with a deadline
+                try:
+                    again = rcv.recv(timeout=0.2)
+                except TimeoutError:
+                    continue
+                seen[again.object.id] += 1
+                ack.send(again)
     assert terminated and terminated[0] > 0, "no qchan connection to terminate"
     assert sorted(seen, key=int) == [str(i) for i in range(n)]
     assert rows(db, queue) == []
