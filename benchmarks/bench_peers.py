@@ -776,16 +776,27 @@ def rss_url(queue: str) -> str:
     return f"{AMQP}?queue={queue}"
 
 
-def rss_queue(queue: str) -> Queue:
-    adapter = from_url(rss_url(queue), queue_arguments={"x-max-length": RSS_DEPTH})
+#: The transports of the RSS rows; a child process opens its queue from "kind:name".
+RSS_TRANSPORTS = ("amqp", "redis", "postgres")
+RSS_URLS = {
+    "redis": "redis://127.0.0.1:6379/0?stream={}",
+    "postgres": "postgresql://postgres@127.0.0.1:5432/test?queue={}",
+}
+
+
+def rss_queue(spec: str) -> Queue:
+    kind, _, queue = spec.partition(":")
     # Refused publishes are retried until accepted, as bench_embedded.py's full mem:// queue.
     retry = Exponential(base=0.001, cap=0.05, max_attempts=None, max_elapsed=None)
-    return Queue(adapter, retry=retry)
+    if kind == "amqp":
+        adapter = from_url(rss_url(queue), queue_arguments={"x-max-length": RSS_DEPTH})
+        return Queue(adapter, retry=retry)
+    return connect(RSS_URLS[kind].format(queue), retry=retry)
 
 
-def rss_producer(queue: str, n: int) -> None:
+def rss_producer(spec: str, n: int) -> None:
     """Print peak RSS (KiB), then how many sends were refused and retried (the backpressure)."""
-    with rss_queue(queue) as q:
+    with rss_queue(spec) as q:
         with enqueue(Item, q, policy=AT_MOST_ONCE, capacity=1024) as (out, _):
             for i in range(n):
                 out.send(Item(f"order-{i}", "c", 1.0, ["sku"], "x" * 64))
@@ -794,9 +805,9 @@ def rss_producer(queue: str, n: int) -> None:
     print(peak_rss_kib(), stats.retried)
 
 
-def rss_consumer(queue: str, n: int) -> None:
+def rss_consumer(spec: str, n: int) -> None:
     pause = threading.Event()
-    with rss_queue(queue) as q, dequeue(Item, q) as (rcv, ack):
+    with rss_queue(spec) as q, dequeue(Item, q) as (rcv, ack):
         for i in range(n):
             ack.send(rcv.recv(timeout=120))
             if i % 50 == 0:
@@ -805,17 +816,38 @@ def rss_consumer(queue: str, n: int) -> None:
     print(peak_rss_kib())
 
 
-def rss_amqp(n: int) -> tuple[float, float, float, int]:
-    """(producer MiB, consumer MiB, seconds, sends refused) for n messages, held to RSS_DEPTH."""
-    queue = f"bench-rss-{uuid.uuid4().hex[:8]}"
-    rss_queue(queue).close()  # declared once, with its max length
+def _rss_cleanup(kind: str, queue: str) -> None:
+    if kind == "amqp":
+        conn = pika.BlockingConnection(PARAMS)
+        ch = conn.channel()
+        ch.queue_delete(queue)
+        ch.queue_delete(f"{queue}.dlq")
+        conn.close()
+    elif kind == "redis":
+        import redis
+
+        r = redis.Redis("127.0.0.1", 6379)
+        r.delete(queue, f"{queue}.dlq")
+        r.close()
+    else:
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
+            c.execute(f'DROP TABLE IF EXISTS qchan."{queue}", qchan."{queue}_dlq"')
+
+
+def rss_run(kind: str, n: int) -> tuple[float, float, float, int]:
+    """(producer MiB, consumer MiB, seconds, sends refused) for n messages on `kind`."""
+    queue = f"bench_rss_{uuid.uuid4().hex[:8]}"
+    spec = f"{kind}:{queue}"
+    rss_queue(spec).close()  # declared once (RabbitMQ: with its max length)
     procs = []
     began = time.monotonic()
     try:
         for role in ("--rss-consumer", "--rss-producer"):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, __file__, role, queue, str(n)],
+                    [sys.executable, __file__, role, spec, str(n)],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -826,11 +858,7 @@ def rss_amqp(n: int) -> tuple[float, float, float, int]:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        conn = pika.BlockingConnection(PARAMS)
-        ch = conn.channel()
-        ch.queue_delete(queue)
-        ch.queue_delete(f"{queue}.dlq")
-        conn.close()
+        _rss_cleanup(kind, queue)
     took = time.monotonic() - began
     for p, (_, err) in zip(procs, outs, strict=True):
         if p.returncode != 0:
@@ -842,15 +870,17 @@ def rss_amqp(n: int) -> tuple[float, float, float, int]:
 
 def rss(sizes: list[int]) -> None:
     before = load()
-    amqp = {}
-    for n in sizes:
-        amqp[n] = rss_amqp(n)
-        print(f"  rss amqp {n}: {amqp[n]}", file=sys.stderr)
+    runs: dict[str, dict[int, tuple[float, float, float, int]]] = {}
+    for kind in RSS_TRANSPORTS:
+        for n in sizes:
+            runs.setdefault(kind, {})[n] = rss_run(kind, n)
+            print(f"  rss {kind} {n}: {runs[kind][n]}", file=sys.stderr)
     print(
         f"Peak RSS under backpressure: a fast producer and a slow consumer (at most 5,000 "
-        f"msg/s), small messages; RabbitMQ: one quorum queue held to {RSS_DEPTH:,} messages "
-        f"(x-max-length, refused publishes retried), producer and consumer in separate "
-        f"processes (mem://: bench_embedded.py's table). "
+        f"msg/s), small messages, producer and consumer in separate processes. RabbitMQ: "
+        f"one quorum queue held to {RSS_DEPTH:,} messages (x-max-length, refused publishes "
+        f"retried); Redis and PostgreSQL take the whole backlog (a stream, a table), so only "
+        f"the consumer is held back (mem://: bench_embedded.py's table). "
         f"Load average {before} before, {load()} after\n"
     )
     print(
@@ -860,18 +890,19 @@ def rss(sizes: list[int]) -> None:
     )
     print("|---|" + "---:|" * len(sizes) + "---:|---|")
     lo, hi = sizes[0], sizes[-1]
-    table_rows = [
-        ("amqp://, producer", {n: amqp[n][0] for n in sizes}),
-        ("amqp://, consumer", {n: amqp[n][1] for n in sizes}),
-    ]
-    for label, peaks in table_rows:
-        growth = peaks[hi] / peaks[lo]
-        cells = " | ".join(f"{peaks[n]:.1f}" for n in sizes)
-        print(f"| {label} | {cells} | {growth:.2f}x | <= {RSS_FLAT:.2f}x |")
-    took = ", ".join(
-        f"{n:,}: {amqp[n][2]:.0f} s, {amqp[n][3]:,} sends refused and retried" for n in sizes
-    )
-    print(f"\nRabbitMQ runs ({took}).\n")
+    for kind in RSS_TRANSPORTS:
+        for i, role in ((0, "producer"), (1, "consumer")):
+            peaks = {n: runs[kind][n][i] for n in sizes}
+            growth = peaks[hi] / peaks[lo]
+            cells = " | ".join(f"{peaks[n]:.1f}" for n in sizes)
+            print(f"| {kind}, {role} | {cells} | {growth:.2f}x | <= {RSS_FLAT:.2f}x |")
+    for kind in RSS_TRANSPORTS:
+        took = ", ".join(
+            f"{n:,}: {runs[kind][n][2]:.0f} s, {runs[kind][n][3]:,} sends refused and retried"
+            for n in sizes
+        )
+        print(f"\n{kind} runs ({took}).")
+    print()
 
 
 def main(argv: list[str] | None = None) -> int:
