@@ -149,6 +149,16 @@ class RedisAdapter(ReceivingAdapter, Operations):
     def receive(self, max_items: int, wait: float) -> Sequence[Bag]:
         """Deliveries that came due again (claimed from the PEL), then new entries."""
         self._ensure_group()
+        try:
+            return self._receive(max_items, wait)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # The stream (or its group) was deleted meanwhile: made again next time.
+            self._group_ready = False
+            return []
+
+    def _receive(self, max_items: int, wait: float) -> list[Bag]:
         now = time.monotonic()
         out: list[Bag] = []
         if now >= self._scan_at():
@@ -169,11 +179,6 @@ class RedisAdapter(ReceivingAdapter, Operations):
             got: Any = self._client.xreadgroup(
                 self.group, self.me, {self.stream: ">"}, count=room, block=block
             )
-        except ResponseError as e:
-            if "NOGROUP" not in str(e):
-                raise
-            self._group_ready = False  # the stream or group was deleted meanwhile
-            return out
         except (RedisConnectionError, RedisTimeoutError) as e:
             if out:
                 return out

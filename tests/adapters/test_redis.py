@@ -234,6 +234,24 @@ def test_failures_count_up_to_max_deliveries_then_the_dead_letter_stream(
     assert client.xpending(stream, "qchan")["pending"] == 0
 
 
+def test_a_stream_deleted_under_a_consumer_is_made_again(client: redis.Redis, stream: str) -> None:
+    a = from_url(url_for(stream))
+    try:
+        a.send_batch([Bag("c", b"1", {"Category": "c"})])
+        assert [b.body for b in a.receive(1, 1.0)] == [b"1"]
+        client.delete(stream)  # an operator's DEL: the group goes with it
+        a._next_scan = 0.0  # the next receive looks at the PEL first, and meets NOGROUP
+        assert a.receive(1, 0.1) == []  # noted, not an error: made again next time
+        a.send_batch([Bag("c", b"2", {"Category": "c"})])
+        got: list[Bag] = []
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            got = list(a.receive(1, 0.2))
+        assert [b.body for b in got] == [b"2"]
+    finally:
+        a.close()
+
+
 def test_depth_and_purge(client: redis.Redis, stream: str) -> None:
     a = from_url(url_for(stream))
     try:
