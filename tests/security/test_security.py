@@ -178,6 +178,40 @@ def test_amqp_password_stays_hidden_through_failures(rabbit: str, exposure: Expo
     exposure.assert_hidden(pw)
 
 
+# -- Redis and PostgreSQL: a password in the URL, an unreachable server -------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scheme", ["redis", "postgresql"])
+def test_redis_and_postgres_passwords_stay_hidden_through_failures(
+    scheme: str, exposure: Exposure
+) -> None:
+    pw = secret()
+    name = f"qchan_sec_{uuid.uuid4().hex[:8]}"
+    if scheme == "redis":
+        # Redis refuses the login (it has no password here); then nothing listens.
+        urls = [
+            f"redis://user:{pw}@127.0.0.1:{port}/0?stream={name}&wait=0.2"
+            for port in (6379, closed_port())
+        ]
+        bad = [f"redis://user:{pw}@h/0", f"redis://user:{pw}@h/0?stream=s&x=1"]
+    else:
+        urls = [f"postgresql://app:{pw}@127.0.0.1:{closed_port()}/test?queue={name}&wait=0.2"]
+        bad = [f"postgresql://app:{pw}@h/db", f"postgresql://app:{pw}@h/db?queue=q&x=1"]
+    for url in urls:
+        errors: Chan[Exception] = Chan(64)
+        q = connect(url, errors=errors, retry=Constant(0.05, max_attempts=2), poll_wait=0.2)
+        exercise(exposure, q, errors)
+    for url in bad:
+        with pytest.raises(Exception) as info:
+            connect(url)
+        exposure.add(info.value)
+    with pytest.raises(TypeError) as info2:
+        connect(urls[0], colour="blue")
+    exposure.add(info2.value)
+    exposure.assert_hidden(pw)
+
+
 # -- SQS: the AWS secret key --------------------------------------------------------------
 
 
