@@ -31,12 +31,17 @@ __all__ = [
     "QueueKeywords",
     "QueueOptions",
     "URLOptionError",
+    "adapter_option",
     "check_count",
     "check_seconds",
+    "count_validator",
+    "parse_bool",
     "parse_query",
     "renamed",
+    "seconds_validator",
     "split_query",
     "unknown",
+    "url_parsers",
 ]
 
 
@@ -126,18 +131,51 @@ def check_count(
 _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
-def _seconds(positive: bool = False, optional: bool = False) -> _Validator:
+def seconds_validator(positive: bool = False, optional: bool = False) -> _Validator:
+    """An attrs validator: `check_seconds` on the field (kernel and adapter options)."""
+
     def check(_: Any, a: attrs.Attribute[Any], value: Any) -> None:
         check_seconds(a.name, value, positive=positive, optional=optional)
 
     return check
 
 
-def _count(minimum: int = 1, optional: bool = False) -> _Validator:
+def count_validator(minimum: int = 1, optional: bool = False) -> _Validator:
+    """An attrs validator: `check_count` on the field (kernel and adapter options)."""
+
     def check(_: Any, a: attrs.Attribute[Any], value: Any) -> None:
         check_count(a.name, value, minimum=minimum, optional=optional)
 
     return check
+
+
+def parse_bool(text: str) -> bool:
+    """A URL query's yes or no (1/true/yes/on, 0/false/no/off); ValueError otherwise."""
+    value = {"1": True, "true": True, "yes": True, "on": True}.get(text.lower())
+    if value is None and text.lower() not in ("0", "false", "no", "off"):
+        raise ValueError(text)
+    return bool(value)
+
+
+def adapter_option(
+    default: Any,
+    validator: _Validator | None = None,
+    *,
+    url: Callable[[str], Any] | None = None,
+    **kw: Any,
+) -> Any:
+    """One option of an adapter's attrs options class: its default, its check and, for those a
+    URL query may carry, the parser of its text (`url`; see `url_parsers`)."""
+    return attrs.field(default=default, validator=validator, metadata={"url": url}, **kw)
+
+
+def url_parsers(options_class: type) -> dict[str, Callable[[str], Any]]:
+    """{option: parser} for the options of `options_class` a URL query may carry."""
+    return {
+        a.name: a.metadata["url"]
+        for a in attrs.fields(options_class)
+        if a.metadata.get("url") is not None
+    }
 
 
 def _text(_: Any, a: attrs.Attribute[Any], value: Any) -> None:
@@ -194,12 +232,12 @@ class QueueOptions:
     )
     batch_size: int | None = _option(
         None,
-        _count(1, optional=True),
+        count_validator(1, optional=True),
         "the emitter sends up to this many messages at once (default: the adapter's limit)",
         url=int,
     )
     linger: float = _option(
-        0.005, _seconds(), "seconds the emitter waits at most to fill a batch", url=float
+        0.005, seconds_validator(), "seconds the emitter waits at most to fill a batch", url=float
     )
     retry: Backoff | None = _option(  # noqa: RUF009 - an attrs.field
         None,
@@ -209,20 +247,20 @@ class QueueOptions:
     )
     poll_wait: float | None = _option(
         None,
-        _seconds(optional=True),
+        seconds_validator(optional=True),
         "seconds one receive may wait for messages (default: the adapter's)",
         url=float,
     )
     in_flight: int = _option(
         500,
-        _count(1),
+        count_validator(1),
         "most messages the queue holds, received and not yet settled; what it takes from "
         "the broker follows demand below that (docs/reliability.md)",
         url=int,
     )
     time_to_flight: float = _option(
         30.0,
-        _seconds(positive=True),
+        seconds_validator(positive=True),
         "seconds the application may hold a message it received before it counts as "
         "nacked; the clock starts when it leaves rcv's buffer (checked at least once a "
         "second)",
@@ -230,14 +268,14 @@ class QueueOptions:
     )
     ack_linger: float = _option(
         0.01,
-        _seconds(),
+        seconds_validator(),
         "seconds acks are batched at most; a batch goes sooner once it holds half of "
         "in_flight (or the adapter's max_batch)",
         url=float,
     )
     extend_every: float | None = _option(
         None,
-        _seconds(positive=True, optional=True),
+        seconds_validator(positive=True, optional=True),
         "seconds between visibility extensions of the messages the queue holds (waiting "
         "in a buffer or held by the application); by default a third of the broker's "
         "visibility timeout where it has one (SQS, mem://), so none is delivered again "
@@ -254,7 +292,7 @@ class QueueOptions:
         "full errors channel falls back to logging",
     )
     close_timeout: float = _option(
-        10.0, _seconds(), "seconds `close()` waits for the emitter to flush", url=float
+        10.0, seconds_validator(), "seconds `close()` waits for the emitter to flush", url=float
     )
 
     @classmethod

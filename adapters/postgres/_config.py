@@ -15,7 +15,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from qchan.options import QUEUE_URL_OPTIONS, OptionError, parse_query
+from qchan.options import (
+    QUEUE_URL_OPTIONS,
+    OptionError,
+    adapter_option,
+    count_validator,
+    parse_bool,
+    parse_query,
+    seconds_validator,
+    url_parsers,
+)
 from qchan.urls import URLError, redact
 
 __all__ = ["OPTIONS", "PostgresOptions", "parse_url"]
@@ -50,18 +59,6 @@ LIBPQ_KEYS = frozenset(
 )
 
 
-def _positive(_: object, a: attrs.Attribute[Any], value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise OptionError(f"postgres option {a.name} must be a number > 0, not {value!r}")
-
-
-def _count(_: object, a: attrs.Attribute[Any], value: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(f"postgres option {a.name} must be an int >= 1, not {value!r}")
-
-
 def _identifier(_: object, a: attrs.Attribute[Any], value: str | None) -> None:
     if value is None:
         return
@@ -81,19 +78,6 @@ def _one_of(_: object, a: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def _field(default: Any, validator: Any = None, *, url: Callable[[str], Any] | None) -> Any:
-    """An option; `url` parses its value from a URL query (None: not a URL option)."""
-    return attrs.field(default=default, validator=validator, metadata={"url": url})
-
-
 @attrs.frozen(kw_only=True)
 class PostgresOptions:
     """Validated adapter options (docs/postgres.md describes each one)."""
@@ -102,28 +86,28 @@ class PostgresOptions:
     queue: str = attrs.field(validator=_identifier)
     #: libpq's connection string (a URL without the queue's options); holds the password.
     conninfo: str = attrs.field(repr=False)
-    schema: str = _field("qchan", _identifier, url=str)
+    schema: str = adapter_option("qchan", _identifier, url=str)
     #: create: the schema, tables, index and trigger on first use; passive: they must
     #: exist (QueueNotFound otherwise); none: assume they do.
-    declare: Declare = attrs.field(default="create", validator=_one_of, metadata={"url": str})
+    declare: Declare = adapter_option("create", _one_of, url=str)
     #: The dead-letter table (in `schema`); "" in a URL (None here): none, a message that
     #: would go there is reported and deleted.
-    dlq: str | None = _field(
+    dlq: str | None = adapter_option(
         attrs.Factory(lambda o: f"{o.queue}_dlq", takes_self=True), _identifier, url=str
     )
-    max_deliveries: int = _field(5, _count, url=int)
+    max_deliveries: int = adapter_option(5, count_validator(), url=int)
     #: Seconds a delivery is leased to its consumer before another may take it.
-    visibility_timeout: float = _field(30.0, _positive, url=float)
+    visibility_timeout: float = adapter_option(30.0, seconds_validator(positive=True), url=float)
     #: Keep acked rows in `<queue>_archive` instead of deleting them.
-    archive: bool = _field(False, url=_bool)
+    archive: bool = adapter_option(False, url=parse_bool)
     #: LISTEN for the queue's NOTIFY (sent by a trigger on every insert), so an idle
     #: consumer wakes at once; polling every `wait` s is the fallback.
-    notify: bool = _field(True, url=_bool)
+    notify: bool = adapter_option(True, url=parse_bool)
     #: Seconds a receive waits (for a notification) when nothing is ready.
-    wait: float = _field(1.0, _positive, url=float)
-    max_message_size: int = _field(DEFAULT_MAX_MESSAGE_SIZE, _count, url=int)
+    wait: float = adapter_option(1.0, seconds_validator(positive=True), url=float)
+    max_message_size: int = adapter_option(DEFAULT_MAX_MESSAGE_SIZE, count_validator(), url=int)
     #: The logical queue name (the `Queue` attribute); the table by default.
-    name: str = _field(attrs.Factory(lambda o: o.queue, takes_self=True), None, url=str)
+    name: str = adapter_option(attrs.Factory(lambda o: o.queue, takes_self=True), None, url=str)
 
     def __attrs_post_init__(self) -> None:
         if self.dlq == self.queue:
@@ -135,9 +119,7 @@ class PostgresOptions:
 
 
 #: The options a URL query may carry, parsed by each field's own parser.
-URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    a.name: a.metadata["url"] for a in attrs.fields(PostgresOptions) if a.metadata.get("url")
-}
+URL_OPTIONS: dict[str, Callable[[str], Any]] = url_parsers(PostgresOptions)
 #: The keyword options of `from_url` (the URL gives the queue and the connection).
 OPTIONS = frozenset(a.name for a in attrs.fields(PostgresOptions)) - {"queue", "conninfo"}
 

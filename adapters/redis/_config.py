@@ -18,7 +18,16 @@ import attrs
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from qchan.options import QUEUE_URL_OPTIONS, OptionError, parse_query
+from qchan.options import (
+    QUEUE_URL_OPTIONS,
+    OptionError,
+    adapter_option,
+    count_validator,
+    parse_bool,
+    parse_query,
+    seconds_validator,
+    url_parsers,
+)
 from qchan.urls import URLError, redact
 
 __all__ = ["RedisOptions", "parse_url"]
@@ -26,20 +35,6 @@ __all__ = ["RedisOptions", "parse_url"]
 #: Redis's own limit on one string is 512 MB; a queue that large starves the server of
 #: memory long before. The default refuses more than 1 MiB per message (configurable).
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
-
-
-def _positive(_: object, a: attrs.Attribute[Any], value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise OptionError(f"redis option {a.name} must be a number > 0, not {value!r}")
-
-
-def _count(_: object, a: attrs.Attribute[Any], value: int | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(f"redis option {a.name} must be an int >= 1, not {value!r}")
 
 
 def _name(_: object, a: attrs.Attribute[Any], value: str | None) -> None:
@@ -51,21 +46,6 @@ def _consumer_name() -> str:
     """One consumer name per adapter (connection pool): host, process, and a random part,
     so two queues of one process never share a pending entries list."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _field(
-    default: Any, validator: Any = None, *, url: Callable[[str], Any] | None = None, **kw: Any
-) -> Any:
-    """An option; `url` parses its value from a URL query (None: not a URL option)."""
-    return attrs.field(default=default, validator=validator, metadata={"url": url}, **kw)
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
 
 
 @attrs.frozen(kw_only=True)
@@ -82,32 +62,32 @@ class RedisOptions:
     #: TLS (`rediss://`); the ssl_* options pass through to redis-py.
     tls: bool = False
     #: The consumer group every consumer of the queue joins.
-    group: str = _field("qchan", _name, url=str)
+    group: str = adapter_option("qchan", _name, url=str)
     #: This consumer's name in the group (default: host, process id and a random part).
-    consumer: str = _field(attrs.Factory(_consumer_name), _name, url=str)
+    consumer: str = adapter_option(attrs.Factory(_consumer_name), _name, url=str)
     #: Where messages go after `max_deliveries` deliveries or when the application gives
     #: up on them; "" in a URL (None here): nowhere, they are reported and acked.
-    dlq: str | None = _field(
+    dlq: str | None = adapter_option(
         attrs.Factory(lambda o: f"{o.stream}.dlq", takes_self=True), _name, url=str
     )
-    max_deliveries: int = _field(5, _count, url=int)
+    max_deliveries: int = adapter_option(5, count_validator(), url=int)
     #: Seconds a delivery stays with its consumer before another may claim it.
-    visibility_timeout: float = _field(30.0, _positive, url=float)
+    visibility_timeout: float = adapter_option(30.0, seconds_validator(positive=True), url=float)
     #: Keep the stream to about this many entries (`XADD ... MAXLEN ~`); None: no trim.
-    maxlen: int | None = _field(None, _count, url=int)
-    max_message_size: int = _field(DEFAULT_MAX_MESSAGE_SIZE, _count, url=int)
+    maxlen: int | None = adapter_option(None, count_validator(optional=True), url=int)
+    max_message_size: int = adapter_option(DEFAULT_MAX_MESSAGE_SIZE, count_validator(), url=int)
     #: Seconds one `XREADGROUP` blocks waiting for messages.
-    wait: float = _field(1.0, _positive, url=float)
+    wait: float = adapter_option(1.0, seconds_validator(positive=True), url=float)
     #: The logical queue name (the `Queue` attribute); the stream by default.
-    name: str = _field(attrs.Factory(lambda o: o.stream, takes_self=True), _name, url=str)
-    connect_timeout: float = _field(5.0, _positive, url=float)
+    name: str = adapter_option(attrs.Factory(lambda o: o.stream, takes_self=True), _name, url=str)
+    connect_timeout: float = adapter_option(5.0, seconds_validator(positive=True), url=float)
     #: Seconds a command may take (a blocking read adds its own wait to it).
-    socket_timeout: float = _field(10.0, _positive, url=float)
-    ssl_ca_certs: str | None = _field(None, url=str)
-    ssl_certfile: str | None = _field(None, url=str)
-    ssl_keyfile: str | None = _field(None, url=str, repr=False)
-    ssl_cert_reqs: str | None = _field(None, url=str)
-    ssl_check_hostname: bool | None = _field(None, url=_bool)
+    socket_timeout: float = adapter_option(10.0, seconds_validator(positive=True), url=float)
+    ssl_ca_certs: str | None = adapter_option(None, url=str)
+    ssl_certfile: str | None = adapter_option(None, url=str)
+    ssl_keyfile: str | None = adapter_option(None, url=str, repr=False)
+    ssl_cert_reqs: str | None = adapter_option(None, url=str)
+    ssl_check_hostname: bool | None = adapter_option(None, url=parse_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.dlq == self.stream:
@@ -149,9 +129,7 @@ class RedisOptions:
 
 
 #: The options a URL query may carry, parsed by each field's own parser.
-URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    a.name: a.metadata["url"] for a in attrs.fields(RedisOptions) if a.metadata.get("url")
-}
+URL_OPTIONS: dict[str, Callable[[str], Any]] = url_parsers(RedisOptions)
 #: The keyword options of `from_url` (the URL itself gives host, port, db and stream).
 OPTIONS = frozenset(a.name for a in attrs.fields(RedisOptions)) - {
     "host",

@@ -491,6 +491,33 @@ def test_close_waits_for_the_asynchronous_commits_out_before_the_final_one() -> 
     assert fake.applied[0] == (True, [3])
 
 
+def test_close_gives_up_waiting_for_commits_that_are_never_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A commit whose answer never comes (the broker gone for good) holds close up for
+    `admin_timeout` at most: it then says so and makes its final commit anyway."""
+    from qchan.adapters.kafka._consumer import Consuming
+
+    class Silent(_Commits):
+        def poll(self, timeout: float) -> None:
+            time.sleep(timeout)  # the poll's own wait: nothing ever answers
+
+    flight = InFlight()
+    flight.assign([("t", 0)], {})
+    options = KafkaAdapter("t", bootstrap="127.0.0.1:1", admin_timeout=0.5).options
+    consuming = Consuming(options, cast(Any, None), flight, lambda e: None, lambda p: 0)
+    fake = Silent()
+    consuming.consumer = cast(Any, fake)
+    flight.settle(_delivered(flight, "t", 0, range(3)))
+    consuming.try_commit()  # asynchronous, never answered
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="qchan.adapters.kafka"):
+        consuming.close()
+    assert time.monotonic() - began < 5.0
+    assert fake.applied == [(False, [3])]  # the final commit was still made
+    assert "unanswered" in caplog.text
+
+
 @given(
     st.lists(st.booleans(), min_size=1, max_size=60),
     st.randoms(use_true_random=False),
