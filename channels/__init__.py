@@ -40,6 +40,16 @@ from .errors import (
     UnroutableError,
 )
 from .event import Event, Meta
+from .idempotency import (
+    MemoryStore,
+    PostgresStore,
+    RedisStore,
+    StillRunning,
+    Store,
+    StoreUnavailable,
+    idempotent,
+    message_key,
+)
 from .kernel.queue import Queue, connect
 from .kernel.routes import ANY
 from .kernel.stats import Stats, observe
@@ -75,6 +85,7 @@ __all__ = [
     "Hooks",
     "JSONCodec",
     "Linear",
+    "MemoryStore",
     "MessageError",
     "MessageTooLarge",
     "Meta",
@@ -84,12 +95,14 @@ __all__ = [
     "Operations",
     "OptionError",
     "Policy",
+    "PostgresStore",
     "PydanticCodec",
     "QchanError",
     "Queue",
     "QueueFailed",
     "ReceivingAdapter",
     "RecvChan",
+    "RedisStore",
     "RejectedError",
     "Retries",
     "Selected",
@@ -97,6 +110,9 @@ __all__ = [
     "SendOnlyError",
     "Served",
     "Stats",
+    "StillRunning",
+    "Store",
+    "StoreUnavailable",
     "StrCodec",
     "SyncEnqueuer",
     "URLError",
@@ -105,6 +121,8 @@ __all__ = [
     "dequeue",
     "enqueue",
     "enqueue_sync",
+    "idempotent",
+    "message_key",
     "observe",
     "redact",
     "register_scheme",

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import attrs
 
-__all__ = ["ATTR_CATEGORY", "ATTR_QUEUE", "ATTR_SOURCE", "ATTR_SYSTEM", "Bag", "Msg"]
+__all__ = ["ATTR_CATEGORY", "ATTR_ID", "ATTR_QUEUE", "ATTR_SOURCE", "ATTR_SYSTEM", "Bag", "Msg"]
 
 T = TypeVar("T")
 
@@ -16,6 +16,10 @@ ATTR_CATEGORY = "Category"
 ATTR_SOURCE = "Source"
 ATTR_SYSTEM = "System"
 ATTR_QUEUE = "Queue"
+#: A message's own id where the broker's id is not it: the outbox relay stamps it on every
+#: message it forwards (resent after a crash, the message keeps it), and SQS copies carry
+#: the original's. Idempotent handlers key on it (`qchan.idempotency.message_key`).
+ATTR_ID = "qchan-id"
 
 _EMPTY: Mapping[str, str] = {}
 

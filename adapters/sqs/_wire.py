@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from qchan.envelopes import unwrap
 from qchan.errors import MessageTooLarge, RejectedError
-from qchan.message import ATTR_CATEGORY, Bag
+from qchan.message import ATTR_CATEGORY, ATTR_ID, Bag
 from qchan.transfer import BASE64, ENCODING_ATTR, decode_body
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def dedup_id(bag: Bag, content: bool) -> str | None:
 #: Attributes of a copy qchan put back on a queue instead of a release (see `give_back`):
 #: the deliveries counted before the copy, and the id of the message it copies.
 DELIVERIES_ATTR = "qchan-deliveries"
-ID_ATTR = "qchan-id"
+ID_ATTR = ATTR_ID
 
 
 def bag_from_message(message: MessageTypeDef) -> Bag:
