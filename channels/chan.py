@@ -651,6 +651,9 @@ class SendChan(_View[T]):
     __slots__ = ("close", "send")
     send: _SendFn[T]
     close: Callable[[], None]
+    #: True for a channel whose `send` runs in the caller's thread and is no channel
+    #: operation (an outbox's `out`: a row written in the caller's transaction).
+    _direct = False
 
     def __init__(self, chan: Chan[T]) -> None:
         super().__init__(chan)
@@ -715,6 +718,11 @@ def _parse(case: Any) -> _Op:
         if isinstance(ch, Chan):
             return ch, True, value
         if isinstance(ch, SendChan):
+            if ch._direct:
+                raise TypeError(
+                    f"select cannot send on {ch!r}: its send writes in the caller's "
+                    f"transaction and never waits; call its send() directly"
+                )
             return ch._chan, True, value
         raise TypeError(f"select send case needs a Chan or SendChan, not {ch!r}")
     raise TypeError(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar, get_origin
 
@@ -15,12 +16,12 @@ import cattrs
 from . import tracing
 from .chan import Chan, Pipe, RecvChan, SendChan, chan_of
 from .codec import Codec, category_for, codec_for
-from .errors import EnqueueError, QueueFailed
+from .errors import EnqueueError, QueueFailed, SendOnlyError
 from .event import Event
 from .kernel.emitter import Sender
 from .kernel.queue import Queue
 from .kernel.routes import Receiver
-from .message import Msg
+from .message import Bag, Msg
 from .options import OptionError, check_count
 from .select import select
 
@@ -28,6 +29,7 @@ __all__ = [
     "AT_LEAST_ONCE",
     "AT_MOST_ONCE",
     "Dequeued",
+    "DirectQueue",
     "Enqueued",
     "Policy",
     "SyncEnqueuer",
@@ -159,10 +161,76 @@ class Dequeued(NamedTuple, Generic[T]):
             queue._drop_receiver(receiver)
 
 
+class DirectQueue(abc.ABC):
+    """A queue whose sends are written in the caller's thread, before `send` returns.
+
+    `qchan.outbox.Outbox` is one: a send there is a row written in the application's
+    own database transaction, so it cannot go through the emitter thread. `enqueue` on
+    it gives an `out` whose `send` encodes and calls `_write` at once (an error is
+    raised at the call; `dlq` stays empty), and `enqueue_sync` a `put` that does the
+    same. There is no receive side.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def attributes(self, category: str) -> Mapping[str, str]:
+        """The wire attributes of a message of `category` (Category, Source, ...)."""
+
+    @property
+    @abc.abstractmethod
+    def agent(self) -> str:
+        """The sending agent (`Source`), for `Event` metadata."""
+
+    @abc.abstractmethod
+    def _write(self, bags: Sequence[Bag]) -> None:
+        """Write the bags now, or raise (nothing of them written)."""
+
+
+class _DirectOut(SendChan[T]):
+    """`out` of an `enqueue` on a `DirectQueue`: `send` writes before it returns."""
+
+    __slots__ = ("_q", "_sender")
+    _direct = True
+
+    def __init__(self, q: DirectQueue, sender: Sender) -> None:
+        super().__init__(Chan(0, name=f"{q.name}/{sender.category}.out"))
+        self._q = q
+        self._sender = sender
+        self.send = self._send
+
+    def _send(self, value: T, timeout: float | None = None) -> None:
+        """Encode and write `value` now (`timeout` is not used: the write is the caller's
+        own database statement). ChannelClosed once `out` is closed."""
+        if self._chan.closed:
+            raise self._chan._closed_error()
+        self._q._write([self._sender.encode(value, self._q.agent, tracing.carrier())])
+
+
+def _direct_sender(
+    q: DirectQueue, type_: Any, cat: str, cod: Codec[Any], key: Callable[[Any], str | None] | None
+) -> Sender:
+    return Sender(
+        category=cat,
+        codec=cod,
+        attributes=q.attributes(cat),
+        out=None,
+        dlq=None,
+        key=key,
+        is_event=_is_event(type_),
+    )
+
+
 def _check(call: str, type_: Any, q: Any, **counts: tuple[Any, int, bool]) -> None:
     """The arguments every endpoint shares: a type, a Queue, counts (value, minimum, may be
     None)."""
-    if not isinstance(q, Queue):
+    if isinstance(q, DirectQueue):
+        if call == "dequeue":
+            raise SendOnlyError(
+                f"dequeue: {q!r} only sends; its messages are received where they are "
+                f"relayed to (qchan.outbox.relay)"
+            )
+    elif not isinstance(q, Queue):
         hint = " (open one with qchan.connect(url))" if isinstance(q, str) else ""
         raise OptionError(f"{call} needs a qchan.Queue as its second argument, not {q!r}{hint}")
     if not isinstance(type_, type) and get_origin(type_) is None:
@@ -214,7 +282,7 @@ def _add_sender(
 
 def enqueue(
     type_: type[T],
-    q: Queue,
+    q: Queue | DirectQueue,
     *,
     category: str | None = None,
     policy: Policy = AT_LEAST_ONCE,
@@ -238,6 +306,11 @@ def enqueue(
     if not isinstance(policy, Policy):
         raise OptionError(f"enqueue: policy must be AT_LEAST_ONCE or AT_MOST_ONCE, not {policy!r}")
     cat, cod = _resolve(type_, category, codec, converter)
+    if isinstance(q, DirectQueue):
+        # Written at the call: nothing waits, nothing can end on dlq (it stays empty).
+        dead: Pipe[Msg[T]] = Pipe(0, name=f"{q.name}/{cat}.dlq")
+        dead.close()
+        return Enqueued(_DirectOut(q, _direct_sender(q, type_, cat, cod, key)), dead.recv_only())
     if policy is AT_LEAST_ONCE:
         if capacity:
             raise ValueError(
@@ -275,7 +348,7 @@ def _traced_send(out: Chan[Any]) -> Any:
 
 def dequeue(
     type_: type[T],
-    q: Queue,
+    q: Queue | DirectQueue,
     *,
     category: str | None = None,
     capacity: int = 32,
@@ -295,6 +368,7 @@ def dequeue(
     _check(
         "dequeue", type_, q, capacity=(capacity, 0, False), ack_capacity=(ack_capacity, 1, False)
     )
+    assert isinstance(q, Queue)  # _check refused a DirectQueue
     q._receiving()  # a send-only transport: SendOnlyError, at the call
     cat, cod = _resolve(type_, category, codec, converter)
     rcv: Pipe[Msg[T]] = Pipe(capacity, name=f"{q.name}/{cat}.rcv")
@@ -312,7 +386,7 @@ class SyncEnqueuer(Generic[T]):
     batches their concurrent puts.
     """
 
-    def __init__(self, q: Queue, sender: Sender) -> None:
+    def __init__(self, q: Queue | DirectQueue, sender: Sender) -> None:
         self._q = q
         self._sender = sender
         self.category = sender.category
@@ -325,6 +399,9 @@ class SyncEnqueuer(Generic[T]):
         the queue's retry policy, and `TimeoutError` after `timeout` seconds, in
         which case the outcome is unknown: the message may still be delivered.
         """
+        if isinstance(self._q, DirectQueue):  # written now, in the caller's transaction
+            self._q._write([self._sender.encode(obj, self._q.agent, tracing.carrier())])
+            return
         started = time.monotonic()
         bag = self._sender.encode(obj, self._q.options.agent or "", tracing.carrier())
         put = self._q._put(self._sender, bag, timeout)
@@ -344,7 +421,8 @@ class SyncEnqueuer(Generic[T]):
             ) from put.error
 
     def close(self) -> None:
-        self._q._drop_sender(self._sender)
+        if isinstance(self._q, Queue):
+            self._q._drop_sender(self._sender)
 
     def __enter__(self) -> SyncEnqueuer[T]:
         return self
@@ -355,7 +433,7 @@ class SyncEnqueuer(Generic[T]):
 
 def enqueue_sync(
     type_: type[T],
-    q: Queue,
+    q: Queue | DirectQueue,
     *,
     category: str | None = None,
     key: Callable[[T], str | None] | None = None,
@@ -365,5 +443,7 @@ def enqueue_sync(
     """Open a synchronous sender of `type_` objects: `put(obj)` returns once the broker has it."""
     _check("enqueue_sync", type_, q)
     cat, cod = _resolve(type_, category, codec, converter)
+    if isinstance(q, DirectQueue):
+        return SyncEnqueuer(q, _direct_sender(q, type_, cat, cod, key))
     sender = _add_sender(q, type_, cat, cod, key=key, out=None, dlq=None)
     return SyncEnqueuer(q, sender)

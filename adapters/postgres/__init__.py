@@ -49,7 +49,7 @@ from qchan.urls import redact
 
 from ._config import OPTIONS, PostgresOptions, parse_url
 
-__all__ = ["OPTIONS", "PostgresAdapter", "QueueNotFound", "from_url"]
+__all__ = ["OPTIONS", "PostgresAdapter", "QueueNotFound", "declaration", "from_url"]
 
 log = logging.getLogger("qchan.adapters.postgres")
 
@@ -153,6 +153,31 @@ SELECT body, attributes, used, err, id FROM gone
 _DROP = _ACK  # no dead-letter table: the message is reported, then deleted
 
 
+def _names(o: PostgresOptions) -> dict[str, sql.Composable]:
+    """The identifiers the statements above are formatted with."""
+    return {
+        "table": sql.Identifier(o.schema, o.queue),
+        "dlq": sql.Identifier(o.schema, o.dlq or f"{o.queue}_dlq"),
+        "archive": sql.Identifier(o.schema, f"{o.queue}_archive"),
+        "schema": sql.Identifier(o.schema),
+        "index": sql.Identifier(f"{o.queue}_visible"[:63]),
+    }
+
+
+def declaration(o: PostgresOptions) -> list[sql.Composed]:
+    """The statements that make a queue's schema, table, index, trigger and dead-letter
+    (and archive) tables, each idempotent; run them under the advisory lock
+    `hashtext('qchan-declare')` in one transaction (the outbox runs them in the
+    application's)."""
+    names = _names(o)
+    out = [sql.SQL(_DDL).format(**names)]
+    if o.dlq is not None:
+        out.append(sql.SQL(_DDL_DLQ).format(**names))
+    if o.archive:
+        out.append(sql.SQL(_DDL_ARCHIVE).format(**names))
+    return out
+
+
 def channel_of(schema: str, queue: str) -> str:
     """The NOTIFY channel of a queue (as the trigger names it: short, whatever the names)."""
     return "qchan_" + hashlib.md5(f"{schema}.{queue}".encode()).hexdigest()[:16]  # noqa: S324
@@ -173,14 +198,7 @@ class PostgresAdapter(ReceivingAdapter, Operations):
         super().__init__(self.options.name)
         o = self.options
         self.poll_wait = o.wait
-        ident = sql.Identifier
-        self._sql = {
-            "table": sql.Identifier(o.schema, o.queue),
-            "dlq": sql.Identifier(o.schema, o.dlq or f"{o.queue}_dlq"),
-            "archive": sql.Identifier(o.schema, f"{o.queue}_archive"),
-            "schema": ident(o.schema),
-            "index": ident(f"{o.queue}_visible"[:63]),
-        }
+        self._sql = _names(o)
         self._channel = channel_of(o.schema, o.queue)
         # One connection per calling thread (emitter, receiving helper, consumer).
         self._conns: dict[str, psycopg.Connection[Any]] = {}
@@ -240,11 +258,8 @@ class PostgresAdapter(ReceivingAdapter, Operations):
         if o.declare == "create":
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext('qchan-declare'))")
-                conn.execute(self._q(_DDL))
-                if o.dlq is not None:
-                    conn.execute(self._q(_DDL_DLQ))
-                if o.archive:
-                    conn.execute(self._q(_DDL_ARCHIVE))
+                for statement in declaration(o):
+                    conn.execute(statement)
         elif o.declare == "passive":
             found = conn.execute(
                 "SELECT to_regclass(%s)", (f'"{o.schema}"."{o.queue}"',)

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import QchanError
 from ..logs import CLIENT
 from ..urls import redact
-from . import worker
+from . import relay, worker
 
 EPILOG = """\
 URLs:
@@ -243,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
     _operator_parsers(sub)
     worker.register(sub)
+    relay.register(sub)
     return p
 
 

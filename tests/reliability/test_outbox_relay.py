@@ -1,0 +1,353 @@
+"""The outbox relay against real targets (RabbitMQ, SQS on moto, Redis, PostgreSQL).
+
+Messages are written to a PostgreSQL outbox in the application's transactions (some
+rolled back), and `qchan.outbox.relay` forwards them. For each scenario: exactly the
+committed messages reach the target, none is lost, duplicates only where the scenario
+explains them (a relay killed mid-batch, a send whose answer was lost) and then with the
+same message id, and in order where the target keeps order.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from qchan import Msg, dequeue, enqueue
+from qchan.outbox import ID_ATTRIBUTE, Outbox, Relayed, relay
+
+from .conftest import _make
+from .harness import Numbered
+from .proxy import TcpProxy
+from .transports import PostgresTransport, RabbitTransport, RedisTransport, SQSTransport, Transport
+
+DSN = "postgresql://postgres@127.0.0.1:5432/test"
+pytestmark = pytest.mark.integration
+
+TARGETS = [
+    pytest.param("amqp", id="amqp"),
+    pytest.param("sqs", id="sqs"),
+    pytest.param("redis", id="redis"),
+    pytest.param("postgres", id="postgres"),
+]
+#: Targets that deliver one queue's messages in the order sent (to one consumer).
+ORDERED = {"amqp", "redis", "postgres"}
+
+
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest) -> Iterator[Transport]:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            pass
+    except OSError:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432")
+        pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
+    t = _make(request.param, request)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+@pytest.fixture
+def outbox() -> Iterator[str]:
+    name = f"ob_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(DSN, autocommit=True) as c:
+        for table in (name, f"{name}_dlq"):
+            c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("qchan", table)))
+
+
+def source(name: str) -> str:
+    return f"{DSN}?queue={name}&wait=0.2"
+
+
+def target_url(t: Transport, name: str, port: int | None = None, **query: Any) -> str:
+    """`name`'s URL on `t`, through a proxy on `port` if given."""
+    if isinstance(t, SQSTransport):
+        url = t.url(name, f"http://127.0.0.1:{port}" if port else None)
+        url += "&connect_timeout=1&read_timeout=5&max_attempts=1"
+    elif isinstance(t, RabbitTransport | RedisTransport | PostgresTransport):
+        url = t.url(name, port)
+        if isinstance(t, RedisTransport):
+            url += "&connect_timeout=1&socket_timeout=2"
+    else:
+        raise AssertionError(t)
+    return url + "".join(f"&{k}={v}" for k, v in query.items())
+
+
+def write(name: str, run: str, n: int, *, per_tx: int = 10, rollback_every: int = 4) -> set[int]:
+    """Send numbers 0..n-1 through the outbox, `per_tx` per transaction; every
+    `rollback_every`-th transaction rolls back. Returns the committed numbers."""
+    committed: set[int] = set()
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        box = Outbox(conn, name)
+        for start in range(0, n, per_tx):
+            numbers = range(start, min(n, start + per_tx))
+            undo = rollback_every and (start // per_tx) % rollback_every == rollback_every - 1
+            try:
+                with conn.transaction(), enqueue(Numbered, box) as (out, _):
+                    for i in numbers:
+                        out.send(Numbered(run, i))
+                    if undo:
+                        raise _Undo
+            except _Undo:
+                continue
+            committed.update(numbers)
+    return committed
+
+
+class _Undo(Exception):
+    pass
+
+
+def left_in(name: str) -> int:
+    with psycopg.connect(DSN, autocommit=True) as c:
+        row = c.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("qchan", name))
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def dead_in(name: str) -> list[tuple[bytes, str]]:
+    with psycopg.connect(DSN, autocommit=True) as c:
+        got = c.execute(
+            sql.SQL("SELECT body, error FROM {} ORDER BY id").format(
+                sql.Identifier("qchan", f"{name}_dlq")
+            )
+        ).fetchall()
+        return [(bytes(b), str(e)) for b, e in got]
+
+
+class Seen:
+    """What a consumer of the target received: numbers in arrival order, ids per number."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+        self.ids: dict[int, set[str]] = collections.defaultdict(set)
+
+    @property
+    def counts(self) -> collections.Counter[int]:
+        return collections.Counter(self.order)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.order) - len(set(self.order))
+
+    def first_order(self) -> list[int]:
+        seen: set[int] = set()
+        out = []
+        for n in self.order:
+            if n not in seen:
+                seen.add(n)
+                out.append(n)
+        return out
+
+
+def read(t: Transport, name: str, run: str, wanted: set[int], timeout: float = 60) -> Seen:
+    """Receive (and ack) everything of `run` on the target until every wanted number came
+    and nothing more arrives for a second."""
+    seen = Seen()
+    q = t.open(name)
+    try:
+        with dequeue(Numbered, q) as (rcv, ack):
+            deadline = time.monotonic() + timeout
+            quiet = None
+            while time.monotonic() < deadline:
+                try:
+                    m: Msg[Numbered] = rcv.recv(timeout=0.1)
+                except TimeoutError:
+                    if wanted <= set(seen.order):
+                        quiet = quiet or time.monotonic()
+                        if time.monotonic() - quiet > 1.0:
+                            break
+                    continue
+                quiet = None
+                if m.object.run == run:
+                    seen.order.append(m.object.n)
+                    mid = m.attributes.get(ID_ATTRIBUTE) or (m.bag.id if m.bag else None)
+                    assert mid, f"message {m.object.n} arrived without its id"
+                    seen.ids[m.object.n].add(mid)
+                ack.send(m)
+    finally:
+        q.close()
+    return seen
+
+
+def check(seen: Seen, committed: set[int], ordered: bool, max_duplicates: int) -> None:
+    missing = committed - set(seen.order)
+    extra = set(seen.order) - committed
+    assert not missing, f"{len(missing)} committed message(s) lost: {sorted(missing)[:10]}"
+    assert not extra, f"{len(extra)} rolled-back message(s) published: {sorted(extra)[:10]}"
+    assert seen.duplicates <= max_duplicates, f"{seen.duplicates} duplicates > {max_duplicates}"
+    for n, ids in seen.ids.items():
+        assert len(ids) == 1, f"message {n} came with two ids: {ids}"
+    if ordered:
+        assert seen.first_order() == sorted(committed), "the target got them out of order"
+
+
+def _relay_thread(
+    src: str, dst: str, stop: threading.Event, done: Relayed, **options: Any
+) -> threading.Thread:
+    t = threading.Thread(
+        target=relay, args=(src, dst), kwargs={"stop": stop, "done": done, **options}, daemon=True
+    )
+    t.start()
+    return t
+
+
+def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        pause.wait(0.05)
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+def test_relay_publishes_exactly_the_committed_in_order(target: Transport, outbox: str) -> None:
+    """Writers commit and roll back while the relay runs; drain at the end."""
+    name = target.new_name()
+    run = uuid.uuid4().hex
+    stop, done = threading.Event(), Relayed()
+    relaying = _relay_thread(source(outbox), target_url(target, name), stop, done)
+    try:
+        committed = write(outbox, run, 600)
+        _until(lambda: left_in(outbox) == 0, 60, "the outbox to empty")
+    finally:
+        stop.set()
+        relaying.join(30)
+    assert not relaying.is_alive()
+    seen = read(target, name, run, committed)
+    check(seen, committed, target.name in ORDERED, max_duplicates=0)
+    assert done.relayed == len(committed) and done.dead_lettered == 0
+
+
+def test_two_relays_at_once_never_send_a_row_twice(target: Transport, outbox: str) -> None:
+    name = target.new_name()
+    run = uuid.uuid4().hex
+    committed = write(outbox, run, 2000, per_tx=100, rollback_every=0)
+    stop = threading.Event()
+    dones = [Relayed(), Relayed()]
+    dst = target_url(target, name)
+    threads = [_relay_thread(source(outbox), dst, stop, d, batch=50) for d in dones]
+    try:
+        _until(lambda: left_in(outbox) == 0, 90, "the outbox to empty")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    seen = read(target, name, run, committed)
+    check(seen, committed, target.name in ORDERED, max_duplicates=0)
+    assert sum(d.relayed for d in dones) == len(committed)
+
+
+def test_a_row_the_target_refuses_goes_to_the_outbox_dlq_and_the_relay_goes_on(
+    target: Transport, outbox: str
+) -> None:
+    name = target.new_name()
+    run = uuid.uuid4().hex
+    if isinstance(target, SQSTransport):
+        dst, big = target_url(target, name), 1_100_000  # over SQS's 1 MiB
+    else:
+        dst, big = target_url(target, name, max_message_size=100_000), 150_000
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        box = Outbox(conn, outbox, max_message_size=2_000_000)
+        with conn.transaction(), enqueue(Numbered, box) as (out, _):
+            out.send(Numbered(run, 0))
+            out.send(Numbered(run, 1, pad="x" * big))
+            out.send(Numbered(run, 2))
+    done = relay(source(outbox), dst, drain=True)
+    assert done.relayed == 2 and done.dead_lettered == 1
+    ((body, error),) = dead_in(outbox)
+    assert b'"n":1' in body and ("max_message_size" in error or "large" in error.lower())
+    assert left_in(outbox) == 0
+    seen = read(target, name, run, {0, 2})
+    check(seen, {0, 2}, target.name in ORDERED, max_duplicates=0)
+
+
+def test_target_down_for_10_s_then_back_loses_nothing_and_keeps_order(
+    target: Transport, outbox: str
+) -> None:
+    name = target.new_name()
+    run = uuid.uuid4().hex
+    committed = write(outbox, run, 1000, per_tx=50, rollback_every=5)
+    proxy = TcpProxy(("127.0.0.1", _port_of(target)))
+    stop, done = threading.Event(), Relayed()
+    dst = target_url(target, name, proxy.port)
+    relaying = _relay_thread(source(outbox), dst, stop, done, batch=50, hold=2.0)
+    try:
+        _until(lambda: done.relayed >= 100, 60, "a first part to be relayed")
+        proxy.cut()
+        down = time.monotonic()
+        _until(lambda: done.failures > 0, 30, "the relay to see the target down")
+        threading.Event().wait(max(0.0, 10.0 - (time.monotonic() - down)))  # the outage
+        assert left_in(outbox) > 0 and done.failing_since is not None
+        proxy.restore()
+        _until(lambda: left_in(outbox) == 0, 90, "the outbox to empty after the target came back")
+    finally:
+        stop.set()
+        relaying.join(30)
+        proxy.close()
+    seen = read(target, name, run, committed)
+    check(seen, committed, target.name in ORDERED, max_duplicates=max(done.resent, 0) + 50)
+    assert done.failures > 0 and done.dead_lettered == 0
+
+
+def _port_of(t: Transport) -> int:
+    if isinstance(t, SQSTransport):
+        return t.target[1]
+    return int(t.port)  # type: ignore[attr-defined]
+
+
+def test_relay_killed_mid_batch_and_restarted_loses_nothing(target: Transport, outbox: str) -> None:
+    """`qchan relay` in a child process, SIGKILLed three times while it relays: every
+    committed message arrives; a duplicate only from the batch in flight at a kill, with
+    the same id."""
+    name = target.new_name()
+    run = uuid.uuid4().hex
+    committed = write(outbox, run, 1500, per_tx=100, rollback_every=0)
+    batch = 50
+    cmd = [
+        sys.executable, "-m", "qchan", "relay", source(outbox), target_url(target, name),
+        "--batch", str(batch),
+    ]  # fmt: skip
+    kills = 0
+    total = left_in(outbox)
+    for kills in range(1, 4):
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            mark = total - kills * 300
+            _until(lambda m=mark: left_in(outbox) <= m, 60, "the relay to get going")  # type: ignore[misc]
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _until(lambda: left_in(outbox) == 0, 90, "the outbox to empty")
+    finally:
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err.decode()
+    seen = read(target, name, run, committed)
+    check(seen, committed, False, max_duplicates=kills * batch)
+    if target.name in ORDERED:
+        # Nothing after a kill's batch goes out before it: the first arrivals are in order.
+        assert seen.first_order() == sorted(committed)
