@@ -54,6 +54,12 @@ BENCHES: list[tuple[str, list[str], list[str], str]] = [
         "PostgreSQL on 127.0.0.1:5432 (database test)",
     ),
     (
+        "bench_relay.py",
+        ["--messages", "20000", "--repeat", "3"],
+        ["--messages", "3000", "--repeat", "1"],
+        "PostgreSQL on 127.0.0.1:5432 (database test); Redis on :6379; RabbitMQ on :5672",
+    ),
+    (
         "bench_sqs.py",
         ["--messages", "2000"],
         ["--messages", "300", "--repeat", "1"],

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         with stop_on_signals(stop):
             if args.metrics_port is not None:
                 try:
-                    server = _serve_metrics(args, done)
+                    server = _serve_metrics(args, done, source.options.queue)
                 except RuntimeError as e:
                     say(str(e))
                     return EXIT_FAILED
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve_metrics(args: argparse.Namespace, done: Any) -> ThreadingHTTPServer:
+def _serve_metrics(args: argparse.Namespace, done: Any, outbox: str) -> ThreadingHTTPServer:
     try:
         import prometheus_client as prom  # noqa: PLC0415
         from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
@@ -161,7 +161,7 @@ def _serve_metrics(args: argparse.Namespace, done: Any) -> ThreadingHTTPServer:
         def collect(self) -> Any:
             for name, text in _COUNTERS.items():
                 family = CounterMetricFamily(f"qchan_relay_{name}", text, labels=["outbox"])
-                family.add_metric([args.source.rpartition("queue=")[2]], getattr(done, name))
+                family.add_metric([outbox], getattr(done, name))
                 yield family
 
     registry = prom.CollectorRegistry()

@@ -361,13 +361,18 @@ class _Relay:
         ok = [b.digest for b, e in zip(bags, outcomes, strict=True) if e is None]
         dead: list[tuple[Bag, str]] = []
         counted: list[int] = []
+        # A failure every message of the batch shares (none was accepted or refused) is
+        # the target's (down, a missing queue, no permission), not a message's: counted
+        # against no message, it holds the relay back until the target is fixed. A row
+        # that failed before while others went is the message's problem: still counted.
+        shared = all(e is not None and not isinstance(e, RejectedError) for e in outcomes)
         for b, e in zip(bags, outcomes, strict=True):
             if e is None:
                 continue
             if isinstance(e, RejectedError):
                 dead.append((b, f"refused by {self.target.scheme}://: {describe(e)}"))
-            elif isinstance(e, ConnectionLost):
-                pass  # the target is down: not this message's failure, not counted
+            elif isinstance(e, ConnectionLost) or (shared and b.deliveries == 0):
+                pass  # the target's failure: not this message's, not counted
             elif b.deliveries + 1 >= o.max_deliveries:
                 dead.append((b, f"failed {b.deliveries + 1} times, the last: {describe(e)}"))
             else:
@@ -432,32 +437,35 @@ def relay(
         src = from_url(source)
     else:
         raise OptionError(f"relay: source must be a postgresql:// URL, not {source!r}")
-    dst = open_target(target) if isinstance(target, str) else target
-    if not isinstance(dst, Adapter):
-        raise OptionError(f"relay: target must be a queue URL or an adapter, not {target!r}")
-    if isinstance(dst, PostgresAdapter) and (
-        dst.options.conninfo,
-        dst.options.schema,
-        dst.options.queue,
-    ) == (src.options.conninfo, src.options.schema, src.options.queue):
-        raise OptionError("relay: FROM and TO are the same table; it would relay in circles")
-    done = done if done is not None else Relayed()
-    r = _Relay(
-        src,
-        dst,
-        batch=batch,
-        backoff=backoff or Exponential(base=0.1, cap=5.0, max_attempts=None, max_elapsed=None),
-        hold=hold,
-        wait=wait,
-        stop=stop if stop is not None else threading.Event(),
-        done=done,
-    )
+    opened: list[Adapter] = [] if isinstance(source, PostgresAdapter) else [src]
     try:
-        r.run(drain=drain)
-    finally:
-        r.close()
+        dst = open_target(target) if isinstance(target, str) else target
         if isinstance(target, str):
-            dst.close()
-        if not isinstance(source, PostgresAdapter):
-            src.close()
+            opened.append(dst)
+        if not isinstance(dst, Adapter):
+            raise OptionError(f"relay: target must be a queue URL or an adapter, not {target!r}")
+        if isinstance(dst, PostgresAdapter) and (
+            dst.options.conninfo,
+            dst.options.schema,
+            dst.options.queue,
+        ) == (src.options.conninfo, src.options.schema, src.options.queue):
+            raise OptionError("relay: FROM and TO are the same table; it would relay in circles")
+        done = done if done is not None else Relayed()
+        r = _Relay(
+            src,
+            dst,
+            batch=batch,
+            backoff=backoff or Exponential(base=0.1, cap=5.0, max_attempts=None, max_elapsed=None),
+            hold=hold,
+            wait=wait,
+            stop=stop if stop is not None else threading.Event(),
+            done=done,
+        )
+        try:
+            r.run(drain=drain)
+        finally:
+            r.close()
+    finally:
+        for adapter in opened:  # only what this call opened
+            adapter.close()
     return done

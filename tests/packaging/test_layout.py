@@ -173,3 +173,29 @@ def test_nothing_imports_the_pytest_plugin() -> None:
     assert "qchan.pytest_plugin" in graph
     for name, imports in graph.items():
         assert "qchan.pytest_plugin" not in imports, name
+
+
+def test_outbox_and_idempotency_sit_beside_the_worker() -> None:
+    """qchan.outbox (publish on commit) imports the base, the endpoints and the postgres
+    adapter, never the kernel's threads; only the CLI (`qchan relay`) imports it.
+    qchan.idempotency imports only the base (its stores' clients lazily)."""
+    graph = _graph()
+    outbox = {n for n in graph if n == "qchan.outbox" or n.startswith("qchan.outbox.")}
+    assert {"qchan.outbox", "qchan.outbox._relay", "qchan.outbox._connections"} <= outbox
+    for name in outbox:
+        bad = {
+            m
+            for m in graph[name]
+            if m.startswith(("qchan.kernel.", "qchan.worker", "qchan.cli", "qchan.aws"))
+            or (m.startswith("qchan.adapters") and not m.startswith("qchan.adapters.postgres"))
+        }
+        assert not bad, f"{name} imports {bad}"
+    for name, imports in graph.items():
+        if name not in outbox and not name.startswith("qchan.cli"):
+            assert not imports & outbox, f"{name} imports {imports & outbox}"
+    bad = {
+        m
+        for m in graph["qchan.idempotency"]
+        if m.startswith(("qchan.kernel", "qchan.cli", "qchan.adapters", "qchan.endpoints"))
+    }
+    assert not bad, f"qchan.idempotency imports {bad}"

@@ -1,0 +1,146 @@
+"""`qchan relay FROM TO`: a process that relays until SIGTERM, with /metrics and /healthz,
+and usage errors at the start (real PostgreSQL for both ends)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+
+import attrs
+import psycopg
+import pytest
+from psycopg import sql
+
+from qchan import enqueue
+from qchan.outbox import Outbox
+
+HOST, PORT, DB = "127.0.0.1", 5432, "test"
+# trust auth ignores the password: it is here to show it never reaches the output
+DSN = f"postgresql://postgres:s3cret-pw@{HOST}:{PORT}/{DB}"
+pytestmark = pytest.mark.integration
+
+
+@attrs.frozen
+class Placed:
+    order: str
+
+
+@pytest.fixture
+def names() -> Iterator[tuple[str, str]]:
+    try:
+        with socket.create_connection((HOST, PORT), timeout=2):
+            pass
+    except OSError:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not answering on {HOST}:{PORT}")
+        pytest.skip(f"PostgreSQL is not answering on {HOST}:{PORT}")
+    suffix = uuid.uuid4().hex[:10]
+    pair = (f"ob_{suffix}", f"to_{suffix}")
+    yield pair
+    with psycopg.connect(DSN, autocommit=True) as c:
+        for n in pair:
+            for table in (n, f"{n}_dlq"):
+                c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("qchan", table)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode()
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        pause.wait(0.05)
+
+
+def _count(table: str) -> int:
+    with psycopg.connect(DSN, autocommit=True) as c:
+        if c.execute("SELECT to_regclass(%s)", (f'"qchan"."{table}"',)).fetchone() == (None,):
+            return -1
+        row = c.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("qchan", table))
+        ).fetchone()
+        return int(row[0]) if row else -1
+
+
+def test_relays_until_sigterm_and_serves_metrics_and_health(names: tuple[str, str]) -> None:
+    outbox, target = names
+    port = _free_port()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qchan",
+            "relay",
+            f"{DSN}?queue={outbox}&wait=0.2",
+            f"{DSN}?queue={target}",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait(lambda: _count(outbox) == 0, "the relay to make the outbox")
+        _wait(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "/healthz")
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            box = Outbox(conn, outbox)
+            with conn.transaction(), enqueue(Placed, box) as (out, _):
+                for i in range(5):
+                    out.send(Placed(str(i)))
+        _wait(lambda: _count(target) == 5, "five messages relayed")
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert f'qchan_relay_relayed_total{{outbox="{outbox}"}} 5.0' in text
+        assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "relaying\n")
+    finally:
+        child.send_signal(signal.SIGTERM)
+        out_text, err_text = child.communicate(timeout=30)
+    assert child.returncode == 0, err_text
+    assert "stopped: 5 relayed, 0 dead-lettered" in err_text
+    assert "s3cret-pw" not in err_text + out_text
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "says"),
+    [
+        ("mem://x", "mem://y", "not a postgresql:// URL"),
+        (f"{DSN}?queue=ob_x&bogus=1", "mem://y", "bogus"),
+        (f"{DSN}?queue=ob_x", "nope://y", "nope"),
+    ],
+)
+def test_usage_errors_exit_2_before_anything_runs(source: str, target: str, says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "qchan", "relay", source, target],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "s3cret-pw" not in done.stderr
