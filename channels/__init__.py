@@ -11,6 +11,7 @@ with connect("mem://orders") as q:
             ack.send(msg)            # or ack.send(msg.fail(err)) to redeliver
 """
 
+from ._transactions import TransactionError
 from .adapter import Adapter, Depth, Hooks, Operations, ReceivingAdapter
 from .chan import Chan, RecvChan, SendChan
 from .codec import BytesCodec, Codec, EncodeError, JSONCodec, PydanticCodec, StrCodec
@@ -115,6 +116,7 @@ __all__ = [
     "StoreUnavailable",
     "StrCodec",
     "SyncEnqueuer",
+    "TransactionError",
     "URLError",
     "UnroutableError",
     "connect",

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
+from ._transactions import TransactionError, Use, resolve_kind
 from .errors import QchanError
 from .message import ATTR_ID, Msg
 from .options import OptionError, check_seconds
@@ -306,6 +307,8 @@ class RedisStore(Store):
 
 # ---------------------------------------------------------------- PostgreSQL
 
+_RECORD = Use("PostgresStore.record", "a record", TransactionError)
+
 _PG_DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
     namespace text NOT NULL,
@@ -495,14 +498,17 @@ class PostgresStore(Store):
 
     def record(
         self,
-        conn: psycopg.Connection[Any],
+        conn: Any,
         namespace: str,
         key: str,
         ttl: float = 86400.0,
     ) -> bool:
-        """Write "handled" for the key inside the transaction open on `conn` (yours):
-        True if this transaction now holds the record (go on and do the effect: both
-        commit or roll back together), False if it was handled before (skip it).
+        """Write "handled" for the key inside the transaction open on `conn` (yours: a
+        psycopg 3 or psycopg2 connection, a SQLAlchemy Session or Connection, or Django's
+        `connection` inside `atomic()`): True if this transaction now holds the record
+        (go on and do the effect: both commit or roll back together), False if it was
+        handled before (skip it). Outside a transaction (autocommit), or in a failed
+        one, it raises `qchan.TransactionError` and writes nothing.
 
         A concurrent duplicate waits on the row until this transaction ends, then sees
         its outcome: after a commit False, after a rollback True. Raises `StillRunning`
@@ -514,9 +520,15 @@ class PostgresStore(Store):
         check_seconds("ttl", ttl, positive=True, where="PostgresStore.record")
         if self._declare and not self._declared:
             self._run("declare", self._noop, {})  # the DDL on the store's connection
+        target = resolve_kind(conn, _RECORD).writable()
         token = _new_token()
         params = {"ns": namespace, "key": key, "state": "done", "token": token, "seconds": ttl}
-        row = conn.execute(self._claim, params).fetchone()
+        if target.psycopg3:
+            row = target.conn.execute(self._claim, params).fetchone()
+        else:
+            with target.conn.cursor() as cur:
+                cur.execute(self._claim.as_string(None), params)
+                row = cur.fetchone()
         assert row is not None, "INSERT ... ON CONFLICT DO UPDATE returns the row"
         state, holder = row
         if holder == token:

@@ -73,6 +73,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--batch", type=_count, default=500, help="rows per transaction (500)")
     p.add_argument(
+        "--drain", action="store_true", help="stop once the outbox is empty (scripts, jobs)"
+    )
+    p.add_argument(
         "--hold",
         type=_seconds,
         default=10.0,
@@ -130,7 +133,15 @@ def run(args: argparse.Namespace) -> int:
                     return EXIT_FAILED
             say(f"relaying {redact(args.source)} to {redact(args.target)}")
             try:
-                relay(source, target, stop=stop, batch=args.batch, hold=args.hold, done=done)
+                relay(
+                    source,
+                    target,
+                    stop=stop,
+                    drain=args.drain,
+                    batch=args.batch,
+                    hold=args.hold,
+                    done=done,
+                )
             except QchanError as e:
                 say(str(e))
                 return EXIT_USAGE

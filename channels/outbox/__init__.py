@@ -33,13 +33,22 @@ from qchan.errors import MessageTooLarge
 from qchan.message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
 from qchan.options import OptionError
 
-from ._connections import OutboxError, resolve_kind
+from .._transactions import TransactionError, Use, resolve_kind
 from ._names import CONTENT_TYPE_ATTRIBUTE, ID_ATTRIBUTE, KEY_ATTRIBUTE
 from ._relay import Relayed, relay
 
 __all__ = ["ID_ATTRIBUTE", "KEY_ATTRIBUTE", "Outbox", "OutboxError", "Relayed", "relay"]
 
 DEFAULT_QUEUE = "outbox"
+
+
+class OutboxError(TransactionError):
+    """A send on an outbox that cannot be written in the application's transaction (no
+    transaction, a closed connection, a failed transaction, not PostgreSQL). Nothing of
+    that send was written."""
+
+
+_USE = Use("the outbox", "a send on an outbox", OutboxError)
 
 
 def _program() -> str:
@@ -83,7 +92,7 @@ class Outbox(DirectQueue):
 
         if declare not in ("create", "none"):
             raise OptionError(f"Outbox: declare must be 'create' or 'none', not {declare!r}")
-        self._kind = resolve_kind(connection)
+        self._kind = resolve_kind(connection, _USE)
         # The adapter's own option checks (names, sizes) and SQL for the table.
         self.options = PostgresOptions(
             queue=queue,
@@ -97,9 +106,10 @@ class Outbox(DirectQueue):
         self._agent = agent or _program()
         self._system = system or "outbox"
         self._declare = declare == "create"
-        # Driver connections that saw the table committed (no more checks on them), and
-        # those that made it in their current transaction (its id: a rollback undoes it).
-        self._declared: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Databases where the table was seen committed (no more checks there: Django opens
+        # a connection per request), and connections that made it in their current
+        # transaction (its id: a rollback undoes it).
+        self._declared: set[tuple[Any, ...]] = set()
         self._created: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._sql: dict[str, str] = {}
@@ -125,7 +135,7 @@ class Outbox(DirectQueue):
         rows = [self._row(bag) for bag in bags]  # refuses a message too large: nothing written
         target = self._kind.writable()
         conn = target.conn
-        if self._declare and conn not in self._declared:
+        if self._declare and target.database() not in self._declared:
             self._create(target)
         if target.psycopg3 and len(rows) > 1:
             with conn.cursor() as cur, cur.copy(self._text("send", target)) as copy:
@@ -194,7 +204,7 @@ class Outbox(DirectQueue):
             with self._lock:
                 made_in = self._created.get(conn)
                 if exists and (made_in is None or made_in != current):
-                    self._declared.add(conn)  # committed: by us earlier, or by anyone
+                    self._declared.add(target.database())  # committed: by us, or by anyone
                     self._created.pop(conn, None)
                 if exists:
                     return

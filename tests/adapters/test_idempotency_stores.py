@@ -490,7 +490,57 @@ def test_record_refuses_a_key_a_decorator_claim_holds(
 
 def test_record_after_the_ttl_holds_it_again(pg_store: PostgresStore) -> None:
     with psycopg.connect(DSN, autocommit=True) as conn:
-        assert pg_store.record(conn, "bill", "order-1", ttl=0.2) is True
-        assert pg_store.record(conn, "bill", "order-1", ttl=0.2) is False
-        wait_for(lambda: pg_store.record(conn, "bill", "order-1"), 10, "the 0.2 s TTL")
-        assert pg_store.record(conn, "bill", "order-1") is False
+
+        def record(ttl: float = 86400.0) -> bool:
+            with conn.transaction():
+                return pg_store.record(conn, "bill", "order-1", ttl=ttl)
+
+        assert record(ttl=0.2) is True
+        assert record(ttl=0.2) is False
+        wait_for(record, 10, "the 0.2 s TTL")
+        assert record() is False
+
+
+def test_record_on_psycopg2_and_sqlalchemy_connections(
+    db: psycopg.Connection[Any], pg_store: PostgresStore, table: str
+) -> None:
+    """The record goes in whatever transaction the application's own connection has."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    sa = pytest.importorskip("sqlalchemy")
+    from sqlalchemy.orm import Session
+
+    raw = psycopg2.connect(DSN)
+    try:
+        assert pg_store.record(raw, "bill", "p2")
+        raw.rollback()  # the record goes with the transaction
+        assert pg_store.record(raw, "bill", "p2")
+        raw.commit()
+        assert not pg_store.record(raw, "bill", "p2")
+        raw.rollback()
+    finally:
+        raw.close()
+    engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{PG_PORT}/test")
+    try:
+        with Session(engine) as session, session.begin():
+            assert pg_store.record(session, "bill", "sa")
+        with Session(engine) as session, session.begin():
+            assert not pg_store.record(session, "bill", "sa")
+    finally:
+        engine.dispose()
+    assert count(db, table) == 2
+
+
+def test_record_outside_a_transaction_is_refused_and_writes_nothing(
+    db: psycopg.Connection[Any], pg_store: PostgresStore, table: str
+) -> None:
+    from qchan import TransactionError
+
+    with (
+        psycopg.connect(DSN, autocommit=True) as conn,
+        pytest.raises(TransactionError, match="a record outside a transaction"),
+    ):
+        pg_store.record(conn, "bill", "autocommit")
+    with pytest.raises(TypeError, match=r"PostgresStore\.record needs the connection"):
+        pg_store.record("postgresql://x", "bill", "nope")
+    pg_store.claim("warm", "up", 1.0)  # the table exists
+    assert count(db, table) == 1

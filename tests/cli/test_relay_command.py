@@ -144,3 +144,23 @@ def test_usage_errors_exit_2_before_anything_runs(source: str, target: str, says
     )
     assert done.returncode == 2, done.stderr
     assert says in done.stderr and "s3cret-pw" not in done.stderr
+
+
+def test_drain_stops_once_the_outbox_is_empty(names: tuple[str, str]) -> None:
+    outbox, target = names
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        box = Outbox(conn, outbox)
+        with conn.transaction(), enqueue(Placed, box) as (out, _):
+            for i in range(3):
+                out.send(Placed(str(i)))
+    done = subprocess.run(
+        [sys.executable, "-m", "qchan", "relay", f"{DSN}?queue={outbox}", f"{DSN}?queue={target}",
+         "--drain"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "stopped: 3 relayed" in done.stderr
+    assert _count(outbox) == 0 and _count(target) == 3

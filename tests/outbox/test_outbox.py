@@ -296,7 +296,7 @@ def test_sqlalchemy_on_another_database_is_refused_at_the_outbox() -> None:
     from sqlalchemy.orm import Session
 
     engine = sa.create_engine("sqlite://")
-    with Session(engine) as session, pytest.raises(OutboxError, match="PostgreSQL table"):
+    with Session(engine) as session, pytest.raises(OutboxError, match="writes to PostgreSQL"):
         Outbox(session)
     with engine.connect() as conn, pytest.raises(OutboxError, match="sqlite"):
         Outbox(conn)

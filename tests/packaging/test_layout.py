@@ -181,7 +181,7 @@ def test_outbox_and_idempotency_sit_beside_the_worker() -> None:
     qchan.idempotency imports only the base (its stores' clients lazily)."""
     graph = _graph()
     outbox = {n for n in graph if n == "qchan.outbox" or n.startswith("qchan.outbox.")}
-    assert {"qchan.outbox", "qchan.outbox._relay", "qchan.outbox._connections"} <= outbox
+    assert {"qchan.outbox", "qchan.outbox._relay", "qchan.outbox._names"} <= outbox
     for name in outbox:
         bad = {
             m
