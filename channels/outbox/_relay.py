@@ -158,9 +158,9 @@ class _Relay:
                 o.conninfo, autocommit=True, application_name=f"qchan-relay-{o.queue}"
             )
             self.source._declare(conn)
-            # LISTEN on a connection of its own, which runs no other statement: a
-            # notification that arrives during a batch waits in its socket for the
-            # next wait (read by a statement on the same connection, it would be lost).
+            # LISTEN on a connection of its own: PostgreSQL holds notifications back from
+            # a session inside a transaction, and the batch connection is in one for up to
+            # `hold` s; the listener never is.
             listen = psycopg.connect(
                 o.conninfo, autocommit=True, application_name=f"qchan-relay-{o.queue}"
             )
