@@ -11,7 +11,6 @@ turn), with the effect written exactly once.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -23,7 +22,7 @@ import psycopg
 import pytest
 import redis
 from psycopg import sql
-from support.helpers import start, wait_for
+from support.helpers import need_service, start, wait_for
 
 from qchan.idempotency import (
     ClaimState,
@@ -44,21 +43,8 @@ DSN = f"postgresql://postgres@{HOST}:{PG_PORT}/{PG_DB}"
 pytestmark = pytest.mark.integration
 
 
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def _need(port: int, what: str) -> None:
-    """Skip (fail in CI) when the service is not there."""
-    if not _answers(port):
-        message = f"{what} is not answering on {HOST}:{port}: these tests need the real server"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    need_service(HOST, port, what)
 
 
 def free_port() -> int:

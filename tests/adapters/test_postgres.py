@@ -8,8 +8,6 @@ the application's transaction, and NOTIFY waking an idle consumer.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from support.helpers import need_service
 
 from qchan import connect, dequeue, enqueue
 from qchan.adapter import Adapter
@@ -35,22 +34,10 @@ DSN = f"postgresql://postgres@{HOST}:{PORT}/{DB}"
 pytestmark = pytest.mark.integration
 
 
-def _answers() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def db() -> Iterator[psycopg.Connection[Any]]:
     """A plain psycopg connection (fails in CI, skips elsewhere, when PostgreSQL is not there)."""
-    if not _answers():
-        message = f"PostgreSQL is not answering on {HOST}:{PORT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    need_service(HOST, PORT, "PostgreSQL")
     c = psycopg.connect(DSN, autocommit=True)
     yield c
     c.close()

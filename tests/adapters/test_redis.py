@@ -7,8 +7,6 @@ dead letters.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.helpers import need_service
 
 from qchan import Queue, connect, dequeue, enqueue
 from qchan.adapter import Adapter
@@ -30,22 +29,10 @@ HOST, PORT = "127.0.0.1", 6379
 pytestmark = pytest.mark.integration
 
 
-def _answers() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def client() -> Iterator[redis.Redis]:
     """A plain redis-py client (fails in CI, skips elsewhere, when Redis is not there)."""
-    if not _answers():
-        message = f"Redis is not answering on {HOST}:{PORT} (redis-server --daemonize yes)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    need_service(HOST, PORT, "Redis")
     c = redis.Redis(HOST, PORT)
     yield c
     c.close()

@@ -3,22 +3,20 @@ and usage errors at the start (real PostgreSQL for both ends)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import attrs
 import psycopg
 import pytest
 from psycopg import sql
+from support.helpers import need_service, wait_for
 
 from qchan import enqueue
 from qchan.outbox import Outbox
@@ -36,13 +34,7 @@ class Placed:
 
 @pytest.fixture
 def names() -> Iterator[tuple[str, str]]:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=2):
-            pass
-    except OSError:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not answering on {HOST}:{PORT}")
-        pytest.skip(f"PostgreSQL is not answering on {HOST}:{PORT}")
+    need_service(HOST, PORT, "PostgreSQL")
     suffix = uuid.uuid4().hex[:10]
     pair = (f"ob_{suffix}", f"to_{suffix}")
     yield pair
@@ -64,15 +56,6 @@ def _get(url: str) -> tuple[int, str]:
             return int(r.status), r.read().decode()
     except urllib.error.HTTPError as e:
         return int(e.code), e.read().decode()
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        pause.wait(0.05)
 
 
 def _count(table: str) -> int:
@@ -106,14 +89,14 @@ def test_relays_until_sigterm_and_serves_metrics_and_health(names: tuple[str, st
         text=True,
     )
     try:
-        _wait(lambda: _count(outbox) == 0, "the relay to make the outbox")
-        _wait(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "/healthz")
+        wait_for(lambda: _count(outbox) == 0, 30, "the relay to make the outbox")
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 30, "/healthz")
         with psycopg.connect(DSN, autocommit=True) as conn:
             box = Outbox(conn, outbox)
             with conn.transaction(), enqueue(Placed, box) as (out, _):
                 for i in range(5):
                     out.send(Placed(str(i)))
-        _wait(lambda: _count(target) == 5, "five messages relayed")
+        wait_for(lambda: _count(target) == 5, 30, "five messages relayed")
         status, text = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
         assert f'qchan_relay_relayed_total{{outbox="{outbox}"}} 5.0' in text

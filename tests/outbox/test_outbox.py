@@ -8,8 +8,6 @@ nothing.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +21,7 @@ import attrs
 import psycopg
 import pytest
 from psycopg import sql
+from support.helpers import need_service
 
 from qchan import SendOnlyError, dequeue, enqueue, enqueue_sync, select
 from qchan.errors import ChannelClosed, MessageTooLarge
@@ -39,21 +38,9 @@ class Placed:
     amount: float = 1.0
 
 
-def _answers() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def admin() -> Iterator[psycopg.Connection[Any]]:
-    if not _answers():
-        message = f"PostgreSQL is not answering on {HOST}:{PORT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    need_service(HOST, PORT, "PostgreSQL")
     c = psycopg.connect(DSN, autocommit=True)
     yield c
     c.close()

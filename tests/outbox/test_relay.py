@@ -4,8 +4,6 @@ target's refusal, failure, outage or a bug does to a row, and what the relay sen
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -16,6 +14,7 @@ import attrs
 import psycopg
 import pytest
 from psycopg import sql
+from support.helpers import need_service, wait_for
 
 from qchan import Adapter, Bag, ConnectionLost, QchanError, RejectedError, enqueue
 from qchan.options import OptionError
@@ -67,13 +66,7 @@ class Target(Adapter):
 
 @pytest.fixture(scope="module")
 def admin() -> Iterator[psycopg.Connection[Any]]:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=2):
-            pass
-    except OSError:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not answering on {HOST}:{PORT}")
-        pytest.skip(f"PostgreSQL is not answering on {HOST}:{PORT}")
+    need_service(HOST, PORT, "PostgreSQL")
     c = psycopg.connect(DSN, autocommit=True)
     yield c
     c.close()
@@ -180,11 +173,11 @@ def test_a_target_that_is_down_counts_nothing_and_gets_everything_once_back(
     )
     t.start()
     try:
-        _wait(lambda: done.failures >= 10, "failures while the target is down")
+        wait_for(lambda: done.failures >= 10, 30, "failures while the target is down")
         assert done.failing_since is not None and not done.healthy(grace=0.0)
         assert [r[4] for r in table(admin, name)] == [0] * 6  # not counted as deliveries
         down.clear()
-        _wait(lambda: table(admin, name) == [], "the outbox to empty")
+        wait_for(lambda: table(admin, name) == [], 30, "the outbox to empty")
     finally:
         stop.set()
         t.join(10)
@@ -209,11 +202,11 @@ def test_a_failure_the_whole_batch_shares_counts_against_no_message(
     )
     t.start()
     try:
-        _wait(lambda: done.failures >= 10, "failures while the queue is missing")
+        wait_for(lambda: done.failures >= 10, 30, "failures while the queue is missing")
         assert [r[4] for r in table(admin, name)] == [0, 0, 0]
         assert table(admin, f"{name}_dlq") == []
         broken.clear()  # the queue is made
-        _wait(lambda: table(admin, name) == [], "the outbox to empty")
+        wait_for(lambda: table(admin, name) == [], 30, "the outbox to empty")
     finally:
         stop.set()
         t.join(10)
@@ -251,7 +244,7 @@ def test_stop_ends_a_relay_whose_target_keeps_failing(name: str) -> None:
         target=relay, args=(url(name), target), kwargs={"stop": stop, "hold": 30.0}
     )
     t.start()
-    _wait(lambda: bool(target.attempts), "a first attempt")
+    wait_for(lambda: bool(target.attempts), 30, "a first attempt")
     started = time.monotonic()
     stop.set()
     t.join(10)
@@ -270,25 +263,15 @@ def test_bad_arguments_are_refused_at_the_call(name: str) -> None:
 
 
 def _stop_when(predicate: Callable[[], bool]) -> threading.Event:
-    """An event a watcher sets once `predicate` holds (for a relay run in this thread)."""
+    """An event a watcher sets once `predicate` holds, or after 30 s (for a relay run in
+    this thread: the test then fails on what the relay did not do)."""
     stop = threading.Event()
 
     def watch() -> None:
-        _wait(predicate, "the relay's work", stop_also=stop)
-        stop.set()
+        try:
+            wait_for(predicate, 30, "the relay's work")
+        finally:
+            stop.set()
 
     threading.Thread(target=watch, daemon=True).start()
     return stop
-
-
-def _wait(
-    predicate: Callable[[], bool], what: str, stop_also: threading.Event | None = None
-) -> None:
-    deadline = time.monotonic() + 30
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            if stop_also is not None:
-                stop_also.set()
-            raise AssertionError(f"timed out waiting for {what}")
-        pause.wait(0.02)

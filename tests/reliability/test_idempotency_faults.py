@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 import uuid
 
 import attrs
 import pytest
-from support.helpers import start
+from support.helpers import start, wait_for
 
 import qchan
 from qchan import RedisStore, Retries, enqueue, idempotent, serve
@@ -24,15 +23,6 @@ pytestmark = pytest.mark.integration
 @attrs.frozen
 class Charge:
     id: str
-
-
-def _until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        pause.wait(0.02)
 
 
 def test_store_cut_nacks_every_message_then_each_is_handled_once() -> None:
@@ -74,12 +64,12 @@ def test_store_cut_nacks_every_message_then_each_is_handled_once() -> None:
             stop=stop,
             retries=Retries(delay=0.05, max_delay=0.2, max_deliveries=None),
         )
-        _until(lambda: q.stats().nacked >= 25, 30, "every message nacked while the store is cut")
+        wait_for(lambda: q.stats().nacked >= 25, 30, "every message nacked while the store is cut")
         assert not effects and not calls_while_down
         down.clear()
         proxy.restore()
-        _until(lambda: set(effects) == set(ids), 30, "every charge once the store is back")
-        _until(lambda: q.stats().acked == 25, 30, "all 25 deliveries acked")
+        wait_for(lambda: set(effects) == set(ids), 30, "every charge once the store is back")
+        wait_for(lambda: q.stats().acked == 25, 30, "all 25 deliveries acked")
     finally:
         stop.set()
         proxy.close()

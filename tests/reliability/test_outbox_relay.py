@@ -10,9 +10,7 @@ same message id, and in order where the target keeps order.
 from __future__ import annotations
 
 import collections
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from support.helpers import need_service, wait_for
 
 from qchan import Msg, dequeue, enqueue
 from qchan.adapters.postgres import from_url
@@ -236,18 +235,6 @@ def _relay_thread(
     return t
 
 
-def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        pause.wait(0.05)
-
-
-# -- scenarios ----------------------------------------------------------------------------
-
-
 def test_relay_publishes_exactly_the_committed_in_order(target: Transport, outbox: str) -> None:
     """Writers commit and roll back while the relay runs; drain at the end."""
     name = target.new_name()
@@ -256,7 +243,7 @@ def test_relay_publishes_exactly_the_committed_in_order(target: Transport, outbo
     relaying = _relay_thread(source(outbox), target_url(target, name), stop, done)
     try:
         committed = write(outbox, run, 600)
-        _until(lambda: left_in(outbox) == 0, 60, "the outbox to empty")
+        wait_for(lambda: left_in(outbox) == 0, 60, "the outbox to empty")
     finally:
         stop.set()
         relaying.join(30)
@@ -297,7 +284,7 @@ def test_two_relays_at_once_never_send_a_row_twice(target: Transport, outbox: st
     dst = target_url(target, name)
     threads = [_relay_thread(source(outbox), dst, stop, d, batch=50) for d in dones]
     try:
-        _until(lambda: left_in(outbox) == 0, 90, "the outbox to empty")
+        wait_for(lambda: left_in(outbox) == 0, 90, "the outbox to empty")
     finally:
         stop.set()
         for t in threads:
@@ -355,12 +342,12 @@ def test_targets_down_for_10_s_then_back_lose_nothing_and_keep_order(
             assert time.monotonic() < deadline, f"a relay never got going: {lanes}"
             pause.wait(0.01)
         last = max(lane.cut_at or 0.0 for lane in lanes)
-        _until(lambda: all(lane.done.failures > 0 for lane in lanes), 30, "every relay to fail")
+        wait_for(lambda: all(lane.done.failures > 0 for lane in lanes), 30, "every relay to fail")
         pause.wait(max(0.0, last + 10.0 - time.monotonic()))  # the outage
         for lane in lanes:
             assert left_in(lane.outbox) > 0 and lane.done.failing_since is not None, lane
             lane.proxy.restore()
-        _until(lambda: all(left_in(lane.outbox) == 0 for lane in lanes), 90, "outboxes to empty")
+        wait_for(lambda: all(left_in(lane.outbox) == 0 for lane in lanes), 90, "outboxes to empty")
     finally:
         stop.set()
         for lane in lanes:
@@ -403,13 +390,7 @@ class _Lane:
 
 
 def _need_postgres() -> None:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
-            pass
-    except OSError:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432")
-        pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
+    need_service("127.0.0.1", 5432, "PostgreSQL")
 
 
 def _drop_outbox(name: str) -> None:
@@ -443,13 +424,13 @@ def test_relay_killed_mid_batch_and_restarted_loses_nothing(target: Transport, o
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             mark = total - kills * step
-            _until(lambda m=mark: left_in(outbox) <= m, 60, "the relay to get going")  # type: ignore[misc]
+            wait_for(lambda m=mark: left_in(outbox) <= m, 60, "the relay to get going")  # type: ignore[misc]
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait(10)
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _until(lambda: left_in(outbox) == 0, 90, "the outbox to empty")
+        wait_for(lambda: left_in(outbox) == 0, 90, "the outbox to empty")
     finally:
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=30)

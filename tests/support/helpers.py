@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+
+
+def need_service(host: str, port: int, what: str) -> None:
+    """Skip the test when nothing answers on `host:port` (fail it under CI, where `.ci/run`
+    starts every service the tests need)."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError:
+        message = f"{what} is not answering on {host}:{port}: these tests need the real server"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
