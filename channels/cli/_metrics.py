@@ -9,6 +9,7 @@ child reports that it consumes, 503 otherwise.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +21,7 @@ from ..kernel.stats import Stats, observe
 from ._state import read_state
 from ._target import WorkerRuntimeError, WorkerUsageError
 
-__all__ = ["ChildMetrics", "forget", "serve_metrics"]
+__all__ = ["TEXT", "ChildMetrics", "Reply", "forget", "serve_http", "serve_metrics"]
 
 _GAUGES = {"in_flight": "livesum", "failed": "livemax"}
 _HELP = {
@@ -49,29 +50,30 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
-def serve_metrics(host: str, port: int, state: Path, processes: int) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz on a thread of its own; a port in use is a runtime error."""
-    prom = _prometheus()
-    from prometheus_client import multiprocess  # noqa: PLC0415
+Reply = tuple[int, bytes, str]  # status, body, content type
+TEXT = "text/plain; charset=utf-8"
 
-    folder = str(state / "prometheus")
+
+def serve_http(
+    host: str,
+    port: int,
+    *,
+    metrics: Callable[[], Reply],
+    health: Callable[[], Reply],
+    name: str,
+) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz (what `metrics()` and `health()` answer) on a daemon thread
+    called `name`; a port in use is a runtime error."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             if path == "/metrics":
-                registry = prom.CollectorRegistry()
-                multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
-                self._reply(200, prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST)
+                status, body, kind = metrics()
             elif path == "/healthz":
-                states = [read_state(state, i) or "starting" for i in range(processes)]
-                ok = all(s == "consuming" for s in states)
-                body = "".join(f"child {i}: {s}\n" for i, s in enumerate(states))
-                self._reply(200 if ok else 503, body.encode(), "text/plain; charset=utf-8")
+                status, body, kind = health()
             else:
-                self._reply(404, b"/metrics or /healthz\n", "text/plain; charset=utf-8")
-
-        def _reply(self, status: int, body: bytes, kind: str) -> None:
+                status, body, kind = 404, b"/metrics or /healthz\n", TEXT
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
@@ -89,10 +91,30 @@ def serve_metrics(host: str, port: int, state: Path, processes: int) -> Threadin
             f"port? pick another --metrics-port)"
         ) from e
     server.daemon_threads = True
-    import threading  # noqa: PLC0415
-
-    threading.Thread(target=server.serve_forever, name="qchan-worker-metrics", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
+
+
+def serve_metrics(host: str, port: int, state: Path, processes: int) -> ThreadingHTTPServer:
+    """The worker's /metrics (every child's numbers, summed) and /healthz (200 while every
+    child consumes)."""
+    prom = _prometheus()
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    folder = str(state / "prometheus")
+
+    def metrics() -> Reply:
+        registry = prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        return 200, prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
+
+    def health() -> Reply:
+        states = [read_state(state, i) or "starting" for i in range(processes)]
+        ok = all(s == "consuming" for s in states)
+        body = "".join(f"child {i}: {s}\n" for i, s in enumerate(states))
+        return 200 if ok else 503, body.encode(), TEXT
+
+    return serve_http(host, port, metrics=metrics, health=health, name="qchan-worker-metrics")
 
 
 def forget(state: Path, pid: int) -> None:

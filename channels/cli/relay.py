@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from ._target import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ._target import EXIT_FAILED, EXIT_OK, EXIT_USAGE, WorkerRuntimeError, WorkerUsageError
 
 __all__ = ["register", "run"]
 
@@ -128,7 +128,10 @@ def run(args: argparse.Namespace) -> int:
             if args.metrics_port is not None:
                 try:
                     server = _serve_metrics(args, done, source.options.queue)
-                except RuntimeError as e:
+                except WorkerUsageError as e:
+                    say(str(e))
+                    return EXIT_USAGE
+                except WorkerRuntimeError as e:
                     say(str(e))
                     return EXIT_FAILED
             say(f"relaying {redact(args.source)} to {redact(args.target)}")
@@ -159,14 +162,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve_metrics(args: argparse.Namespace, done: Any, outbox: str) -> ThreadingHTTPServer:
-    try:
-        import prometheus_client as prom  # noqa: PLC0415
-        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
-        from prometheus_client.registry import Collector  # noqa: PLC0415
-    except ImportError:
-        raise RuntimeError(
-            "--metrics-port needs prometheus_client: pip install 'qchan[metrics]'"
-        ) from None
+    """/metrics: the relay's counters; /healthz: 503 once it has failed `--unhealthy-after`."""
+    from ._metrics import TEXT, Reply, _prometheus, serve_http  # noqa: PLC0415
+
+    prom = _prometheus()
+    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
+    from prometheus_client.registry import Collector  # noqa: PLC0415
 
     class Numbers(Collector):
         def collect(self) -> Any:
@@ -177,36 +178,19 @@ def _serve_metrics(args: argparse.Namespace, done: Any, outbox: str) -> Threadin
 
     registry = prom.CollectorRegistry()
     registry.register(Numbers())
-    grace = args.unhealthy_after
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/metrics":
-                self._reply(200, prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok = done.healthy(grace)
-                text = "relaying\n" if ok else f"failing: {done.last_error}\n"
-                self._reply(200 if ok else 503, text.encode(), "text/plain; charset=utf-8")
-            else:
-                self._reply(404, b"/metrics or /healthz\n", "text/plain; charset=utf-8")
+    def metrics() -> Reply:
+        return 200, prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
 
-        def _reply(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def health() -> Reply:
+        ok = done.healthy(args.unhealthy_after)
+        text = "relaying\n" if ok else f"failing: {done.last_error}\n"
+        return 200 if ok else 503, text.encode(), TEXT
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    try:
-        server = ThreadingHTTPServer((args.metrics_host, args.metrics_port), Handler)
-    except OSError as e:
-        raise RuntimeError(
-            f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {e.strerror}"
-        ) from e
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="qchan-relay-metrics", daemon=True).start()
-    return server
+    return serve_http(
+        args.metrics_host,
+        args.metrics_port,
+        metrics=metrics,
+        health=health,
+        name="qchan-relay-metrics",
+    )

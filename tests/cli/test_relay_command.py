@@ -147,3 +147,22 @@ def test_drain_stops_once_the_outbox_is_empty(names: tuple[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     assert "stopped: 3 relayed" in done.stderr
     assert _count(outbox) == 0 and _count(target) == 3
+
+
+def test_a_metrics_port_in_use_exits_1_and_relays_nothing(names: tuple[str, str]) -> None:
+    outbox, target = names
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "qchan", "relay", f"{DSN}?queue={outbox}",
+             f"{DSN}?queue={target}", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "cannot serve metrics" in done.stderr and "s3cret-pw" not in done.stderr
+    assert _count(target) == -1  # never made: nothing relayed
