@@ -386,7 +386,7 @@ class SyncEnqueuer(Generic[T]):
     batches their concurrent puts.
     """
 
-    def __init__(self, q: Queue | DirectQueue, sender: Sender) -> None:
+    def __init__(self, q: Queue, sender: Sender) -> None:
         self._q = q
         self._sender = sender
         self.category = sender.category
@@ -399,9 +399,6 @@ class SyncEnqueuer(Generic[T]):
         the queue's retry policy, and `TimeoutError` after `timeout` seconds, in
         which case the outcome is unknown: the message may still be delivered.
         """
-        if isinstance(self._q, DirectQueue):  # written now, in the caller's transaction
-            self._q._write([self._sender.encode(obj, self._q.agent, tracing.carrier())])
-            return
         started = time.monotonic()
         bag = self._sender.encode(obj, self._q.options.agent or "", tracing.carrier())
         put = self._q._put(self._sender, bag, timeout)
@@ -421,14 +418,29 @@ class SyncEnqueuer(Generic[T]):
             ) from put.error
 
     def close(self) -> None:
-        if isinstance(self._q, Queue):
-            self._q._drop_sender(self._sender)
+        self._q._drop_sender(self._sender)
 
     def __enter__(self) -> SyncEnqueuer[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _DirectSyncEnqueuer(SyncEnqueuer[T]):
+    """`enqueue_sync` on a `DirectQueue`: `put` writes before it returns (the outbox: in the
+    caller's transaction), and raises what the write raised."""
+
+    def __init__(self, q: DirectQueue, sender: Sender) -> None:
+        self._direct = q
+        self._sender = sender
+        self.category = sender.category
+
+    def put(self, obj: T, timeout: float | None = None) -> None:
+        self._direct._write([self._sender.encode(obj, self._direct.agent, tracing.carrier())])
+
+    def close(self) -> None:
+        pass  # nothing registered: a direct queue has no emitter
 
 
 def enqueue_sync(
@@ -444,6 +456,6 @@ def enqueue_sync(
     _check("enqueue_sync", type_, q)
     cat, cod = _resolve(type_, category, codec, converter)
     if isinstance(q, DirectQueue):
-        return SyncEnqueuer(q, _direct_sender(q, type_, cat, cod, key))
+        return _DirectSyncEnqueuer(q, _direct_sender(q, type_, cat, cod, key))
     sender = _add_sender(q, type_, cat, cod, key=key, out=None, dlq=None)
     return SyncEnqueuer(q, sender)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -469,3 +470,8 @@ def renamed(
         stacklevel=_outside_qchan(),
     )
     options[new] = options.pop(old)
+
+
+def program() -> str:
+    """The running program's name: the default `agent` (the `Source` attribute)."""
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"

@@ -5,8 +5,6 @@ emitter and the consumer (this package)."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import textwrap
 import threading
 import time
@@ -36,6 +34,7 @@ from ..options import (
     QueueKeywords,
     QueueOptions,
     check_keywords,
+    program,
     split_query,
 )
 from ..retry import Exponential
@@ -52,10 +51,6 @@ __all__ = ["Queue", "connect"]
 
 log = logging.getLogger("qchan.queue")
 _T = TypeVar("_T")
-
-
-def _program() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 
 
 class _KernelHooks(Hooks):
@@ -106,7 +101,7 @@ class Queue:
         #: The options this queue runs by, each default resolved against the adapter.
         self.options: QueueOptions = attrs.evolve(
             given,
-            agent=given.agent or _program(),
+            agent=given.agent or program(),
             system=given.system or adapter.scheme,
             batch_size=given.batch_size or adapter.max_batch,
             retry=given.retry or Exponential(),

@@ -31,7 +31,7 @@ from typing import Any
 from qchan.endpoints import DirectQueue
 from qchan.errors import MessageTooLarge
 from qchan.message import ATTR_CATEGORY, ATTR_QUEUE, ATTR_SOURCE, ATTR_SYSTEM, Bag
-from qchan.options import OptionError
+from qchan.options import OptionError, program
 
 from .._transactions import TransactionError, Use, resolve_kind
 from ._names import CONTENT_TYPE_ATTRIBUTE, ID_ATTRIBUTE, KEY_ATTRIBUTE
@@ -49,13 +49,6 @@ class OutboxError(TransactionError):
 
 
 _USE = Use("the outbox", "a send on an outbox", OutboxError)
-
-
-def _program() -> str:
-    import os  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 
 
 class Outbox(DirectQueue):
@@ -85,6 +78,9 @@ class Outbox(DirectQueue):
         agent: str | None = None,
         system: str | None = None,
     ) -> None:
+        from psycopg import sql  # noqa: PLC0415
+
+        from qchan.adapters import postgres  # noqa: PLC0415
         from qchan.adapters.postgres._config import (  # noqa: PLC0415
             DEFAULT_MAX_MESSAGE_SIZE,
             PostgresOptions,
@@ -103,7 +99,7 @@ class Outbox(DirectQueue):
             ),
         )
         self.name = queue
-        self._agent = agent or _program()
+        self._agent = agent or program()
         self._system = system or "outbox"
         self._declare = declare == "create"
         # Databases where the table was seen committed (no more checks there: Django opens
@@ -112,7 +108,14 @@ class Outbox(DirectQueue):
         self._declared: set[tuple[Any, ...]] = set()
         self._created: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self._sql: dict[str, str] = {}
+        table = sql.Identifier(schema, queue)
+        self._copy = sql.SQL(postgres._SEND).format(table=table)  # psycopg 3, many rows
+        # One row, and psycopg2 (which takes the same text): an INSERT.
+        self._insert = (
+            sql.SQL("INSERT INTO {} (body, attributes) VALUES (%s, %s::jsonb)")
+            .format(table)
+            .as_string(None)
+        )
 
     def __repr__(self) -> str:
         return f"<Outbox {self.options.schema}.{self.name} on {self._kind.name}>"
@@ -138,15 +141,15 @@ class Outbox(DirectQueue):
         if self._declare and target.database() not in self._declared:
             self._create(target)
         if target.psycopg3 and len(rows) > 1:
-            with conn.cursor() as cur, cur.copy(self._text("send", target)) as copy:
+            with conn.cursor() as cur, cur.copy(self._copy) as copy:
                 for row in rows:
                     copy.write_row(row)
         elif target.psycopg3:
             # One row (a send): an INSERT psycopg prepares after a few, 3x a COPY's rate.
-            conn.execute(self._text("insert", target), rows[0])
+            conn.execute(self._insert, rows[0])
         else:
             with conn.cursor() as cur:
-                cur.executemany(self._text("insert", target), rows)
+                cur.executemany(self._insert, rows)
 
     def _row(self, bag: Bag) -> tuple[bytes, str]:
         attributes = dict(bag.attributes)
@@ -165,23 +168,6 @@ class Outbox(DirectQueue):
                 f"attributes) is over max_message_size={limit}; nothing was written"
             )
         return bag.body, encoded
-
-    def _text(self, what: str, target: Any) -> Any:
-        """The statements, as psycopg 3 composes them (psycopg2 gets the same text)."""
-        from psycopg import sql  # noqa: PLC0415
-
-        from qchan.adapters import postgres  # noqa: PLC0415
-
-        table = sql.Identifier(self.options.schema, self.options.queue)
-        if what == "send":
-            return sql.SQL(postgres._SEND).format(table=table)
-        text = self._sql.get(what)
-        if text is None:
-            composed = sql.SQL(
-                "INSERT INTO {table} (body, attributes) VALUES (%s, %s::jsonb)"
-            ).format(table=table)
-            text = self._sql[what] = composed.as_string(None)
-        return text
 
     def _create(self, target: Any) -> None:
         """Make the table in this transaction if it is missing (under the lock the
