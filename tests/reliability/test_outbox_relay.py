@@ -440,3 +440,39 @@ def test_relay_killed_mid_batch_and_restarted_loses_nothing(target: Transport, o
     if target.name in ORDERED:
         # Nothing after a kill's batch goes out before it: the first arrivals are in order.
         assert seen.first_order() == sorted(committed)
+
+
+def test_the_outbox_database_cut_mid_run_loses_nothing(
+    request: pytest.FixtureRequest, outbox: str
+) -> None:
+    """The relay's own connection to the outbox (through a TCP proxy) cut for 3 s while it
+    relays to Redis: the batch whose commit was lost is sent again (same ids), nothing is
+    lost, the first arrivals stay in order, and the relay goes on by itself."""
+    t = _make("redis", request)
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    stop, done = threading.Event(), Relayed()
+    try:
+        name = t.new_name()
+        run = uuid.uuid4().hex
+        committed = write(outbox, run, 1000, per_tx=100, rollback_every=0)
+        src = f"postgresql://postgres@127.0.0.1:{proxy.port}/test?queue={outbox}&wait=0.2"
+        relaying = _relay_thread(
+            src + "&connect_timeout=2", target_url(t, name), stop, done, batch=50
+        )
+        wait_for(lambda: done.relayed >= 100, 60, "a first part to be relayed")
+        proxy.cut()
+        wait_for(lambda: done.failures > 0, 30, "the relay to see its database gone")
+        threading.Event().wait(3.0)  # the outage
+        assert left_in(outbox) > 0 and not done.healthy(grace=1.0)
+        proxy.restore()
+        wait_for(lambda: left_in(outbox) == 0, 60, "the outbox to empty once it is back")
+        assert done.healthy(grace=0.0)
+    finally:
+        stop.set()
+        proxy.close()
+    relaying.join(30)
+    assert not relaying.is_alive() and relaying.error is None
+    seen = read(t, name, run, committed)
+    t.close()
+    check(seen, committed, True, max_duplicates=50)
+    assert done.dead_lettered == 0
